@@ -1,0 +1,1 @@
+"""The data stage: manifests, validation, imbalance analysis, splits, augmentation, sampling, duplicates."""

@@ -1,0 +1,84 @@
+"""Atomic writes and the provenance (resolved config, versions, seed) every run leaves beside its outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import celadon
+
+_TRACKED_PACKAGES = ("numpy", "pillow", "pandas", "torch", "torchvision", "scikit-learn", "diffusers", "peft")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder, then rename: a kill never leaves a half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=_jsonable) + "\n")
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def versions() -> dict[str, str]:
+    found = {"celadon": celadon.__version__, "python": sys.version.split()[0], "platform": platform.platform()}
+    for name in _TRACKED_PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def write_run_info(out_dir: str | Path, command: str, config: Any, seed: int | None = None) -> Path:
+    """Record what produced `out_dir`: `run.yaml` with the command, resolved config, seed and versions."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        config = dataclasses.asdict(config)
+    config = json.loads(json.dumps(config, default=_jsonable))
+    info = {
+        "command": command,
+        "argv": sys.argv,
+        "seed": seed,
+        "config": config,
+        "versions": versions(),
+        "written": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+    path = Path(out_dir) / "run.yaml"
+    atomic_write_text(path, yaml.safe_dump(info, sort_keys=False, allow_unicode=True))
+    return path
