@@ -161,6 +161,15 @@ def cmd_import_csv(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_contact_sheet(args: argparse.Namespace) -> int:
+    from celadon.data.contact_sheet import contact_sheet
+    from celadon.data.manifest import read_manifest
+
+    manifest = read_manifest(args.manifest, _taxonomy(args))
+    print(f"contact sheet written to {contact_sheet(manifest, args.out, n=args.n, cell=args.cell, seed=args.seed)}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from celadon.demo import DemoRunConfig, run_demo
 
@@ -245,6 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--images", help="folder the filenames are relative to (default: the CSV's folder)")
     p.add_argument("--classes", help="class index -> name mapping (lines, index,name CSV, JSON or YAML)")
+
+    p = add(verbs, "contact-sheet", cmd_contact_sheet, "a labelled grid of images, one per combination first")
+    p.add_argument("manifest")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--n", type=int, default=48)
+    p.add_argument("--cell", type=int, default=128, help="pixels per image")
+    p.add_argument("--seed", type=int, default=0)
     return parser
 
 

@@ -1,7 +1,7 @@
 """`celadon demo`: the pipeline on the embedded default, stage by stage, with wall time per stage.
 
-Today it covers the data stage (render -> validate -> analyze -> split + leakage -> augment -> weights);
-later stages append themselves here so the README's first command always runs everything there is.
+Today it covers the data stage (render -> validate -> analyze -> split + leakage -> augment -> weights ->
+contact sheet); later stages append themselves here so the README's first command always runs everything there is.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ def run_demo(config: DemoRunConfig) -> dict[str, float]:
                                                 "--seed", str(config.seed), "--quiet"])),
         ("class weights + sampling", lambda: cli(["data", "weights", str(splits), "--out",
                                                   str(out / "weights.json"), "--quiet"])),
+        ("contact sheet", lambda: cli(["data", "contact-sheet", str(manifest), "--out",
+                                       str(out / "contact_sheet.png"), "--quiet"])),
     ]
     timings: dict[str, float] = {}
     for name, stage in stages:

@@ -21,11 +21,18 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from celadon.data.images import load_image
-from celadon.data.manifest import PATH_COLUMN, SOURCE_COLUMN, Manifest, resolve_image_path, write_manifest
+from celadon.data.manifest import (
+    AUG_SEED_COLUMN,
+    PATH_COLUMN,
+    SOURCE_COLUMN,
+    Manifest,
+    resolve_image_path,
+    write_manifest,
+)
 from celadon.errors import CeladonError
 from celadon.runinfo import atomic_write_bytes
 
-AUG_SEED = "aug_seed"
+AUG_SEED = AUG_SEED_COLUMN
 ORIGIN = "origin"
 SOURCE = SOURCE_COLUMN
 
@@ -84,8 +91,6 @@ def plan_augmentation(manifest: Manifest, config: AugmentConfig) -> pd.DataFrame
     if "split" not in manifest.frame.columns:
         raise CeladonError(f"{manifest.source}: no 'split' column; run `celadon data split` first and augment "
                            "its splits.csv (augmentation must never touch val/test)")
-    if config.target < config.threshold:
-        raise CeladonError(f"augmentation target ({config.target}) must be >= threshold ({config.threshold})")
     train = manifest.frame[manifest.frame["split"] == "train"]
     keys = manifest.combination_keys(config.key)[train.index]
     rows = []

@@ -75,7 +75,8 @@ def _decode(path: str | Path) -> tuple[Image.Image, str]:
     except (OSError, SyntaxError, ValueError) as exc:
         message = str(exc)
         kind = "truncated" if "truncated" in message.lower() else "corrupt"
-        raise ImageReadError(path, kind, f"image cannot be decoded ({message}); re-export or replace the file") from None
+        detail = f"image cannot be decoded ({message}); re-export or replace the file"
+        raise ImageReadError(path, kind, detail) from None
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,8 @@ def describe(manifest: Manifest) -> dict:
 
 
 def analyze_manifest(
-    manifest: Manifest, out_dir: str | Path, compare: Manifest | None = None, labels: tuple[str, str] = ("before", "after")
+    manifest: Manifest, out_dir: str | Path, compare: Manifest | None = None,
+    labels: tuple[str, str] = ("before", "after"),
 ) -> dict:
     """Write `imbalance.json` and long-tail/Lorenz plots per grouping; with `compare`, both side by side."""
     out_dir = Path(out_dir)

@@ -15,7 +15,7 @@ import pandas as pd
 import yaml
 
 from celadon.data.images import IMAGE_EXTENSIONS
-from celadon.data.manifest import PATH_COLUMN, Manifest, _decode, write_manifest
+from celadon.data.manifest import PATH_COLUMN, Manifest, decode_text, write_manifest
 from celadon.errors import CeladonError
 from celadon.taxonomy import Taxonomy
 
@@ -87,7 +87,7 @@ def import_label_csv(
     if not csv_path.is_file():
         raise CeladonError(f"{csv_path} does not exist")
     problems: list = []
-    text = _decode(csv_path.read_bytes(), str(csv_path), None, problems)
+    text = decode_text(csv_path.read_bytes(), str(csv_path), None, problems)
     if text is None:
         raise CeladonError(str(problems[0]))
     rows = [row for row in csv.reader(text.splitlines()) if any(cell.strip() for cell in row)]

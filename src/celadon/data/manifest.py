@@ -23,6 +23,7 @@ from celadon.taxonomy import Taxonomy
 PATH_COLUMN = "path"
 SOURCE_COLUMN = "source"  # for derived rows (augmented, synthetic): the image they came from
 PATH_COLUMNS = (PATH_COLUMN, SOURCE_COLUMN)  # rebased when a manifest is written elsewhere
+AUG_SEED_COLUMN = "aug_seed"  # set on rows whose image is an augmentation of `path`, rendered on the fly
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def resolve_image_path(root: Path, value: str) -> Path:
     return path if path.is_absolute() else root / path
 
 
-def _decode(raw: bytes, source: str, encoding: str | None, problems: list[Problem]) -> str | None:
+def decode_text(raw: bytes, source: str, encoding: str | None, problems: list[Problem]) -> str | None:
     if encoding:
         try:
             return raw.decode(encoding)
@@ -122,7 +123,7 @@ def _read_table(path: Path, encoding: str | None, problems: list[Problem]) -> tu
             return [], [], "row"
         table = table.astype(object).where(table.notna(), "")
         return [str(c) for c in table.columns], [[str(v) for v in row] for row in table.itertuples(index=False)], "row"
-    text = _decode(path.read_bytes(), source, encoding, problems)
+    text = decode_text(path.read_bytes(), source, encoding, problems)
     if text is None:
         return [], [], "line"
     try:
@@ -160,7 +161,8 @@ def parse_manifest(
     for task in taxonomy.task_names:
         if task not in header:
             problems.append(Problem(source, "", task, "missing_column",
-                                    f"no '{task}' column: every {task} label is treated as missing", severity="warning"))
+                                    f"no '{task}' column: every {task} label is treated as missing",
+                                    severity="warning"))
     for column in header:
         if column not in taxonomy.task_names and column != PATH_COLUMN:
             near = [t for t in taxonomy.task_names if t.lower() == column.lower() or t in column.lower()]
@@ -200,7 +202,8 @@ def parse_manifest(
                 problems.append(Problem(source, where, column, "unknown_label",
                                         f"unknown {column} label {value!r}; closest valid: {options}", path=image))
                 record[column] = None
-        key = os.path.normpath(image)
+        # A row is identified by the image it yields: a virtual augmentation (same file, own seed) is not a repeat.
+        key = (os.path.normpath(image), cells.get(AUG_SEED_COLUMN, ""))
         if key in seen:
             first = seen[key]
             same = all(first.get(t) == record.get(t) for t in taxonomy.task_names)

@@ -1,0 +1,42 @@
+"""Shared fixtures: real image files of every awkward kind, written by the tests themselves."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def noise_image(seed: int, size: int = 64) -> Image.Image:
+    """A distinct, textured RGB image (distinct seeds are never near duplicates)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((size, size), Image.BICUBIC)
+
+
+@pytest.fixture
+def write_images(tmp_path: Path):
+    """Write `n` distinct JPEGs under tmp_path/images and return their paths relative to tmp_path."""
+
+    def write(n: int, start: int = 0, size: int = 64) -> list[str]:
+        (tmp_path / "images").mkdir(exist_ok=True)
+        paths = []
+        for i in range(start, start + n):
+            rel = f"images/img{i:04d}.jpg"
+            noise_image(i, size).save(tmp_path / rel, quality=95)
+            paths.append(rel)
+        return paths
+
+    return write
+
+
+def write_manifest_csv(path: Path, rows: list[dict], header: str = "path,dynasty,kiln,glaze,type") -> Path:
+    columns = header.split(",")
+    lines = [header] + [",".join(str(row.get(c, "") or "") for c in columns) for row in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,154 @@
+"""Every validation problem class, on real broken files the tests create."""
+
+import codecs
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from celadon.cli import main
+from celadon.data.images import load_image
+from celadon.data.manifest import parse_manifest
+from celadon.data.validate import ValidationConfig, validate_manifest
+from celadon.taxonomy import load_taxonomy
+from conftest import noise_image, write_manifest_csv
+
+TAXONOMY = load_taxonomy()
+LABELS = {"dynasty": "song", "kiln": "ru", "glaze": "tianqing", "type": "washer"}
+
+
+def _validate(path, **config):
+    return validate_manifest(path, TAXONOMY, ValidationConfig(**config), progress=False)
+
+
+def _kinds(report):
+    return sorted(p.kind for p in report.problems)
+
+
+def test_clean_manifest_with_names_in_three_forms(tmp_path, write_images):
+    paths = write_images(3)
+    rows = [{"path": paths[0], **LABELS},
+            {"path": paths[1], "dynasty": "Yuan", "kiln": "Longquan", "glaze": "celadon", "type": "bowl"},
+            {"path": paths[2], "dynasty": "宋", "kiln": "定窑", "glaze": "", "type": ""}]
+    report = _validate(write_manifest_csv(tmp_path / "m.csv", rows))
+    assert report.problems == []
+    frame = report.manifest.frame
+    assert list(frame["kiln"]) == ["ru", "longquan", "ding"]
+    assert frame["glaze"].iat[2] is None  # missing labels stay missing, to be masked later
+
+
+def test_every_broken_row_is_reported_at_once(tmp_path, write_images):
+    paths = write_images(4)
+    images = tmp_path / "images"
+    good = noise_image(99).tobytes()
+    (images / "truncated.jpg").write_bytes((images / "img0000.jpg").read_bytes()[:400])
+    (images / "empty.jpg").write_bytes(b"")
+    (images / "notimage.jpg").write_bytes(good[:500])
+    noise_image(7, size=16).save(images / "tiny.png")
+    Image.fromarray(np.random.default_rng(0).random((64, 64)).astype(np.float32), "F").save(images / "float.tif")
+    rows = [
+        {"path": paths[0], **LABELS},
+        {"path": "images/truncated.jpg", **LABELS},
+        {"path": "images/empty.jpg", **LABELS},
+        {"path": "images/notimage.jpg", **LABELS},
+        {"path": "images/tiny.png", **LABELS},
+        {"path": "images/float.tif", **LABELS},
+        {"path": "images/missing.jpg", **LABELS},
+        {"path": paths[1], **{**LABELS, "glaze": "moonwhite"}},
+        {"path": paths[0], **LABELS},
+    ]
+    report = _validate(write_manifest_csv(tmp_path / "m.csv", rows))
+    assert _kinds(report) == sorted(["truncated", "zero_size", "corrupt", "tiny_image", "unsupported_mode",
+                                     "missing_file", "unknown_label", "duplicate_row"])
+    lines = {p.kind: str(p) for p in report.problems}
+    assert "m.csv:line 3:" in lines["truncated"] and "images/truncated.jpg" in lines["truncated"]
+    assert "[glaze]" in lines["unknown_label"] and "'moon_white'" in lines["unknown_label"]
+    assert "first at line 2" in lines["duplicate_row"]
+    assert "16x16" in lines["tiny_image"]
+    assert "'F'" in lines["unsupported_mode"]
+    assert all("\n" not in line for line in lines.values())
+
+
+def test_awkward_modes_are_converted_not_rejected(tmp_path):
+    base = np.asarray(noise_image(3))
+    Image.fromarray(base).convert("CMYK").save(tmp_path / "cmyk.jpg")
+    Image.fromarray(base).convert("RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(base).convert("P").save(tmp_path / "palette.png")
+    Image.fromarray(base).convert("L").save(tmp_path / "grey.png")
+    deep = (np.asarray(Image.fromarray(base).convert("L"), dtype=np.uint16) * 257)
+    Image.fromarray(deep).save(tmp_path / "deep16.png")
+    for name in ("cmyk.jpg", "rgba.png", "palette.png", "grey.png", "deep16.png"):
+        img = load_image(tmp_path / name)
+        assert img.mode == "RGB" and img.size == (64, 64), name
+    # 16-bit values are scaled to 8 bits, not clipped to white.
+    grey = np.asarray(load_image(tmp_path / "deep16.png"))[..., 0].astype(int)
+    expected = np.asarray(Image.fromarray(base).convert("L"), dtype=int)
+    assert np.abs(grey - expected).max() <= 1
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = Image.new("RGB", (80, 40), (200, 10, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    img.save(tmp_path / "rotated.jpg", exif=exif)
+    assert load_image(tmp_path / "rotated.jpg").size == (40, 80)
+
+
+def test_bom_and_utf16_manifests_are_read(tmp_path, write_images):
+    paths = write_images(1)
+    text = f"path,dynasty,kiln,glaze,type\n{paths[0]},宋,汝窑,天青釉,洗\n"
+    (tmp_path / "bom.csv").write_bytes(codecs.BOM_UTF8 + text.encode("utf-8"))
+    (tmp_path / "utf16.csv").write_bytes(text.encode("utf-16"))
+    for name in ("bom.csv", "utf16.csv"):
+        report = _validate(tmp_path / name)
+        assert report.problems == [], name
+        assert report.manifest.frame["type"].iat[0] == "washer"
+
+
+def test_non_utf8_manifest_names_the_line_and_the_fix(tmp_path, write_images):
+    paths = write_images(1)
+    text = f"path,dynasty,kiln,glaze,type\n{paths[0]},宋,汝窑,天青釉,洗\n"
+    (tmp_path / "gbk.csv").write_bytes(text.encode("gb18030"))
+    report = _validate(tmp_path / "gbk.csv")
+    assert _kinds(report) == ["encoding"]
+    assert "line 2" in str(report.problems[0]) and "gb18030" in str(report.problems[0])
+    assert _validate(tmp_path / "gbk.csv", encoding="gb18030").problems == []
+
+
+@pytest.mark.parametrize(
+    ("content", "kind", "fragment"),
+    [
+        ("", "empty_manifest", "empty"),
+        ("path,dynasty,kiln,glaze,type\n", "empty_manifest", "no rows"),
+        ("file,dynasty,kiln,glaze,type\na.jpg,song,ru,celadon,bowl\n", "bad_header", "no 'path' column"),
+        ("a.jpg,song,ru,celadon,bowl\n", "bad_header", "looks like data"),
+        ("path,dynasty,kiln,glaze,type\na.jpg,song,ru\n", "bad_row", "has 3 fields"),
+    ],
+)
+def test_structural_problems(tmp_path, content, kind, fragment):
+    (tmp_path / "m.csv").write_text(content, encoding="utf-8")
+    report = _validate(tmp_path / "m.csv")
+    assert kind in _kinds(report)
+    assert fragment in " ".join(str(p) for p in report.problems)
+
+
+def test_missing_task_column_is_a_warning_and_masks_the_task(tmp_path, write_images):
+    paths = write_images(1)
+    write_manifest_csv(tmp_path / "m.csv", [{"path": paths[0], "glaze": "white"}], header="path,glaze")
+    manifest, problems = parse_manifest(tmp_path / "m.csv", TAXONOMY)
+    assert {p.severity for p in problems} == {"warning"}
+    assert manifest.frame["type"].iat[0] is None and manifest.frame["glaze"].iat[0] == "white"
+
+
+def test_cli_exit_codes_and_one_line_errors(tmp_path, write_images, capsys):
+    paths = write_images(2)
+    good = write_manifest_csv(tmp_path / "good.csv", [{"path": p, **LABELS} for p in paths])
+    bad = write_manifest_csv(tmp_path / "bad.csv", [{"path": "images/none.jpg", **LABELS}])
+    assert main(["data", "validate", str(good), "--quiet"]) == 0
+    assert main(["data", "validate", str(bad), "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert "error:" in out and "images/none.jpg" in out and "Traceback" not in out
+    # A command that needs a manifest refuses a missing one in a single line.
+    assert main(["data", "split", str(tmp_path / "nothing.csv"), "--out", str(tmp_path / "s"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not exist" in err
