@@ -130,3 +130,16 @@ def test_weights_cli(tmp_path, write_images, capsys):
     assert main(["data", "weights", str(tmp_path / "splits.csv"), "--out", str(tmp_path / "w.json")]) == 0
     saved = pd.read_json(tmp_path / "w.json", typ="series")
     assert saved["class_weights"]["glaze"]["black"] > saved["class_weights"]["glaze"]["white"] > 0
+
+
+def test_validate_accepts_virtual_rows_but_still_finds_real_duplicates(tmp_path, write_images):
+    from celadon.data.validate import ValidationConfig, validate_manifest
+
+    manifest = _splits(tmp_path, write_images, [2])
+    (tmp_path / "images" / "copy.jpg").write_bytes((tmp_path / manifest.frame["path"].iat[0]).read_bytes())
+    frame = manifest.frame.copy()
+    frame.loc[len(frame)] = {**frame.iloc[0].to_dict(), "path": "images/copy.jpg"}
+    path, _ = augment_manifest(manifest.with_frame(frame), tmp_path / "aug", AugmentConfig(threshold=5, target=5),
+                               progress=False)
+    report = validate_manifest(path, TAXONOMY, ValidationConfig(), progress=False)
+    assert [p.kind for p in report.problems] == ["exact_duplicate"]  # the copy, not the 2 virtual rows

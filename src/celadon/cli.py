@@ -93,8 +93,10 @@ def cmd_split(args: argparse.Namespace) -> int:
     result = run_split(args.manifest, _taxonomy(args), args.out, config, near_distance=args.near_distance,
                        check_leakage=not args.no_leakage_check, progress=not args.quiet)
     print(result.summary.to_string())
-    for line in result.leakage_lines:
+    for line in result.leakage_lines[:WARNINGS_SHOWN]:
         print(line)
+    if len(result.leakage_lines) > WARNINGS_SHOWN:
+        print(f"... {len(result.leakage_lines) - WARNINGS_SHOWN} more in {Path(args.out) / 'leakage.csv'}")
     print(f"{len(result.leakage_lines)} leaking duplicate pairs across splits" if not args.no_leakage_check
           else "leakage check skipped")
     print(f"splits written to {result.path}")

@@ -7,6 +7,7 @@ orientation; they are converted here, not rejected. Only modes with no meaningfu
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,17 +54,22 @@ def _to_rgb(img: Image.Image, path: str | Path) -> Image.Image:
 
 def load_image(path: str | Path) -> Image.Image:
     """Decode fully, apply EXIF orientation and return RGB; raise `ImageReadError` naming the problem."""
-    return _decode(path)[0]
+    return _decode(path, _read_bytes(path))[0]
 
 
-def _decode(path: str | Path) -> tuple[Image.Image, str]:
+def _read_bytes(path: str | Path) -> bytes:
     path = Path(path)
     if not path.exists():
         raise ImageReadError(path, "missing_file", "file does not exist")
-    if path.stat().st_size == 0:
+    data = path.read_bytes()
+    if not data:
         raise ImageReadError(path, "zero_size", "file is empty (0 bytes)")
+    return data
+
+
+def _decode(path: str | Path, data: bytes) -> tuple[Image.Image, str]:
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data)) as img:
             img.load()
             mode = img.mode
             img = ImageOps.exif_transpose(img)
@@ -93,8 +99,9 @@ class ImageInfo:
 
 def inspect_image(path: str | Path) -> ImageInfo:
     """Decode the image once and hash it (file bytes for exact, pHash of the RGB image for near duplicates)."""
-    img, mode = _decode(path)
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    data = _read_bytes(path)  # read once: hashed for exact duplicates, decoded for the rest
+    img, mode = _decode(path, data)
+    digest = hashlib.sha256(data).hexdigest()
     thumb = img.resize((THUMBNAIL, THUMBNAIL), Image.BILINEAR).tobytes()
     return ImageInfo(img.width, img.height, mode, digest, perceptual_hash(img), thumb)
 

@@ -190,7 +190,7 @@ def parse_manifest(
             if column == PATH_COLUMN:
                 continue
             if column not in taxonomy.task_names:
-                record[column] = value
+                record[column] = value or None  # an empty cell is missing, in any column
                 continue
             if not value:
                 record[column] = None
