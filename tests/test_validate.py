@@ -152,3 +152,15 @@ def test_cli_exit_codes_and_one_line_errors(tmp_path, write_images, capsys):
     assert main(["data", "split", str(tmp_path / "nothing.csv"), "--out", str(tmp_path / "s"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not exist" in err
+
+
+def test_parquet_manifest_reads_like_csv(tmp_path, write_images):
+    import pandas as pd
+
+    paths = write_images(2)
+    pd.DataFrame([{"path": paths[0], **LABELS}, {"path": paths[1], **{**LABELS, "glaze": "Moon White"}}]).to_parquet(
+        tmp_path / "m.parquet")
+    report = _validate(tmp_path / "m.parquet")
+    assert report.problems == []
+    assert list(report.manifest.frame["glaze"]) == ["tianqing", "moon_white"]
+    assert report.manifest.row_name(1) == "row 2"
