@@ -91,13 +91,18 @@ def test_augment_needs_a_split(tmp_path, write_images):
 
 
 def test_effective_number_weights_by_hand():
-    counts = [1, 10, 1000, 0]
+    counts = [1, 300, 1000, 0]
     raw = [(1 - 0.999) / (1 - 0.999**n) for n in counts[:3]]
-    expected = [w * 3 / sum(raw) for w in raw]
-    weights = effective_number_weights(counts, beta=0.999, cap=100.0)
+    relative = [r / raw[2] for r in raw]  # the most frequent class weighs 1
+    assert relative[0] > 600 and 2 < relative[1] < 3  # only the first is capped
+    capped = [min(r, 10.0) for r in relative]
+    expected = [c * 3 / sum(capped) for c in capped]
+    weights = effective_number_weights(counts, beta=0.999, cap=10.0)
     assert weights.tolist() == pytest.approx([*expected, 0.0])
-    capped = effective_number_weights(counts, beta=0.999, cap=2.0)
-    assert capped.tolist() == pytest.approx([2.0, min(2.0, expected[1]), expected[2], 0.0])
+    assert weights[0] / weights[2] == pytest.approx(10.0)  # the cap bounds the rarest/commonest ratio
+    assert weights[:3].mean() == pytest.approx(1.0)
+    uncapped = effective_number_weights(counts, beta=0.999, cap=1e6)
+    assert uncapped[0] / uncapped[2] == pytest.approx(raw[0] / raw[2])
 
 
 def test_task_class_weights_follow_the_taxonomy_order(tmp_path, write_images):
@@ -106,9 +111,9 @@ def test_task_class_weights_follow_the_taxonomy_order(tmp_path, write_images):
     codes = TAXONOMY.task("glaze").codes
     assert weights.shape == (len(codes),)
     raw_white, raw_black = (1 - 0.9) / (1 - 0.9**4), (1 - 0.9) / (1 - 0.9**1)
-    norm = 2 / (raw_white + raw_black)
-    assert weights[codes.index("white")].item() == pytest.approx(raw_white * norm, rel=1e-6)
-    assert weights[codes.index("black")].item() == pytest.approx(raw_black * norm, rel=1e-6)
+    relative_black = raw_black / raw_white  # 3.44: below the cap
+    assert weights[codes.index("white")].item() == pytest.approx(2 / (1 + relative_black), rel=1e-6)
+    assert weights[codes.index("black")].item() == pytest.approx(2 * relative_black / (1 + relative_black), rel=1e-6)
     assert weights[codes.index("celadon")].item() == 0.0
 
 

@@ -56,16 +56,19 @@ def paper_transform(size: tuple[int, int], fill: tuple[int, int, int]) -> v2.Com
     ])
 
 
-def _border_colour(img: Image.Image) -> tuple[int, int, int]:
+def _border_colour(array: np.ndarray) -> tuple[int, int, int]:
     """Median colour of the image border: rotation fills corners with the backdrop, not black wedges."""
-    array = np.asarray(img)
     border = np.concatenate([array[0], array[-1], array[:, 0], array[:, -1]])
     return tuple(int(v) for v in np.median(border, axis=0))
 
 
-def augment_image(img: Image.Image, seed: int) -> Image.Image:
-    """The augmentation of `img` for `seed`: the same pixels every time, whichever process asks."""
-    transform = paper_transform(img.size, _border_colour(img))
+def augment_image(img: Image.Image | torch.Tensor, seed: int) -> Image.Image | torch.Tensor:
+    """The augmentation of `img` (PIL, or uint8 CHW tensor) for `seed`: the same pixels every time."""
+    if isinstance(img, torch.Tensor):
+        size, array = (img.shape[-1], img.shape[-2]), img.permute(1, 2, 0).numpy()
+    else:
+        size, array = img.size, np.asarray(img)
+    transform = paper_transform(size, _border_colour(array))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return transform(img)

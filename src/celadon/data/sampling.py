@@ -28,16 +28,19 @@ def combination_sample_weights(keys: Sequence[str], power: float = 0.5) -> np.nd
 
 
 def effective_number_weights(counts: Sequence[int], beta: float = 0.999, cap: float = 10.0) -> np.ndarray:
-    """Class-balanced weights of Cui et al. (2019): (1 - beta) / (1 - beta^n), normalised to mean 1 over
-    the classes present, then capped (paper: beta 0.999, cap 10). Absent classes get weight 0."""
+    """Class-balanced weights of Cui et al. (2019), (1 - beta) / (1 - beta^n), as the paper uses them:
+    relative to the most frequent class (weight 1), capped at `cap` (paper: beta 0.999, cap 10), then
+    scaled to mean 1 over the classes present. The rarest class thus weighs at most `cap` times the most
+    frequent one; absent classes get weight 0."""
     counts = np.asarray(counts, dtype=np.float64)
     present = counts > 0
     weights = np.zeros_like(counts)
     if not present.any():
         return weights
-    weights[present] = (1.0 - beta) / (1.0 - np.power(beta, counts[present]))
-    weights[present] *= present.sum() / weights[present].sum()
-    return np.minimum(weights, cap)
+    raw = (1.0 - beta) / (1.0 - np.power(beta, counts[present]))
+    relative = np.minimum(raw / raw.min(), cap)
+    weights[present] = relative * present.sum() / relative.sum()
+    return weights
 
 
 def task_class_weights(manifest: Manifest, task: str, beta: float = 0.999, cap: float = 10.0) -> torch.Tensor:

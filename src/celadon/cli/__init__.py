@@ -198,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--workers", type=int, default=2)
 
+    from celadon.cli.classify import add_parsers
+
+    add_parsers(stages, add)
+
     data = stages.add_parser("data", help="manifests, validation, analysis, splits, augmentation")
     verbs = data.add_subparsers(dest="verb", required=True, metavar="VERB")
 
@@ -290,6 +294,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"({time.perf_counter() - start:.1f} s)", file=sys.stderr)
     return code
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,130 @@
+"""`celadon bench train`: training images/s of three input pipelines feeding the same model and batch.
+
+1. compute limit: uint8 batches already in memory (normalise + forward + backward + step only);
+2. celadon's cached path: decoded-once uint8 cache + per-sample uint8 augmentation;
+3. naive: an ImageFolder-style loop decoding every JPEG with PIL transforms each time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+from celadon.classify.data import (
+    CachedDataset,
+    ImageCache,
+    cache_resolution,
+    normalise,
+    prepare_samples,
+    train_transform,
+)
+from celadon.classify.models import ModelConfig, MultiTaskNet
+from celadon.classify.train import PAPER_TASK_WEIGHTS, multitask_loss, set_threads
+from celadon.data.embedded import DemoConfig, make_demo
+from celadon.data.manifest import read_manifest
+from celadon.data.sampling import make_sampler
+from celadon.runinfo import write_json
+from celadon.taxonomy import load_taxonomy
+
+
+@dataclass
+class BenchConfig:
+    backbone: str = "efficientnet_lite0"
+    image_size: int = 128
+    batch_size: int = 64
+    steps: int = 8
+    source_size: int = 384  # museum photos are large; decoding them is what the cache saves
+    threads: int = 0
+    data: str = "runs/bench-data"
+    cache_dir: str = "runs/bench-cache"
+
+
+class NaiveJpegDataset(Dataset):
+    """What a first training script does: open, decode and transform the JPEG on every access."""
+
+    def __init__(self, paths: list[Path], targets: np.ndarray, image_size: int, mean, std):
+        self.paths, self.targets = paths, targets
+        self.transform = v2.Compose([
+            v2.RandomResizedCrop(image_size, scale=(0.8, 1.0)), v2.RandomHorizontalFlip(), v2.RandomRotation(15),
+            v2.ColorJitter(0.2, 0.2, 0.2, 0.1), v2.RandomAffine(degrees=0, translate=(0.1, 0.1)),
+            v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std),
+        ])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        with Image.open(self.paths[index]) as img:
+            return self.transform(img.convert("RGB")), torch.from_numpy(self.targets[index])
+
+
+def _timed(model, optimizer, batches, tasks, class_weights, steps: int, prepare) -> float:
+    """Images/s over `steps` training steps after one warm-up step."""
+    iterator = iter(batches)
+    count, start = 0, 0.0
+    for step in range(steps + 1):
+        if step == 1:
+            start = time.perf_counter()
+        images, targets = next(iterator)
+        logits = model(prepare(images))
+        loss, _ = multitask_loss(logits, targets, tasks, class_weights, PAPER_TASK_WEIGHTS)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step >= 1:
+            count += len(images)
+    return count / (time.perf_counter() - start)
+
+
+def bench_train(config: BenchConfig, progress: bool = True) -> dict:
+    set_threads(config.threads)
+    needed = (config.steps + 1) * config.batch_size
+    manifest_path = make_demo(config.data, DemoConfig(n=max(needed, 200), size=config.source_size, seed=7),
+                              progress=progress)
+    taxonomy = load_taxonomy()
+    manifest = read_manifest(manifest_path, taxonomy)
+    tasks = taxonomy.task_names
+    model = MultiTaskNet(ModelConfig(config.backbone, "none", {t: len(taxonomy.task(t).codes) for t in tasks}))
+    model = model.to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    class_weights = {t: torch.ones(len(taxonomy.task(t).codes)) for t in tasks}
+    cache = ImageCache(config.cache_dir, cache_resolution(config.image_size))
+    samples = prepare_samples(manifest, tasks, cache, progress=progress)  # one-time decode, not timed
+    sampler_size = (config.steps + 1) * config.batch_size
+    results = {}
+    with tqdm(total=3, desc="benchmarking", disable=not progress, leave=False) as bar:
+        generator = torch.Generator().manual_seed(0)
+        fixed = torch.randint(0, 256, (config.batch_size, 3, config.image_size, config.image_size),
+                              dtype=torch.uint8, generator=generator)
+        targets = torch.from_numpy(samples.targets[: config.batch_size])
+        in_memory = [(fixed, targets)] * (config.steps + 1)
+        results["compute_images_per_s"] = _timed(model, optimizer, in_memory, tasks, class_weights, config.steps,
+                                                 lambda x: normalise(x, model.mean, model.std))
+        bar.update()
+        cached = DataLoader(CachedDataset(cache.array(), samples, train_transform(config.image_size)),
+                            batch_size=config.batch_size, sampler=make_sampler(np.ones(len(samples.rows)),
+                                                                               sampler_size, seed=1))
+        results["cached_images_per_s"] = _timed(model, optimizer, cached, tasks, class_weights, config.steps,
+                                                lambda x: normalise(x, model.mean, model.std))
+        bar.update()
+        naive = DataLoader(NaiveJpegDataset(manifest.image_paths(), samples.targets, config.image_size, model.mean,
+                                            model.std),
+                           batch_size=config.batch_size, sampler=make_sampler(np.ones(len(samples.rows)),
+                                                                              sampler_size, seed=1))
+        results["naive_images_per_s"] = _timed(model, optimizer, naive, tasks, class_weights, config.steps,
+                                               lambda x: x.contiguous(memory_format=torch.channels_last))
+        bar.update()
+    results["cached_vs_compute"] = results["cached_images_per_s"] / results["compute_images_per_s"]
+    results["cached_vs_naive"] = results["cached_images_per_s"] / results["naive_images_per_s"]
+    results.update(backbone=config.backbone, image_size=config.image_size, batch_size=config.batch_size,
+                   steps=config.steps, source_size=config.source_size, threads=torch.get_num_threads())
+    write_json(Path(config.data).parent / "bench-train.json", results)
+    return results

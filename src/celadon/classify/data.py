@@ -1,0 +1,152 @@
+"""The fast CPU data path: decode + resize every image once into a uint8 cache, then augment uint8 tensors.
+
+The cache is one memory-mapped array per (resolution) in a cache folder, with rows keyed by the file's
+content hash, so the same photo listed twice, or re-used by another run, is decoded once. Appends are
+crash-safe: the index (written atomically, after the pixels) decides which rows exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+from celadon.data.augment import augment_image
+from celadon.data.images import load_image
+from celadon.data.manifest import AUG_SEED_COLUMN, Manifest
+from celadon.runinfo import atomic_write_text
+
+MISSING = -1  # target value of an unknown label: masked out of that task's loss and metrics
+
+
+def cache_resolution(image_size: int) -> int:
+    """Cache a little larger than the training crop (256/224, as ImageNet recipes do)."""
+    return int(round(image_size * 8 / 7))
+
+
+def resize_square(img: Image.Image, size: int) -> np.ndarray:
+    """Shorter side to `size`, centre crop to a square: what every later crop starts from."""
+    scale = size / min(img.size)
+    w, h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
+    img = img.resize((w, h), Image.BILINEAR, reducing_gap=3.0)
+    left, top = (w - size) // 2, (h - size) // 2
+    return np.array(img.crop((left, top, left + size, top + size)), dtype=np.uint8)  # a writable copy
+
+
+class ImageCache:
+    """uint8 (N, S, S, 3) pixels in `folder/pixels_{S}.u8`, rows located by content hash."""
+
+    def __init__(self, folder: str | Path, size: int):
+        self.folder, self.size = Path(folder), size
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.pixels_path = self.folder / f"pixels_{size}.u8"
+        self.index_path = self.folder / f"index_{size}.json"
+        self.index: dict[str, int] = json.loads(self.index_path.read_text()) if self.index_path.exists() else {}
+        self.row_bytes = size * size * 3
+
+    def rows_for(self, paths: list[Path], progress: bool = True) -> np.ndarray:
+        """Row of each path, decoding and appending the images the cache does not hold yet."""
+        digests = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+        todo = {d: p for d, p in zip(digests, paths, strict=True) if d not in self.index}
+        if todo:
+            committed = len(self.index) * self.row_bytes
+            with open(self.pixels_path, "ab") as handle:
+                handle.truncate(committed)  # drop a partial row left by a killed run
+                handle.seek(committed)
+                for digest, path in tqdm(todo.items(), desc=f"caching images at {self.size}px",
+                                         disable=not progress, leave=False):
+                    handle.write(resize_square(load_image(path), self.size).tobytes())
+                    self.index[digest] = len(self.index)
+                handle.flush()
+            atomic_write_text(self.index_path, json.dumps(self.index))
+        return np.array([self.index[d] for d in digests], dtype=np.int64)
+
+    def array(self) -> np.ndarray:
+        return np.memmap(self.pixels_path, dtype=np.uint8, mode="r",
+                         shape=(len(self.index), self.size, self.size, 3))
+
+
+def train_transform(image_size: int) -> v2.Compose:
+    """Table 8 of the paper, on uint8 CHW tensors."""
+    return v2.Compose([
+        v2.RandomResizedCrop(image_size, scale=(0.8, 1.0), antialias=True),
+        v2.RandomHorizontalFlip(0.5),
+        v2.RandomRotation(15),
+        v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1),
+        v2.RandomAffine(degrees=0, translate=(0.1, 0.1)),
+    ])
+
+
+def eval_transform(image_size: int) -> v2.Compose:
+    return v2.Compose([v2.CenterCrop(image_size)])
+
+
+def encode_targets(manifest: Manifest, tasks: list[str]) -> np.ndarray:
+    """(N, T) int64 class indices in taxonomy order, MISSING where a label is unknown."""
+    columns = []
+    for task in tasks:
+        lookup = {code: i for i, code in enumerate(manifest.taxonomy.task(task).codes)}
+        columns.append([lookup.get(v, MISSING) if v is not None else MISSING for v in manifest.frame[task]])
+    return np.array(columns, dtype=np.int64).T.reshape(len(manifest), len(tasks))
+
+
+@dataclass
+class Samples:
+    """What a dataset needs per row: cache row, targets, virtual-augmentation seed (or -1), source."""
+
+    rows: np.ndarray
+    targets: np.ndarray
+    aug_seeds: np.ndarray
+    synthetic: np.ndarray  # bool per row
+
+
+def prepare_samples(manifest: Manifest, tasks: list[str], cache: ImageCache, synthetic: bool = False,
+                    masked_tasks: tuple[str, ...] = (), progress: bool = True) -> Samples:
+    """Cache the manifest's images and encode its labels; `masked_tasks` are hidden (e.g. glaze for
+    synthetic images, so they train only the other tasks)."""
+    targets = encode_targets(manifest, tasks)
+    for task in masked_tasks:
+        if task in tasks:
+            targets[:, tasks.index(task)] = MISSING
+    seeds = manifest.frame[AUG_SEED_COLUMN] if AUG_SEED_COLUMN in manifest.frame else pd.Series([None] * len(manifest))
+    aug = np.array([int(s) if s is not None and not pd.isna(s) else -1 for s in seeds], dtype=np.int64)
+    rows = cache.rows_for(manifest.image_paths(), progress)
+    return Samples(rows, targets, aug, np.full(len(manifest), synthetic))
+
+
+def concat_samples(parts: list[Samples]) -> Samples:
+    return Samples(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("rows", "targets", "aug_seeds",
+                                                                               "synthetic")))
+
+
+class CachedDataset(Dataset):
+    """(uint8 CHW image, targets) from the cache; normalisation happens per batch, in float, later."""
+
+    def __init__(self, pixels: np.ndarray, samples: Samples, transform: v2.Compose):
+        self.pixels, self.samples, self.transform = pixels, samples, transform
+
+    def __len__(self) -> int:
+        return len(self.samples.rows)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = torch.from_numpy(np.array(self.pixels[self.samples.rows[index]])).permute(2, 0, 1)
+        seed = int(self.samples.aug_seeds[index])
+        if seed >= 0:
+            image = augment_image(image, seed)  # the row's fixed offline augmentation
+        return self.transform(image), torch.from_numpy(self.samples.targets[index])
+
+
+def normalise(batch: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 NCHW -> float, ImageNet-style normalised, channels_last (faster convolutions on CPU)."""
+    mean_t = torch.tensor(mean).view(1, 3, 1, 1) * 255
+    std_t = torch.tensor(std).view(1, 3, 1, 1) * 255
+    return ((batch.float() - mean_t) / std_t).contiguous(memory_format=torch.channels_last)

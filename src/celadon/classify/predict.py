@@ -1,0 +1,90 @@
+"""Loading a trained model directory and predicting top-k labels for image files."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from celadon.classify.checkpoint import load_tensors
+from celadon.classify.data import cache_resolution, eval_transform, normalise, resize_square
+from celadon.classify.models import ModelConfig, MultiTaskNet
+from celadon.data.images import IMAGE_EXTENSIONS, ImageReadError, load_image
+from celadon.errors import CeladonError
+
+
+@dataclass
+class LoadedModel:
+    model: MultiTaskNet
+    card: dict
+
+    @property
+    def image_size(self) -> int:
+        return int(self.card["image_size"])
+
+    def classes(self, task: str) -> list[str]:
+        return self.card["classes"][task]
+
+
+def load_model(model_dir: str | Path) -> LoadedModel:
+    """Rebuild the network from `model.json` and load `model.safetensors` (no pickle involved)."""
+    model_dir = Path(model_dir)
+    card_path = model_dir / "model.json"
+    if not card_path.exists():
+        raise CeladonError(f"{model_dir} is not a trained model folder (no model.json); pass a `celadon train` --out")
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    model = MultiTaskNet(ModelConfig(**card["model"]))
+    model.load_state_dict(load_tensors(model_dir / "model.safetensors"))
+    model.pretrained = card.get("pretrained", model.pretrained)
+    return LoadedModel(model.eval().to(memory_format=torch.channels_last), card)
+
+
+def expand_images(inputs: list[str]) -> list[Path]:
+    """Files as given; folders expanded to their image files (sorted, recursive)."""
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS))
+        else:
+            paths.append(path)
+    return paths
+
+
+@torch.no_grad()
+def predict_images(loaded: LoadedModel, paths: list[Path], top_k: int = 3, batch_size: int = 32
+                   ) -> tuple[list[dict], list[str]]:
+    """Top-k (label, probability) per task for each readable image; one error line per unreadable file."""
+    transform = eval_transform(loaded.image_size)
+    size = cache_resolution(loaded.image_size)
+    results, errors, batch, names = [], [], [], []
+
+    def flush() -> None:
+        if not batch:
+            return
+        images = normalise(torch.stack(batch), loaded.model.mean, loaded.model.std)
+        outputs = {t: v.softmax(-1).numpy() for t, v in loaded.model(images).items()}
+        for i, name in enumerate(names):
+            row = {"image": name}
+            for task, probs in outputs.items():
+                order = np.argsort(-probs[i])[:top_k]
+                row[task] = [(loaded.classes(task)[c], float(probs[i][c])) for c in order]
+            results.append(row)
+        batch.clear()
+        names.clear()
+
+    for path in paths:
+        try:
+            pixels = resize_square(load_image(path), size)
+        except ImageReadError as exc:
+            errors.append(f"error: {exc}")
+            continue
+        batch.append(transform(torch.from_numpy(pixels).permute(2, 0, 1)))
+        names.append(str(path))
+        if len(batch) == batch_size:
+            flush()
+    flush()
+    return results, errors

@@ -1,0 +1,335 @@
+"""`celadon train`: multi-task training with weighted CE, task weights, real/synthetic mixing, early stopping.
+
+Reproducible and resumable by construction: every epoch reseeds torch and the sampler from (seed, epoch),
+so resuming from the checkpoint of epoch k replays epochs k+1.. exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from celadon.classify.checkpoint import load_checkpoint, save_checkpoint, save_tensors
+from celadon.classify.data import (
+    MISSING,
+    CachedDataset,
+    ImageCache,
+    Samples,
+    cache_resolution,
+    concat_samples,
+    eval_transform,
+    normalise,
+    prepare_samples,
+    train_transform,
+)
+from celadon.classify.models import ModelConfig, MultiTaskNet
+from celadon.data.manifest import Manifest, read_manifest
+from celadon.data.sampling import combination_sample_weights, effective_number_weights, make_sampler
+from celadon.errors import CeladonError
+from celadon.evaluate.metrics import mean_macro_f1, task_metrics
+from celadon.runinfo import atomic_write_text, write_run_info
+from celadon.taxonomy import Taxonomy, load_taxonomy
+
+PAPER_TASK_WEIGHTS = {"dynasty": 1.0, "kiln": 1.2, "glaze": 2.0, "type": 1.5}
+
+
+@dataclass
+class TrainConfig:
+    splits: str = ""  # manifest with a split column (splits.csv, or augmented.csv)
+    out: str = "runs/train"
+    taxonomy: str | None = None
+    tasks: list[str] | None = None  # default: every task of the taxonomy
+    backbone: str = "efficientnet_lite0"
+    weights: str = "auto"
+    projection: bool = True
+    dropout: float = 0.5
+    image_size: int = 224
+    batch_size: int = 64
+    epochs: int = 50
+    patience: int = 10  # epochs without a better val mean macro-F1 before stopping
+    lr_backbone: float = 1e-4
+    lr_heads: float = 1e-3
+    weight_decay: float = 1e-5
+    grad_clip: float = 1.0
+    task_weights: dict[str, float] = field(default_factory=lambda: dict(PAPER_TASK_WEIGHTS))
+    class_weight_beta: float = 0.999
+    class_weight_cap: float = 10.0
+    sampler: str = "glaze"  # a task name (inverse class frequency), "hierarchical" (1/sqrt(n)) or "none"
+    synthetic: str | None = None  # a synthesis run's metadata table (manifest with qc_pass / review)
+    synthetic_ratio: float = 0.0  # share of training draws that are synthetic (paper: 0.05 and 0.10)
+    synthetic_tasks: list[str] | None = None  # tasks synthetic images train; None = all
+    seed: int = 0
+    threads: int = 0  # torch threads; 0 = one per core
+    workers: int = 0  # DataLoader workers; 0 keeps decoding-free loading in the training process
+    cache_dir: str | None = None  # default $CELADON_CACHE or ~/.cache/celadon
+    max_steps_per_epoch: int = 0  # 0 = one pass over the training draws
+    log_tensorboard: bool = True
+
+
+def default_cache_dir(config_dir: str | None) -> Path:
+    return Path(config_dir or os.environ.get("CELADON_CACHE") or Path.home() / ".cache" / "celadon")
+
+
+def set_threads(threads: int) -> None:
+    torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
+
+
+def load_synthetic(path: str, taxonomy: Taxonomy) -> Manifest:
+    """Synthetic rows that passed QC and were not rejected in review."""
+    manifest = read_manifest(path, taxonomy)
+    frame = manifest.frame
+    keep = np.ones(len(frame), dtype=bool)
+    if "qc_pass" in frame:
+        keep &= frame["qc_pass"].astype(str).str.lower().isin(["true", "1", "yes"]).to_numpy()
+    if "review" in frame:
+        keep &= (frame["review"].astype(str).str.lower() != "rejected").to_numpy()
+    if not keep.any():
+        raise CeladonError(f"{path}: no synthetic image passed QC and review; nothing to mix in")
+    return manifest.subset(keep)
+
+
+def sample_weights(manifest: Manifest, samples: Samples, tasks: list[str], scheme: str) -> np.ndarray:
+    """Per-sample draw weights for the real training rows."""
+    if scheme == "none":
+        return np.ones(len(samples.rows))
+    if scheme == "hierarchical":
+        return combination_sample_weights(manifest.combination_keys())
+    if scheme not in tasks:
+        raise CeladonError(f"sampler {scheme!r} is neither 'none', 'hierarchical' nor a task ({', '.join(tasks)})")
+    labels = samples.targets[:, tasks.index(scheme)]
+    values, counts = np.unique(labels, return_counts=True)
+    frequency = dict(zip(values.tolist(), counts.tolist(), strict=True))
+    return np.array([1.0 / frequency[v] for v in labels.tolist()])
+
+
+def mixed_weights(real: np.ndarray, n_synthetic: int, ratio: float) -> np.ndarray:
+    """Real weights scaled to total mass 1 - ratio, synthetic (uniform) to `ratio`: the expected share of
+    synthetic draws is exactly `ratio`, through one WeightedRandomSampler."""
+    if n_synthetic == 0 or ratio <= 0:
+        return real / real.sum()
+    return np.concatenate([real / real.sum() * (1 - ratio), np.full(n_synthetic, ratio / n_synthetic)])
+
+
+def multitask_loss(logits: dict[str, torch.Tensor], targets: torch.Tensor, tasks: list[str],
+                   class_weights: dict[str, torch.Tensor], task_weights: dict[str, float]
+                   ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Sum over tasks of lambda_t * L_t, L_t = mean over labelled samples of w_y * CE (paper eq. 1-2);
+    samples whose label is missing (or masked) do not count for that task."""
+    total = logits[tasks[0]].new_zeros(())
+    parts = {}
+    for j, task in enumerate(tasks):
+        y = targets[:, j]
+        labelled = int((y != MISSING).sum())
+        if labelled == 0:
+            continue
+        ce = F.cross_entropy(logits[task], y, weight=class_weights[task], ignore_index=MISSING, reduction="none")
+        loss = ce.sum() / labelled
+        parts[task] = float(loss.detach())
+        total = total + task_weights.get(task, 1.0) * loss
+    return total, parts
+
+
+@torch.no_grad()
+def predict_logits(model: MultiTaskNet, dataset: CachedDataset, batch_size: int) -> dict[str, np.ndarray]:
+    model.eval()
+    outputs: dict[str, list[np.ndarray]] = {t: [] for t in model.task_names}
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    for images, _ in loader:
+        for task, value in model(normalise(images, model.mean, model.std)).items():
+            outputs[task].append(value.float().numpy())
+    return {t: np.concatenate(v) if v else np.zeros((0, model.config.tasks[t])) for t, v in outputs.items()}
+
+
+def model_card(model: MultiTaskNet, taxonomy: Taxonomy, config: TrainConfig) -> dict:
+    """What `model.json` holds: enough to rebuild the model and decode its outputs without the run."""
+    return {"model": asdict(model.config) | {"weights": "none"}, "pretrained": model.pretrained,
+            "image_size": config.image_size, "mean": list(model.mean), "std": list(model.std),
+            "classes": {t: taxonomy.task(t).codes for t in model.task_names}, "taxonomy": taxonomy.source}
+
+
+class Trainer:
+    """Holds one run's data, model and optimiser; `fit()` trains (or resumes) to the end."""
+
+    def __init__(self, config: TrainConfig, progress: bool = True):
+        self.config, self.progress = config, progress
+        set_threads(config.threads)
+        self.out = Path(config.out)
+        self.taxonomy = load_taxonomy(config.taxonomy)
+        self.tasks = config.tasks or self.taxonomy.task_names
+        for task in self.tasks:
+            self.taxonomy.task(task)
+        manifest = read_manifest(config.splits, self.taxonomy)
+        if "split" not in manifest.frame:
+            raise CeladonError(f"{config.splits}: no 'split' column; run `celadon data split` first")
+        self.train_manifest = manifest.subset(manifest.frame["split"] == "train")
+        self.val_manifest = manifest.subset(manifest.frame["split"] == "val")
+        if len(self.train_manifest) == 0 or len(self.val_manifest) == 0:
+            raise CeladonError(f"{config.splits}: needs train and val rows (has {len(self.train_manifest)} train, "
+                               f"{len(self.val_manifest)} val)")
+        cache = ImageCache(default_cache_dir(config.cache_dir), cache_resolution(config.image_size))
+        real = prepare_samples(self.train_manifest, self.tasks, cache, progress=progress)
+        parts, n_synthetic = [real], 0
+        if config.synthetic and config.synthetic_ratio > 0:
+            masked = tuple(t for t in self.tasks if config.synthetic_tasks is not None
+                           and t not in config.synthetic_tasks)
+            synthetic = prepare_samples(load_synthetic(config.synthetic, self.taxonomy), self.tasks, cache,
+                                        synthetic=True, masked_tasks=masked, progress=progress)
+            parts.append(synthetic)
+            n_synthetic = len(synthetic.rows)
+        self.samples = concat_samples(parts)
+        self.weights = mixed_weights(sample_weights(self.train_manifest, real, self.tasks, config.sampler),
+                                     n_synthetic, config.synthetic_ratio)
+        self.epoch_size = int(round(len(real.rows) / (1 - config.synthetic_ratio))) if n_synthetic else len(real.rows)
+        val_samples = prepare_samples(self.val_manifest, self.tasks, cache, progress=progress)
+        pixels = cache.array()  # after every image is cached: the memmap's shape is fixed when opened
+        self.train_set = CachedDataset(pixels, self.samples, train_transform(config.image_size))
+        self.val_set = CachedDataset(pixels, val_samples, eval_transform(config.image_size))
+        self.class_weights = {}
+        for j, task in enumerate(self.tasks):
+            labels = self.samples.targets[:, j]
+            counts = np.bincount(labels[labels != MISSING], minlength=len(self.taxonomy.task(task).codes))
+            self.class_weights[task] = torch.tensor(
+                effective_number_weights(counts, config.class_weight_beta, config.class_weight_cap),
+                dtype=torch.float32)
+        n_classes = {t: len(self.taxonomy.task(t).codes) for t in self.tasks}
+        torch.manual_seed(config.seed)
+        self.model = MultiTaskNet(ModelConfig(config.backbone, config.weights, n_classes, config.projection,
+                                              config.dropout)).to(memory_format=torch.channels_last)
+        head_ids = {id(p) for p in self.model.head_parameters()}
+        self.optimizer = torch.optim.AdamW(
+            [{"params": [p for p in self.model.parameters() if id(p) not in head_ids], "lr": config.lr_backbone},
+             {"params": self.model.head_parameters(), "lr": config.lr_heads}],
+            weight_decay=config.weight_decay)
+        self.steps_per_epoch = self._steps_per_epoch()
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=max(1, config.epochs * self.steps_per_epoch))
+
+    def _steps_per_epoch(self) -> int:
+        steps = -(-self.epoch_size // self.config.batch_size)
+        return min(steps, self.config.max_steps_per_epoch) if self.config.max_steps_per_epoch else steps
+
+    def _epoch_seed(self, epoch: int) -> int:
+        return self.config.seed * 1_000_003 + epoch
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        self.model.train()
+        torch.manual_seed(self._epoch_seed(epoch))
+        sampler = make_sampler(self.weights, self.steps_per_epoch * self.config.batch_size, self._epoch_seed(epoch))
+        loader = DataLoader(self.train_set, batch_size=self.config.batch_size, sampler=sampler,
+                            num_workers=self.config.workers)
+        totals: dict[str, float] = {"loss": 0.0}
+        batches = 0
+        bar = tqdm(loader, total=self.steps_per_epoch, desc=f"epoch {epoch}", disable=not self.progress, leave=False)
+        for images, targets in bar:
+            logits = self.model(normalise(images, self.model.mean, self.model.std))
+            loss, parts = multitask_loss(logits, targets, self.tasks, self.class_weights, self.config.task_weights)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            batches += 1
+            totals["loss"] += float(loss.detach())
+            for task, value in parts.items():
+                totals[f"loss_{task}"] = totals.get(f"loss_{task}", 0.0) + value
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+        return {k: v / max(batches, 1) for k, v in totals.items()}
+
+    def validate(self) -> dict[str, float]:
+        logits = predict_logits(self.model, self.val_set, self.config.batch_size)
+        result = {}
+        for j, task in enumerate(self.tasks):
+            metrics = task_metrics(self.val_set.samples.targets[:, j], logits[task], self.taxonomy.task(task).codes)
+            result[f"val_f1_macro_{task}"] = metrics["f1_macro"]
+            result[f"val_top1_{task}"] = metrics["top1"]
+        result["val_mean_f1_macro"] = mean_macro_f1({t: {"f1_macro": result[f"val_f1_macro_{t}"]}
+                                                     for t in self.tasks})
+        return result
+
+    def fit(self, resume: bool = False) -> dict:
+        """Train until `epochs` or early stopping; returns the final training state."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        ckpt = self.out / "checkpoints"
+        state = {"history": [], "best": -1.0, "best_epoch": 0, "stale": 0}
+        start = 1
+        loaded = load_checkpoint(ckpt) if resume else None
+        if resume and loaded is None:
+            print(f"no checkpoint in {ckpt}; starting from scratch")
+        if loaded is not None:
+            epoch, weights, saved = loaded
+            self.model.load_state_dict(weights)
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.scheduler.load_state_dict(saved["scheduler"])
+            state = saved["progress"]
+            start = epoch + 1
+        elif (ckpt / "latest.json").exists():
+            raise CeladonError(f"{self.out} already holds a training run; pass --resume to continue it, "
+                               "or choose another --out")
+        write_run_info(self.out, "train", self.config, self.config.seed)
+        writer = self._tensorboard(start)
+        print(f"backbone {self.config.backbone}: {self.model.pretrained}")
+        for epoch in range(start, self.config.epochs + 1):
+            if state["stale"] >= self.config.patience:
+                break
+            began = time.perf_counter()
+            row = {"epoch": epoch, **self.train_epoch(epoch), **self.validate(),
+                   "lr_backbone": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - began}
+            state["history"].append(row)
+            if row["val_mean_f1_macro"] > state["best"]:
+                state.update(best=row["val_mean_f1_macro"], best_epoch=epoch, stale=0)
+                self._save_best()
+            else:
+                state["stale"] += 1
+            save_checkpoint(ckpt, epoch, self.model, {"optimizer": self.optimizer.state_dict(),
+                                                      "scheduler": self.scheduler.state_dict(), "progress": state})
+            self._write_history(state["history"])
+            if writer is not None:
+                for key, value in row.items():
+                    if key != "epoch":
+                        writer.add_scalar(key.replace("_", "/", 1), value, epoch)
+                writer.flush()
+            print(f"epoch {epoch}: loss {row['loss']:.3f}, val mean macro-F1 {row['val_mean_f1_macro']:.3f} "
+                  f"(best {state['best']:.3f} @ {state['best_epoch']}), {row['seconds']:.0f} s", flush=True)
+        if state["stale"] >= self.config.patience:
+            print(f"early stop: no improvement for {self.config.patience} epochs; best epoch {state['best_epoch']}")
+        if writer is not None:
+            writer.close()
+        return state
+
+    def _save_best(self) -> None:
+        save_tensors(self.out / "model.safetensors", self.model.state_dict())
+        atomic_write_text(self.out / "model.json", json.dumps(model_card(self.model, self.taxonomy, self.config),
+                                                              indent=2, ensure_ascii=False))
+
+    def _write_history(self, history: list[dict]) -> None:
+        columns = list(dict.fromkeys(k for row in history for k in row))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, columns)
+        writer.writeheader()
+        writer.writerows(history)
+        atomic_write_text(self.out / "history.csv", buffer.getvalue())
+
+    def _tensorboard(self, start: int):
+        if not self.config.log_tensorboard:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return None
+        # purge_step drops events a killed run logged after its last checkpoint, so curves never repeat.
+        return SummaryWriter(str(self.out / "tensorboard"), purge_step=start)
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    return Trainer(config, progress).fit(resume)

@@ -1,0 +1,5 @@
+import sys
+
+from celadon.cli import main
+
+sys.exit(main())

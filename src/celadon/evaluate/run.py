@@ -1,0 +1,99 @@
+"""`celadon evaluate`: metrics of a trained model on a split, written as metrics.json + confusion plots."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
+
+from celadon.classify.data import CachedDataset, ImageCache, cache_resolution, eval_transform, prepare_samples  # noqa: E402
+from celadon.classify.predict import load_model  # noqa: E402
+from celadon.classify.train import default_cache_dir, predict_logits, set_threads  # noqa: E402
+from celadon.data.manifest import read_manifest  # noqa: E402
+from celadon.errors import CeladonError  # noqa: E402
+from celadon.evaluate.metrics import mean_macro_f1, task_metrics  # noqa: E402
+from celadon.runinfo import atomic_write_text, write_json, write_run_info  # noqa: E402
+from celadon.taxonomy import load_taxonomy  # noqa: E402
+
+METRICS_SCHEMA = 1
+
+
+@dataclass
+class EvaluateConfig:
+    model_dir: str = ""
+    splits: str = ""
+    out: str = ""
+    split: str = "test"
+    minority_threshold: int = 50  # classes with fewer training images are "minority" (paper Table 15)
+    batch_size: int = 64
+    cache_dir: str | None = None
+    threads: int = 0
+
+
+def evaluate_model(config: EvaluateConfig, progress: bool = True) -> dict:
+    set_threads(config.threads)
+    loaded = load_model(config.model_dir)
+    taxonomy_source = loaded.card.get("taxonomy", "")
+    taxonomy = load_taxonomy(None if taxonomy_source.startswith("celadon:") or not taxonomy_source
+                             else taxonomy_source)
+    manifest = read_manifest(config.splits, taxonomy)
+    if "split" not in manifest.frame:
+        raise CeladonError(f"{config.splits}: no 'split' column; evaluate a splits.csv")
+    part = manifest.subset(manifest.frame["split"] == config.split)
+    if len(part) == 0:
+        raise CeladonError(f"{config.splits}: no rows in split {config.split!r}")
+    train = manifest.subset(manifest.frame["split"] == "train")
+    tasks = loaded.model.task_names
+    cache = ImageCache(default_cache_dir(config.cache_dir), cache_resolution(loaded.image_size))
+    samples = prepare_samples(part, tasks, cache, progress=progress)
+    logits = predict_logits(loaded.model, CachedDataset(cache.array(), samples, eval_transform(loaded.image_size)),
+                            config.batch_size)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"schema": METRICS_SCHEMA, "split": config.split, "n_images": len(part), "model": str(config.model_dir),
+              "pretrained": loaded.model.pretrained, "tasks": {}}
+    for j, task in enumerate(tasks):
+        classes = loaded.classes(task)
+        counts = train.frame[task].value_counts().to_dict()
+        metrics = task_metrics(samples.targets[:, j], logits[task], classes, counts, config.minority_threshold,
+                               top_pairs=0)
+        metrics["confusion_pairs_all"] = metrics.pop("confusion_pairs")
+        metrics["confusion_pairs"] = metrics["confusion_pairs_all"][:10]
+        matrix = np.array(metrics.pop("confusion"))
+        _write_confusion(out, task, matrix, classes)
+        result["tasks"][task] = metrics
+    result["mean_f1_macro"] = mean_macro_f1(result["tasks"])
+    write_json(out / "metrics.json", result)
+    write_run_info(out, "evaluate", config)
+    return result
+
+
+def _write_confusion(out: Path, task: str, matrix: np.ndarray, classes: list[str]) -> None:
+    used = np.flatnonzero(matrix.sum(0) + matrix.sum(1))  # classes that occur as truth or prediction
+    frame = pd.DataFrame(matrix[np.ix_(used, used)], index=[classes[i] for i in used],
+                         columns=[classes[i] for i in used])
+    atomic_write_text(out / f"confusion_{task}.csv", frame.to_csv())
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(used) + 2),) * 2)
+    ConfusionMatrixDisplay(frame.to_numpy(), display_labels=list(frame.index)).plot(
+        ax=ax, colorbar=False, xticks_rotation=70, values_format="d")
+    ax.set_title(f"{task}: true (rows) vs predicted")
+    fig.tight_layout()
+    fig.savefig(out / f"confusion_{task}.png", dpi=100)
+    plt.close(fig)
+
+
+def load_metrics(path: str | Path) -> dict:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.json"
+    if not path.exists():
+        raise CeladonError(f"{path} does not exist; run `celadon evaluate` first")
+    return json.loads(path.read_text(encoding="utf-8"))

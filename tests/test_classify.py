@@ -1,0 +1,149 @@
+"""The classifier: loss masking, task weights, mixing ratio, resume after SIGKILL, early stopping, CLI."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from celadon.classify.checkpoint import load_checkpoint, load_tensors
+from celadon.classify.data import MISSING, ImageCache
+from celadon.classify.train import TrainConfig, Trainer, mixed_weights, multitask_loss, train
+from celadon.cli import main
+from celadon.data.embedded import DemoConfig, make_demo
+from celadon.data.sampling import make_sampler
+from celadon.data.split import SplitConfig, run_split
+from celadon.taxonomy import load_taxonomy
+from conftest import noise_image
+
+
+@pytest.fixture(scope="module")
+def tiny_splits(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny")
+    manifest = make_demo(root / "data", DemoConfig(n=90, size=40, seed=3, workers=1), progress=False)
+    return run_split(manifest, load_taxonomy(), root / "split", SplitConfig(seed=0), progress=False).path
+
+
+def tiny_config(splits: Path, out: Path, **changes) -> TrainConfig:
+    values = dict(splits=str(splits), out=str(out), weights="none", image_size=32, batch_size=8, epochs=3,
+                  max_steps_per_epoch=3, threads=1, cache_dir=str(out.parent / "cache"), log_tensorboard=False)
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def test_missing_labels_are_masked_and_tasks_weighted():
+    torch.manual_seed(0)
+    logits = {"glaze": torch.randn(4, 3, requires_grad=True), "type": torch.randn(4, 2, requires_grad=True)}
+    targets = torch.tensor([[0, 1], [MISSING, 0], [2, MISSING], [1, MISSING]])
+    class_weights = {"glaze": torch.tensor([1.0, 2.0, 0.5]), "type": torch.tensor([1.0, 3.0])}
+    total, parts = multitask_loss(logits, targets, ["glaze", "type"], class_weights, {"glaze": 2.0, "type": 1.5})
+    log_p = {t: torch.log_softmax(v.detach(), -1) for t, v in logits.items()}
+    glaze = -(1.0 * log_p["glaze"][0, 0] + 0.5 * log_p["glaze"][2, 2] + 2.0 * log_p["glaze"][3, 1]) / 3
+    kind = -(3.0 * log_p["type"][0, 1] + 1.0 * log_p["type"][1, 0]) / 2
+    assert parts["glaze"] == pytest.approx(float(glaze), rel=1e-5)
+    assert parts["type"] == pytest.approx(float(kind), rel=1e-5)
+    assert float(total.detach()) == pytest.approx(float(2.0 * glaze + 1.5 * kind), rel=1e-5)
+    total.backward()
+    assert torch.all(logits["glaze"].grad[1] == 0) and torch.all(logits["type"].grad[2:] == 0)
+    # A batch without any label of a task adds nothing for it.
+    _, parts = multitask_loss(logits, torch.tensor([[0, MISSING]] * 4), ["glaze", "type"], class_weights, {})
+    assert "type" not in parts
+
+
+def test_mixing_ratio_is_achieved_in_sampled_batches():
+    real = np.random.default_rng(0).random(500) + 0.1
+    weights = mixed_weights(real, n_synthetic=40, ratio=0.10)
+    drawn = np.array(list(make_sampler(weights, 64 * 300, seed=5))).reshape(300, 64)
+    share = (drawn >= 500).mean()
+    assert share == pytest.approx(0.10, abs=0.01)
+    assert (drawn >= 500).mean(axis=1).std() < 0.06  # every batch is near the ratio, not just the average
+
+
+def test_trainer_mixes_filtered_synthetic_rows_with_task_mask(tiny_splits, tmp_path):
+    rows = []
+    for i in range(6):
+        noise_image(100 + i, 40).save(tmp_path / f"syn{i}.jpg")
+        rows.append({"path": f"syn{i}.jpg", "dynasty": "song", "kiln": "ru", "glaze": "celadon", "type": "vase",
+                     "qc_pass": "false" if i == 0 else "true", "review": "rejected" if i == 1 else ""})
+    pd.DataFrame(rows).to_csv(tmp_path / "synthetic.csv", index=False)
+    trainer = Trainer(tiny_config(tiny_splits, tmp_path / "run", synthetic=str(tmp_path / "synthetic.csv"),
+                                  synthetic_ratio=0.25, synthetic_tasks=["type", "dynasty"]), progress=False)
+    synthetic = trainer.samples.synthetic
+    assert synthetic.sum() == 4  # failed QC and rejected in review are left out
+    glaze = trainer.tasks.index("glaze")
+    assert np.all(trainer.samples.targets[synthetic, glaze] == MISSING)
+    assert np.all(trainer.samples.targets[synthetic, trainer.tasks.index("type")] >= 0)
+    assert trainer.weights[synthetic].sum() == pytest.approx(0.25)
+    n_real = int((~synthetic).sum())
+    assert trainer.epoch_size == round(n_real / 0.75)
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_splits, tmp_path):
+    config = tiny_config(tiny_splits, tmp_path / "straight", epochs=4, max_steps_per_epoch=6)
+    train(config, progress=False)
+    reference = load_tensors(tmp_path / "straight" / "checkpoints" / "epoch_004.model.safetensors")
+
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "celadon.cli", "train", str(tiny_splits), "--out", str(out), "--weights",
+               "none", "--image-size", "32", "--batch-size", "8", "--epochs", "4", "--max-steps-per-epoch", "6",
+               "--threads", "1", "--cache-dir", config.cache_dir, "--quiet"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    pointer = out / "checkpoints" / "latest.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if pointer.exists() and json.loads(pointer.read_text())["epoch"] >= 2:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, process.stderr.read().decode()
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    epoch, _, _ = load_checkpoint(out / "checkpoints")
+    assert 2 <= epoch < 4
+    assert main(["train", str(tiny_splits), "--out", str(out), "--weights", "none", "--image-size", "32",
+                 "--batch-size", "8", "--epochs", "4", "--max-steps-per-epoch", "6", "--threads", "1",
+                 "--cache-dir", config.cache_dir, "--resume", "--quiet"]) == 0
+    resumed = load_tensors(out / "checkpoints" / "epoch_004.model.safetensors")
+    assert resumed.keys() == reference.keys()
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+    history = pd.read_csv(out / "history.csv")
+    assert history["epoch"].tolist() == [1, 2, 3, 4]  # nothing lost, nothing duplicated
+
+
+def test_early_stopping_when_val_cannot_improve(tiny_splits, tmp_path):
+    config = tiny_config(tiny_splits, tmp_path / "frozen", epochs=10, patience=2, lr_backbone=0.0, lr_heads=0.0)
+    state = train(config, progress=False)
+    assert [row["epoch"] for row in state["history"]] == [1, 2, 3]
+    assert state["best_epoch"] == 1 and state["stale"] == 2
+
+
+def test_existing_run_needs_resume(tiny_splits, tmp_path):
+    config = tiny_config(tiny_splits, tmp_path / "once", epochs=1, max_steps_per_epoch=1)
+    train(config, progress=False)
+    from celadon.errors import CeladonError
+
+    with pytest.raises(CeladonError, match="pass --resume"):
+        train(config, progress=False)
+
+
+def test_cache_decodes_each_content_once_and_survives_partial_writes(tmp_path):
+    for i in range(3):
+        noise_image(i, 50).save(tmp_path / f"{i}.png")
+    (tmp_path / "copy.png").write_bytes((tmp_path / "0.png").read_bytes())
+    cache = ImageCache(tmp_path / "cache", 16)
+    rows = cache.rows_for([tmp_path / "0.png", tmp_path / "1.png", tmp_path / "copy.png"], progress=False)
+    assert rows.tolist() == [0, 1, 0]
+    with open(cache.pixels_path, "ab") as handle:  # a killed append: half a row of garbage
+        handle.write(b"\x07" * 100)
+    cache = ImageCache(tmp_path / "cache", 16)
+    assert cache.rows_for([tmp_path / "2.png"], progress=False).tolist() == [2]
+    array = cache.array()
+    assert array.shape == (3, 16, 16, 3)
+    assert not np.all(array[2] == 7)
