@@ -147,3 +147,24 @@ def test_cache_decodes_each_content_once_and_survives_partial_writes(tmp_path):
     array = cache.array()
     assert array.shape == (3, 16, 16, 3)
     assert not np.all(array[2] == 7)
+
+
+def test_batch_colour_jitter():
+    from celadon.classify.data import _LUMA, jitter_colours
+
+    torch.manual_seed(0)
+    batch = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    assert torch.allclose(jitter_colours(batch, 0, 0, 0, 0), batch.float())
+    grey = torch.full((4, 3, 8, 8), 120, dtype=torch.uint8)
+    assert torch.allclose(jitter_colours(grey, 0, 0, 0.5, 0.5), grey.float(), atol=1e-3)  # no colour to change
+    # Hue rotation keeps luma; different samples get different factors; the same seed the same result.
+    mid = torch.randint(60, 190, (6, 3, 8, 8), dtype=torch.uint8)
+    rotated = jitter_colours(mid, 0, 0, 0, 0.1)
+    assert torch.allclose((rotated * _LUMA).sum(1), (mid.float() * _LUMA).sum(1), atol=1e-3)
+    assert not torch.allclose(rotated, mid.float())
+    torch.manual_seed(1)
+    first = jitter_colours(batch)
+    torch.manual_seed(1)
+    assert torch.equal(first, jitter_colours(batch))
+    ratio = first.mean((1, 2, 3)) / batch.float().mean((1, 2, 3))
+    assert ratio.std() > 0.01 and first.min() >= 0 and first.max() <= 255

@@ -53,9 +53,10 @@ def test_make_demo_writes_a_valid_manifest_and_resumes(tmp_path, capsys):
     assert main(["data", "validate", str(manifest), "--quiet"]) == 0
 
 
-def test_demo_command_runs_every_data_stage(tmp_path, capsys):
+def test_demo_command_runs_every_stage(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["demo", "--out", str(out), "--n", "150", "--size", "40", "--workers", "1", "--quiet"]) == 0
+    assert main(["demo", "--out", str(out), "--n", "150", "--size", "40", "--workers", "1", "--image-size", "32",
+                 "--epochs", "1", "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "wall time per stage" in text and "0 leaking duplicate pairs" in text
     splits = pd.read_csv(out / "split" / "splits.csv")
@@ -63,5 +64,7 @@ def test_demo_command_runs_every_data_stage(tmp_path, capsys):
     assert set(splits["split"]) == {"train", "val", "test"}
     assert len(augmented) > len(splits)
     assert set(augmented.loc[augmented["origin"] == "augmented", "split"]) == {"train"}
-    for stage in ("data", "analysis", "split", "augment"):
+    for stage in ("data", "analysis", "split", "augment", "model", "model/eval-test"):
         assert (out / stage / "run.yaml").exists(), stage
+    assert (out / "model" / "model.safetensors").exists()
+    assert "mean macro-F1 over tasks" in text and "glaze:" in text  # evaluate and predict printed

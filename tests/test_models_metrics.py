@@ -111,3 +111,29 @@ def test_train_evaluate_predict_from_the_cli(tmp_path, capsys):
     predictions = json.loads((tmp_path / "p.json").read_text())
     assert len(predictions) == 1 and len(predictions[0]["glaze"]) == 2
     assert sum(p for _, p in predictions[0]["glaze"]) <= 1.0
+
+
+def test_one_task_collection_trains_and_evaluates(tmp_path):
+    from celadon.cli import main
+    from conftest import noise_image
+
+    for label in ("bowl", "vase", "盘"):
+        (tmp_path / "photos" / label).mkdir(parents=True)
+        for i in range(12):
+            noise_image(hash((label, i)) % 10_000, 40).save(tmp_path / "photos" / label / f"{i}.jpg")
+    assert main(["data", "import-folder", str(tmp_path / "photos"), "--task", "type", "--out",
+                 str(tmp_path / "m.csv")]) == 0
+    assert main(["data", "split", str(tmp_path / "m.csv"), "--out", str(tmp_path / "split"), "--key", "type",
+                 "--quiet"]) == 0
+    splits = str(tmp_path / "split" / "splits.csv")
+    common = ["--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    assert main(["train", splits, "--out", str(tmp_path / "model"), "--tasks", "type", "--sampler", "type",
+                 "--weights", "none", "--image-size", "32", "--batch-size", "8", "--epochs", "1", "--threads", "1",
+                 *common]) == 0
+    assert main(["evaluate", str(tmp_path / "model"), splits, *common]) == 0
+    metrics = json.loads((tmp_path / "model" / "eval-test" / "metrics.json").read_text())
+    assert list(metrics["tasks"]) == ["type"]
+    from celadon.data.split import SplitConfig, split_sizes
+
+    assert metrics["tasks"]["type"]["n"] == 3 * split_sizes(12, SplitConfig())[2]  # every test image, labelled
+    assert "random init" in metrics["pretrained"]

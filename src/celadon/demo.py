@@ -1,7 +1,8 @@
 """`celadon demo`: the pipeline on the embedded default, stage by stage, with wall time per stage.
 
-Today it covers the data stage (render -> validate -> analyze -> split + leakage -> augment -> weights ->
-contact sheet); later stages append themselves here so the README's first command always runs everything there is.
+Today: the data stage (render -> validate -> analyze -> split + leakage -> augment -> weights -> contact
+sheet) and the classifier (train the real-only baseline -> evaluate on test -> predict). Later stages append
+themselves here, so the README's first command always runs everything there is.
 """
 
 from __future__ import annotations
@@ -21,6 +22,17 @@ class DemoRunConfig:
     size: int = 128
     seed: int = 0
     workers: int = 2
+    image_size: int = 96
+    epochs: int = 8
+    backbone: str = "efficientnet_lite0"
+
+
+def _test_images(splits: Path, n: int) -> list[str]:
+    """A few test-split image paths, to show what `celadon predict` prints."""
+    import pandas as pd
+
+    frame = pd.read_csv(splits)
+    return [str(splits.parent / p) for p in frame.loc[frame["split"] == "test", "path"].head(n)]
 
 
 def run_demo(config: DemoRunConfig) -> dict[str, float]:
@@ -29,6 +41,7 @@ def run_demo(config: DemoRunConfig) -> dict[str, float]:
 
     out = config.out
     data, manifest, splits = out / "data", out / "data" / "manifest.csv", out / "split" / "splits.csv"
+    model, cache = out / "model", out / "cache"
     stages: list[tuple[str, Callable[[], int]]] = [
         ("render embedded dataset", lambda: cli(["data", "make-demo", str(data), "--n", str(config.n), "--size",
                                                  str(config.size), "--seed", str(config.seed), "--workers",
@@ -45,6 +58,13 @@ def run_demo(config: DemoRunConfig) -> dict[str, float]:
                                                   str(out / "weights.json"), "--quiet"])),
         ("contact sheet", lambda: cli(["data", "contact-sheet", str(manifest), "--out",
                                        str(out / "contact_sheet.png"), "--quiet"])),
+        ("train baseline (real only)", lambda: cli(["train", str(splits), "--out", str(model), "--backbone",
+                                                    config.backbone, "--image-size", str(config.image_size),
+                                                    "--epochs", str(config.epochs), "--seed", str(config.seed),
+                                                    "--cache-dir", str(cache), "--resume", "--quiet"])),
+        ("evaluate on test", lambda: cli(["evaluate", str(model), str(splits), "--cache-dir", str(cache),
+                                          "--quiet"])),
+        ("predict", lambda: cli(["predict", str(model), *_test_images(splits, 3), "--top-k", "2", "--quiet"])),
     ]
     timings: dict[str, float] = {}
     for name, stage in stages:

@@ -29,6 +29,7 @@ from celadon.classify.data import (
     cache_resolution,
     concat_samples,
     eval_transform,
+    jitter_colours,
     normalise,
     prepare_samples,
     train_transform,
@@ -155,7 +156,9 @@ def model_card(model: MultiTaskNet, taxonomy: Taxonomy, config: TrainConfig) -> 
     """What `model.json` holds: enough to rebuild the model and decode its outputs without the run."""
     return {"model": asdict(model.config) | {"weights": "none"}, "pretrained": model.pretrained,
             "image_size": config.image_size, "mean": list(model.mean), "std": list(model.std),
-            "classes": {t: taxonomy.task(t).codes for t in model.task_names}, "taxonomy": taxonomy.source}
+            "classes": {t: taxonomy.task(t).codes for t in model.task_names},
+            "taxonomy": taxonomy.source if taxonomy.source.startswith("celadon:")
+            else str(Path(taxonomy.source).resolve())}
 
 
 class Trainer:
@@ -232,7 +235,7 @@ class Trainer:
         batches = 0
         bar = tqdm(loader, total=self.steps_per_epoch, desc=f"epoch {epoch}", disable=not self.progress, leave=False)
         for images, targets in bar:
-            logits = self.model(normalise(images, self.model.mean, self.model.std))
+            logits = self.model(normalise(jitter_colours(images), self.model.mean, self.model.std))
             loss, parts = multitask_loss(logits, targets, self.tasks, self.class_weights, self.config.task_weights)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -240,10 +243,11 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             batches += 1
-            totals["loss"] += float(loss.detach())
-            for task, value in parts.items():
-                totals[f"loss_{task}"] = totals.get(f"loss_{task}", 0.0) + value
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            value = float(loss.detach())
+            totals["loss"] += value
+            for task, part in parts.items():
+                totals[f"loss_{task}"] = totals.get(f"loss_{task}", 0.0) + part
+            bar.set_postfix(loss=f"{value:.3f}")
         return {k: v / max(batches, 1) for k, v in totals.items()}
 
     def validate(self) -> dict[str, float]:

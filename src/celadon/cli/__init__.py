@@ -175,7 +175,8 @@ def cmd_contact_sheet(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from celadon.demo import DemoRunConfig, run_demo
 
-    run_demo(DemoRunConfig(out=Path(args.out), n=args.n, size=args.size, seed=args.seed, workers=args.workers))
+    run_demo(DemoRunConfig(out=Path(args.out), n=args.n, size=args.size, seed=args.seed, workers=args.workers,
+                           image_size=args.image_size, epochs=args.epochs))
     return 0
 
 
@@ -197,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--size", type=int, default=128)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--workers", type=int, default=2)
+    demo.add_argument("--image-size", type=int, default=96, help="classifier input size")
+    demo.add_argument("--epochs", type=int, default=8, help="classifier epochs")
 
     from celadon.cli.classify import add_parsers
 

@@ -52,7 +52,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     out = args.out or str(Path(args.model_dir) / f"eval-{args.split}")
     config = EvaluateConfig(args.model_dir, args.splits, out, args.split, args.minority_threshold,
-                            cache_dir=args.cache_dir)
+                            cache_dir=args.cache_dir, taxonomy=args.taxonomy)
     result = evaluate_model(config, progress=not args.quiet)
     print(f"{'task':<10}{'n':>6}{'top1':>8}{'top5':>8}{'F1 mac':>8}{'F1 wt':>8}{'F1 min':>8}{'F1 maj':>8}")
     for task, m in result["tasks"].items():
@@ -110,7 +110,8 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     from celadon.classify.bench import BenchConfig, bench_train
 
     result = bench_train(BenchConfig(args.backbone, args.image_size, args.batch_size, args.steps, args.source_size,
-                                     args.threads, args.data, args.cache_dir), progress=not args.quiet)
+                                     args.threads, args.data, args.cache_dir, args.workers),
+                         progress=not args.quiet)
     print(json.dumps(result, indent=2))
     print(f"ratios: cached/compute {result['cached_vs_compute']:.2f} (target >= 0.85), "
           f"cached/naive {result['cached_vs_naive']:.2f} (target >= 2)")
@@ -165,8 +166,9 @@ def add_parsers(stages, add) -> None:
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--source-size", type=int, default=384, help="pixel size of the rendered source photos")
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--source-size", type=int, default=1024, help="pixel size of the rendered source photos")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--data", default="runs/bench-data")
     p.add_argument("--cache-dir", default="runs/bench-cache")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers for both pipelines")

@@ -36,14 +36,14 @@ class EvaluateConfig:
     batch_size: int = 64
     cache_dir: str | None = None
     threads: int = 0
+    taxonomy: str | None = None  # default: the taxonomy the model was trained with
 
 
 def evaluate_model(config: EvaluateConfig, progress: bool = True) -> dict:
     set_threads(config.threads)
     loaded = load_model(config.model_dir)
-    taxonomy_source = loaded.card.get("taxonomy", "")
-    taxonomy = load_taxonomy(None if taxonomy_source.startswith("celadon:") or not taxonomy_source
-                             else taxonomy_source)
+    source = config.taxonomy or loaded.card.get("taxonomy", "")
+    taxonomy = load_taxonomy(None if source.startswith("celadon:") or not source else source)
     manifest = read_manifest(config.splits, taxonomy)
     if "split" not in manifest.frame:
         raise CeladonError(f"{config.splits}: no 'split' column; evaluate a splits.csv")

@@ -127,8 +127,9 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale: int) 
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
-def render(labels: Labels, size: int, rng: np.random.Generator, supersample: int = 2) -> Image.Image:
+def render(labels: Labels, size: int, rng: np.random.Generator, supersample: int | None = None) -> Image.Image:
     """One RGB photograph of a vessel with these labels; all variation comes from `rng`."""
+    supersample = supersample or (2 if size < 256 else 1)  # large images need no anti-aliasing pass
     s = size * supersample
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
     kind = labels.type
