@@ -7,6 +7,7 @@ themselves here, so the README's first command always runs everything there is.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ def _test_images(splits: Path, n: int) -> list[str]:
     import pandas as pd
 
     frame = pd.read_csv(splits)
-    return [str(splits.parent / p) for p in frame.loc[frame["split"] == "test", "path"].head(n)]
+    return [os.path.normpath(splits.parent / p) for p in frame.loc[frame["split"] == "test", "path"].head(n)]
 
 
 def run_demo(config: DemoRunConfig) -> dict[str, float]:
