@@ -168,3 +168,13 @@ def test_batch_colour_jitter():
     assert torch.equal(first, jitter_colours(batch))
     ratio = first.mean((1, 2, 3)) / batch.float().mean((1, 2, 3))
     assert ratio.std() > 0.01 and first.min() >= 0 and first.max() <= 255
+
+
+def test_cache_notices_a_changed_file(tmp_path):
+    noise_image(1, 40).save(tmp_path / "a.png")
+    cache = ImageCache(tmp_path / "cache", 16)
+    assert cache.rows_for([tmp_path / "a.png"], progress=False).tolist() == [0]
+    noise_image(2, 40).save(tmp_path / "a.png")  # replaced in place: new size/mtime, new content
+    os.utime(tmp_path / "a.png", ns=(1, 1))
+    assert cache.rows_for([tmp_path / "a.png"], progress=False).tolist() == [1]
+    assert not np.array_equal(cache.array()[0], cache.array()[1])

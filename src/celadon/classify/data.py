@@ -53,9 +53,26 @@ class ImageCache:
         self.index: dict[str, int] = json.loads(self.index_path.read_text()) if self.index_path.exists() else {}
         self.row_bytes = size * size * 3
 
+    def _digests(self, paths: list[Path]) -> list[str]:
+        """Content hashes, re-read only for files whose size or modification time changed since last run
+        (a 25k-photo collection is not re-read at every training start)."""
+        memo_path = self.folder / "hashes.json"
+        memo: dict[str, str] = json.loads(memo_path.read_text()) if memo_path.exists() else {}
+        digests, changed = [], False
+        for path in paths:
+            stat = path.stat()
+            key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+            if key not in memo:
+                memo[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+                changed = True
+            digests.append(memo[key])
+        if changed:
+            atomic_write_text(memo_path, json.dumps(memo))
+        return digests
+
     def rows_for(self, paths: list[Path], progress: bool = True) -> np.ndarray:
         """Row of each path, decoding and appending the images the cache does not hold yet."""
-        digests = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+        digests = self._digests(paths)
         todo = {d: p for d, p in zip(digests, paths, strict=True) if d not in self.index}
         if todo:
             committed = len(self.index) * self.row_bytes
