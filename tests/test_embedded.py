@@ -64,7 +64,9 @@ def test_demo_command_runs_every_stage(tmp_path, capsys):
     assert set(splits["split"]) == {"train", "val", "test"}
     assert len(augmented) > len(splits)
     assert set(augmented.loc[augmented["origin"] == "augmented", "split"]) == {"train"}
-    for stage in ("data", "analysis", "split", "augment", "model", "model/eval-test"):
+    for stage in ("data", "analysis", "split", "augment", "model", "model/eval-test", "lora-select", "lora-set"):
         assert (out / stage / "run.yaml").exists(), stage
     assert (out / "model" / "model.safetensors").exists()
     assert "mean macro-F1 over tasks" in text and "glaze:" in text  # evaluate and predict printed
+    records = (out / "lora-set" / "metadata.jsonl").read_text().splitlines()
+    assert len(records) == len(pd.read_csv(out / "lora-select" / "selection.csv")) > 0

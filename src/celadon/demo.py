@@ -1,8 +1,9 @@
 """`celadon demo`: the pipeline on the embedded default, stage by stage, with wall time per stage.
 
 Today: the data stage (render -> validate -> analyze -> split + leakage -> augment -> weights -> contact
-sheet) and the classifier (train the real-only baseline -> evaluate on test -> predict). Later stages append
-themselves here, so the README's first command always runs everything there is.
+sheet), the classifier (train the real-only baseline -> evaluate on test -> predict) and the first synthesis
+steps (seven-tier LoRA training-set selection using the baseline's confusion pairs -> captions). Later
+stages append themselves here, so the README's first command always runs everything there is.
 """
 
 from __future__ import annotations
@@ -66,6 +67,11 @@ def run_demo(config: DemoRunConfig) -> dict[str, float]:
         ("evaluate on test", lambda: cli(["evaluate", str(model), str(splits), "--cache-dir", str(cache),
                                           "--quiet"])),
         ("predict", lambda: cli(["predict", str(model), *_test_images(splits, 3), "--top-k", "2", "--quiet"])),
+        ("select LoRA training set", lambda: cli(["synth", "select", str(out / "augment" / "augmented.csv"),
+                                                  "--out", str(out / "lora-select"), "--metrics",
+                                                  str(model / "eval-test" / "metrics.json"), "--quiet"])),
+        ("caption LoRA training set", lambda: cli(["synth", "caption", str(out / "lora-select" / "selection.csv"),
+                                                   "--out", str(out / "lora-set"), "--quiet"])),
     ]
     timings: dict[str, float] = {}
     for name, stage in stages:

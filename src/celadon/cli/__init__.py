@@ -201,9 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--image-size", type=int, default=96, help="classifier input size")
     demo.add_argument("--epochs", type=int, default=8, help="classifier epochs")
 
-    from celadon.cli.classify import add_parsers
+    from celadon.cli import classify, synth
 
-    add_parsers(stages, add)
+    classify.add_parsers(stages, add)
+    synth.add_parsers(stages, add)
 
     data = stages.add_parser("data", help="manifests, validation, analysis, splits, augmentation")
     verbs = data.add_subparsers(dest="verb", required=True, metavar="VERB")

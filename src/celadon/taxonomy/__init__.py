@@ -48,6 +48,7 @@ class Taxonomy:
     tasks: tuple[Task, ...]
     artefact: str = "artefact"
     analysis_combinations: tuple[tuple[str, ...], ...] = ()
+    caption_parts: tuple[str, ...] = ()  # caption template parts, see porcelain.yaml
     source: str = ""
     _lookup: dict[str, dict[str, str]] = field(default_factory=dict, compare=False, repr=False)
 
@@ -120,6 +121,7 @@ def _parse(data: object, source: str) -> Taxonomy:
         tasks=tuple(tasks),
         artefact=str(data.get("artefact", "artefact")),
         analysis_combinations=tuple(combos),
+        caption_parts=tuple(str(part) for part in data.get("caption_parts", []) or []),
         source=source,
         _lookup=lookup,
     )

@@ -1,0 +1,1 @@
+"""The synthesis stage: LoRA training-set selection and captions (generation follows in later work)."""
