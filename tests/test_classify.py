@@ -178,3 +178,21 @@ def test_cache_notices_a_changed_file(tmp_path):
     os.utime(tmp_path / "a.png", ns=(1, 1))
     assert cache.rows_for([tmp_path / "a.png"], progress=False).tolist() == [1]
     assert not np.array_equal(cache.array()[0], cache.array()[1])
+
+
+def test_sampler_choice():
+    from celadon.classify.data import Samples
+    from celadon.classify.train import sample_weights
+    from celadon.data.manifest import Manifest
+    from celadon.data.sampling import combination_sample_weights
+
+    frame = pd.DataFrame({"path": list("abcde"), "dynasty": None, "kiln": None,
+                          "glaze": ["white", "white", "white", "black", None], "type": ["bowl"] * 4 + ["vase"]})
+    manifest = Manifest(frame.astype(object), Path("."), load_taxonomy())
+    targets = np.array([[1, 0], [1, 0], [1, 0], [2, 0], [MISSING, 2]])
+    samples = Samples(np.arange(5), targets, np.full(5, -1), np.zeros(5, bool))
+    glaze = sample_weights(manifest, samples, ["glaze", "type"], "auto")
+    assert glaze.tolist() == pytest.approx([1 / 3, 1 / 3, 1 / 3, 1.0, 1.0])  # inverse glaze frequency
+    hierarchical = sample_weights(manifest, samples, ["type"], "auto")  # no glaze task: 1/sqrt(n) combinations
+    assert hierarchical.tolist() == pytest.approx(combination_sample_weights(manifest.combination_keys()).tolist())
+    assert sample_weights(manifest, samples, ["type"], "none").tolist() == [1.0] * 5

@@ -127,7 +127,7 @@ def test_one_task_collection_trains_and_evaluates(tmp_path):
                  "--quiet"]) == 0
     splits = str(tmp_path / "split" / "splits.csv")
     common = ["--cache-dir", str(tmp_path / "cache"), "--quiet"]
-    assert main(["train", splits, "--out", str(tmp_path / "model"), "--tasks", "type", "--sampler", "type",
+    assert main(["train", splits, "--out", str(tmp_path / "model"), "--tasks", "type",
                  "--weights", "none", "--image-size", "32", "--batch-size", "8", "--epochs", "1", "--threads", "1",
                  *common]) == 0
     assert main(["evaluate", str(tmp_path / "model"), splits, *common]) == 0

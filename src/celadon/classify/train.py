@@ -66,7 +66,9 @@ class TrainConfig:
     task_weights: dict[str, float] = field(default_factory=lambda: dict(PAPER_TASK_WEIGHTS))
     class_weight_beta: float = 0.999
     class_weight_cap: float = 10.0
-    sampler: str = "glaze"  # a task name (inverse class frequency), "hierarchical" (1/sqrt(n)) or "none"
+    # "auto" (the paper's glaze sampler when there is a glaze task, else hierarchical), a task name (inverse
+    # class frequency), "hierarchical" (1/sqrt(n) per label combination) or "none"
+    sampler: str = "auto"
     synthetic: str | None = None  # a synthesis run's metadata table (manifest with qc_pass / review)
     synthetic_ratio: float = 0.0  # share of training draws that are synthetic (paper: 0.05 and 0.10)
     synthetic_tasks: list[str] | None = None  # tasks synthetic images train; None = all
@@ -102,6 +104,8 @@ def load_synthetic(path: str, taxonomy: Taxonomy) -> Manifest:
 
 def sample_weights(manifest: Manifest, samples: Samples, tasks: list[str], scheme: str) -> np.ndarray:
     """Per-sample draw weights for the real training rows."""
+    if scheme == "auto":
+        scheme = "glaze" if "glaze" in tasks else "hierarchical"
     if scheme == "none":
         return np.ones(len(samples.rows))
     if scheme == "hierarchical":

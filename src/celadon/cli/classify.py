@@ -133,7 +133,8 @@ def add_parsers(stages, add) -> None:
     p.add_argument("--lr-backbone", type=float, default=1e-4)
     p.add_argument("--lr-heads", type=float, default=1e-3)
     p.add_argument("--task-weights", help="e.g. dynasty=1,kiln=1.2,glaze=2,type=1.5 (the default)")
-    p.add_argument("--sampler", default="glaze", help="a task name, 'hierarchical' or 'none'")
+    p.add_argument("--sampler", default="auto",
+                   help="'auto' (glaze if present, else hierarchical), a task name, 'hierarchical' or 'none'")
     p.add_argument("--synthetic", help="synthesis metadata table (manifest with qc_pass/review columns)")
     p.add_argument("--synthetic-ratio", type=float, default=0.0, help="share of synthetic draws, e.g. 0.1")
     p.add_argument("--synthetic-tasks", help="tasks synthetic images train (default: all), e.g. type,dynasty")
