@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        print("interrupted; re-run the same command to continue (train: add --resume)", file=sys.stderr)
         return 130
     except OSError as exc:  # permissions, full disk: the user can fix these, a traceback does not help
         print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
