@@ -51,7 +51,8 @@ def test_split_reports_duplicates_that_cross_splits(tmp_path, write_images, caps
         _near_copy(tmp_path / p, tmp_path / "images" / f"dup{i}.jpg")
         rows.append({"path": f"images/dup{i}.jpg", **LABELS})
     manifest = write_manifest_csv(tmp_path / "m.csv", rows)
-    assert main(["data", "split", str(manifest), "--out", str(tmp_path / "split"), "--quiet"]) == 0
+    assert main(["data", "split", str(manifest), "--out", str(tmp_path / "split"), "--no-group-duplicates",
+                 "--quiet"]) == 0
     out = capsys.readouterr().out
     leakage = (tmp_path / "split" / "leakage.csv").read_text().strip().splitlines()[1:]
     splits = {line.split(",")[0]: line.split(",")[-1] for line in
@@ -73,3 +74,29 @@ def test_distinct_noise_images_are_far_apart():
 
     hashes = [perceptual_hash(noise_image(i)) for i in range(20)]
     assert min(bin(a ^ b).count("1") for i, a in enumerate(hashes) for b in hashes[i + 1:]) > 6
+
+
+def test_split_keeps_duplicate_groups_together_by_default(tmp_path, write_images, capsys):
+    paths = write_images(30)
+    rows = [{"path": p, **LABELS} for p in paths]
+    for i, p in enumerate(paths):
+        _near_copy(tmp_path / p, tmp_path / "images" / f"dup{i}.jpg")
+        rows.append({"path": f"images/dup{i}.jpg", **LABELS})
+    manifest = write_manifest_csv(tmp_path / "m.csv", rows)
+    assert main(["data", "split", str(manifest), "--out", str(tmp_path / "split"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "30 duplicate pairs found" in out and "0 leaking duplicate pairs" in out
+    splits = {line.split(",")[0]: line.split(",")[-1] for line in
+              (tmp_path / "split" / "splits.csv").read_text().splitlines()[1:]}
+    assert all(splits[f"../{p}"] == splits[f"../images/dup{i}.jpg"] for i, p in enumerate(paths))
+    # The 30 distinct photos are what the 70/20/10 rule splits: 21/6/3 groups, i.e. 42/12/6 rows.
+    counts = {s: list(splits.values()).count(s) for s in ("train", "val", "test")}
+    assert counts == {"train": 42, "val": 12, "test": 6}
+
+
+def test_duplicate_groups_chain():
+    from celadon.data.duplicates import DuplicatePair
+    from celadon.data.split import duplicate_groups
+
+    pairs = [DuplicatePair(3, 5, 0, True), DuplicatePair(1, 3, 2, False), DuplicatePair(0, 2, 0, True)]
+    assert duplicate_groups(6, pairs).tolist() == [0, 1, 0, 1, 4, 1]

@@ -91,7 +91,10 @@ def cmd_split(args: argparse.Namespace) -> int:
     key = tuple(args.key.split(",")) if args.key else None
     config = SplitConfig(seed=args.seed, key=key)
     result = run_split(args.manifest, _taxonomy(args), args.out, config, near_distance=args.near_distance,
-                       check_leakage=not args.no_leakage_check, progress=not args.quiet)
+                       check_leakage=not args.no_leakage_check, group_duplicates=not args.no_group_duplicates,
+                       progress=not args.quiet)
+    if result.duplicate_pairs and not args.no_group_duplicates:
+        print(f"{result.duplicate_pairs} duplicate pairs found; each duplicate group was kept in one split")
     print(result.summary.to_string())
     for line in result.leakage_lines[:WARNINGS_SHOWN]:
         print(line)
@@ -238,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", help="comma-separated tasks forming the combination (default: all tasks)")
     p.add_argument("--near-distance", type=int, default=DEFAULT_NEAR_DISTANCE, help="pHash bits for near duplicates")
     p.add_argument("--no-leakage-check", action="store_true")
+    p.add_argument("--no-group-duplicates", action="store_true",
+                   help="split duplicates independently (default: a duplicate group stays in one split)")
 
     p = add(verbs, "augment", cmd_augment, "threshold offline augmentation of rare training combinations")
     p.add_argument("splits", help="splits.csv from `celadon data split`")

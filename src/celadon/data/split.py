@@ -98,25 +98,58 @@ class SplitResult:
     summary: pd.DataFrame
     leakage: list[DuplicatePair]
     leakage_lines: list[str]
+    duplicate_pairs: int = 0
+
+
+def duplicate_groups(n: int, pairs: list[DuplicatePair]) -> np.ndarray:
+    """Group id per row (the smallest row index of its group): duplicates chain into one group."""
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for pair in pairs:
+        a, b = root(pair.first), root(pair.second)
+        parent[max(a, b)] = min(a, b)
+    return np.array([root(i) for i in range(n)])
+
+
+def grouped_split(manifest: Manifest, config: SplitConfig, groups: np.ndarray) -> pd.Series:
+    """Split one representative per duplicate group; the other copies follow it into the same split,
+    so a re-exported copy of a training photo can never land in test."""
+    representatives = np.flatnonzero(groups == np.arange(len(groups)))
+    chosen = adaptive_split(manifest.subset(np.isin(np.arange(len(manifest)), representatives)), config)
+    by_group = dict(zip(representatives.tolist(), chosen.tolist(), strict=True))
+    return pd.Series([by_group[g] for g in groups.tolist()], index=manifest.frame.index, name="split")
 
 
 def run_split(manifest_path: str | Path, taxonomy: Taxonomy, out_dir: str | Path, config: SplitConfig,
               near_distance: int = DEFAULT_NEAR_DISTANCE, check_leakage: bool = True,
-              progress: bool = True) -> SplitResult:
-    """Split, write `splits.csv` + `split_summary.csv`, and report duplicates that cross splits."""
+              group_duplicates: bool = True, progress: bool = True) -> SplitResult:
+    """Split (duplicate groups kept together unless `group_duplicates` is off), write `splits.csv` +
+    `split_summary.csv`, and report any duplicates that still cross splits."""
     out_dir = Path(out_dir)
     manifest = read_manifest(manifest_path, taxonomy)
     if len(manifest) == 0:
         raise CeladonError(f"{manifest_path}: manifest has no rows to split")
-    splits = adaptive_split(manifest, config)
+    pairs: list[DuplicatePair] = []
+    if check_leakage or group_duplicates:
+        infos = [i if isinstance(i, ImageInfo) else None for i in scan_images(manifest, progress=progress)]
+        pairs = find_duplicates(infos, near_distance)
+    if group_duplicates and pairs:
+        splits = grouped_split(manifest, config, duplicate_groups(len(manifest), pairs))
+    else:
+        splits = adaptive_split(manifest, config)
     frame = manifest.frame.drop(columns=["split"], errors="ignore").assign(split=splits)
     path = write_manifest(manifest.with_frame(frame), out_dir / "splits.csv")
     summary = split_summary(manifest.combination_keys(config.key), splits, config)
     atomic_write_text(out_dir / "split_summary.csv", summary.to_csv())
     leaks, lines = [], []
     if check_leakage:
-        infos = [i if isinstance(i, ImageInfo) else None for i in scan_images(manifest, progress=progress)]
-        leaks = find_leakage(find_duplicates(infos, near_distance), list(splits))
+        leaks = find_leakage(pairs, list(splits))
         paths = list(manifest.frame["path"])
         lines = [
             f"leakage: {paths[p.first]!r} ({splits.iat[p.first]}) and {paths[p.second]!r} ({splits.iat[p.second]}) "
@@ -129,6 +162,7 @@ def run_split(manifest_path: str | Path, taxonomy: Taxonomy, out_dir: str | Path
             columns=["first", "first_split", "second", "second_split", "exact", "distance"],
         ).to_csv(index=False))
     write_run_info(out_dir, "data split", {**asdict(config), "near_distance": near_distance,
-                                            "check_leakage": check_leakage, "manifest": str(manifest_path)},
+                                            "check_leakage": check_leakage, "group_duplicates": group_duplicates,
+                                            "duplicate_pairs": len(pairs), "manifest": str(manifest_path)},
                    config.seed)
-    return SplitResult(path, summary, leaks, lines)
+    return SplitResult(path, summary, leaks, lines, len(pairs))
