@@ -62,3 +62,32 @@ def add_parsers(stages, add) -> None:
     p = add(verbs, "caption", cmd_caption, "write the LoRA folder: images, metadata.jsonl, .txt captions")
     p.add_argument("selection", help="selection.csv from `celadon synth select`")
     p.add_argument("--out", required=True)
+
+    p = add(verbs, "qc", cmd_qc, "automatic quality control of synthetic images (per image and FID/KID)")
+    p.add_argument("table", help="synthetic images: a manifest with their intended labels")
+    p.add_argument("--real", required=True, help="the real splits.csv (training rows are the reference)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--model", help="a baseline model folder (celadon train) for label fidelity")
+    p.add_argument("--fidelity-tasks", default="glaze,type")
+    p.add_argument("--expected-size", type=int, help="required image side in pixels")
+    p.add_argument("--outlier-z", type=float, default=4.0)
+    p.add_argument("--inception", help="local Inception-v3 weights for FID/KID (default: EfficientNet-Lite0)")
+
+
+def cmd_qc(args: argparse.Namespace) -> int:
+    from celadon.synth.qc import QCConfig, run_qc
+
+    config = QCConfig(table=args.table, real=args.real, out=args.out, model_dir=args.model,
+                      fidelity_tasks=tuple(args.fidelity_tasks.split(",")), expected_size=args.expected_size,
+                      outlier_z=args.outlier_z, inception=args.inception, taxonomy=args.taxonomy)
+    summary = run_qc(config, progress=not args.quiet)
+    print(f"QC: {summary['n_pass']}/{summary['n_images']} pass ({summary['pass_rate']:.1%})")
+    for kind, count in summary["reasons"].items():
+        print(f"  {kind}: {count}")
+    for task, rate in summary["label_fidelity"].items():
+        print(f"  label fidelity {task}: {rate:.1%}")
+    if summary["distances"]:
+        d = summary["distances"]
+        print(f"  FID {d['fid']:.2f}, KID {d['kid_mean']:.4f} ± {d['kid_std']:.4f} on {d['features']}")
+    print(f"per-image results in {args.out}/qc.csv")
+    return 0

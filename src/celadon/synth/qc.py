@@ -1,0 +1,179 @@
+"""`celadon synth qc`: automatic quality control of synthetic images before they may reach training.
+
+Per image: integrity (decodes, expected size, not blank), image statistics against the real training
+distribution (robust z-scores of brightness, contrast, saturation, sharpness), memorisation (near copy of
+a real training image) and duplicates among the synthetic set, and label fidelity (a baseline classifier
+trained on real data agrees with the intended labels). Per set: FID and KID against the real images.
+Writes `qc.csv` (the table + `qc_pass`, `qc_reasons`, predictions) which `celadon train --synthetic` reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from celadon.data.duplicates import DEFAULT_NEAR_DISTANCE, find_duplicates, scan_images
+from celadon.data.images import ImageInfo, ImageReadError, load_image
+from celadon.data.manifest import Manifest, read_manifest, write_manifest
+from celadon.errors import CeladonError
+from celadon.runinfo import write_json, write_run_info
+from celadon.taxonomy import load_taxonomy
+
+STATS_SIZE = 128  # statistics are compared at one resolution (sharpness depends on it)
+STATISTICS = ("brightness", "contrast", "saturation", "sharpness")
+
+
+@dataclass
+class QCConfig:
+    table: str = ""  # synthetic images: a manifest with the intended labels (plus prompt, seed, ...)
+    real: str = ""  # the real splits.csv; its training rows are the reference
+    out: str = ""
+    model_dir: str | None = None  # a baseline classifier trained on real data, for label fidelity
+    fidelity_tasks: tuple[str, ...] = ("glaze", "type")
+    expected_size: int | None = None  # required width and height; None accepts any
+    min_contrast: float = 2.0  # grey-level std below which an image is blank
+    outlier_z: float = 4.0  # robust z-score beyond which a statistic is an outlier
+    near_distance: int = DEFAULT_NEAR_DISTANCE
+    max_real_reference: int = 600  # real images sampled for statistics and FID/KID
+    inception: str | None = None  # local Inception weights for FID/KID; default EfficientNet-Lite0 features
+    taxonomy: str | None = None
+    seed: int = 0
+
+
+def image_statistics(img: Image.Image) -> dict[str, float]:
+    """Brightness (mean luma), contrast (luma std), saturation (mean HSV S), sharpness (Laplacian variance)."""
+    rgb = np.asarray(img.resize((STATS_SIZE, STATS_SIZE), Image.BILINEAR), dtype=np.float64)
+    luma = rgb @ np.array([0.299, 0.587, 0.114])
+    top, bottom = rgb.max(axis=2), rgb.min(axis=2)
+    laplacian = (luma[:-2, 1:-1] + luma[2:, 1:-1] + luma[1:-1, :-2] + luma[1:-1, 2:] - 4 * luma[1:-1, 1:-1])
+    return {"brightness": float(luma.mean()), "contrast": float(luma.std()),
+            "saturation": float(np.where(top > 0, (top - bottom) / np.maximum(top, 1e-9), 0).mean()),
+            "sharpness": float(laplacian.var())}
+
+
+def robust_z(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """(x - median) / (1.4826 MAD) of the reference; falls back to the std when the MAD is 0."""
+    median = np.median(reference)
+    scale = 1.4826 * np.median(np.abs(reference - median)) or reference.std() or 1.0
+    return (values - median) / scale
+
+
+def _real_reference(real: Manifest, limit: int, seed: int) -> Manifest:
+    frame = real.frame
+    keep = (frame["split"] == "train") if "split" in frame else pd.Series(True, index=frame.index)
+    if "aug_seed" in frame:
+        keep &= frame["aug_seed"].isna()
+    reference = real.subset(keep.to_numpy())
+    if len(reference) > limit:
+        rows = np.sort(np.random.default_rng(seed).choice(len(reference), limit, replace=False))
+        reference = reference.subset(np.isin(np.arange(len(reference)), rows))
+    if len(reference) < 2:
+        raise CeladonError(f"{real.source}: needs at least 2 real training images as the QC reference")
+    return reference
+
+
+def run_qc(config: QCConfig, progress: bool = True) -> dict:
+    taxonomy = load_taxonomy(config.taxonomy)
+    synthetic = read_manifest(config.table, taxonomy)
+    if len(synthetic) == 0:
+        raise CeladonError(f"{config.table}: no synthetic images to check")
+    reference = _real_reference(read_manifest(config.real, taxonomy), config.max_real_reference, config.seed)
+    reasons: list[list[tuple[str, str]]] = [[] for _ in range(len(synthetic))]  # (kind, message) per image
+
+    # Integrity, and hashes for duplicate checks, in one decoding pass over both sets.
+    synthetic_infos = scan_images(synthetic, progress=progress)
+    real_infos = scan_images(reference, progress=progress)
+    images: dict[int, Image.Image] = {}
+    for i, info in enumerate(synthetic_infos):
+        if isinstance(info, ImageReadError):
+            reasons[i].append(("unreadable", f"unreadable: {info.detail}"))
+            continue
+        if config.expected_size and (info.width, info.height) != (config.expected_size,) * 2:
+            reasons[i].append(("wrong_size", f"size {info.width}x{info.height}, expected {config.expected_size}"))
+        images[i] = load_image(synthetic.image_path(i))
+
+    # Statistics against the real distribution.
+    real_stats = pd.DataFrame([image_statistics(load_image(p)) for p in reference.image_paths()])
+    stats = pd.DataFrame({i: image_statistics(img) for i, img in images.items()}).T.reindex(range(len(synthetic)))
+    for name in STATISTICS:
+        z = robust_z(stats[name].to_numpy(), real_stats[name].to_numpy())
+        for i in np.flatnonzero(np.abs(np.nan_to_num(z)) > config.outlier_z):
+            reasons[i].append((f"{name}_outlier", f"{name} outlier (z={z[i]:+.1f})"))
+    for i in images:
+        if stats.at[i, "contrast"] < config.min_contrast:
+            reasons[i].append(("blank", "blank (no contrast)"))
+
+    # Memorised copies of real training images, and duplicates within the synthetic set.
+    n_real = len(reference)
+    infos = [i if isinstance(i, ImageInfo) else None for i in [*real_infos, *synthetic_infos]]
+    real_paths = [str(p) for p in reference.frame["path"]]
+    for pair in find_duplicates(infos, config.near_distance):
+        if pair.second < n_real:
+            continue
+        second = pair.second - n_real
+        if pair.first < n_real:
+            reasons[second].append(("memorised", f"copy of real training image {real_paths[pair.first]}"))
+        else:
+            first = synthetic.frame["path"].iat[pair.first - n_real]
+            reasons[second].append(("duplicate", f"duplicate of synthetic {first}"))
+
+    predictions, fidelity = _label_fidelity(synthetic, images, config, reasons)
+    table = synthetic.frame.copy()
+    for name in STATISTICS:
+        table[name] = stats[name].round(3).to_numpy()
+    for task, values in predictions.items():
+        table[f"pred_{task}"] = values
+    table["qc_pass"] = [not r for r in reasons]
+    table["qc_reasons"] = ["; ".join(message for _, message in r) for r in reasons]
+    out = Path(config.out)
+    write_manifest(synthetic.with_frame(table), out / "qc.csv")
+    summary = _summary(table, reasons, fidelity, synthetic, reference, images, config)
+    write_json(out / "qc_summary.json", summary)
+    write_run_info(out, "synth qc", asdict(config), config.seed)
+    return summary
+
+
+def _label_fidelity(synthetic: Manifest, images: dict[int, Image.Image], config: QCConfig,
+                    reasons: list[list[tuple[str, str]]]) -> tuple[dict[str, list], dict[str, float]]:
+    if not config.model_dir:
+        return {}, {}
+    from celadon.classify.predict import load_model, predict_images
+
+    loaded = load_model(config.model_dir)
+    tasks = [t for t in config.fidelity_tasks if t in loaded.model.task_names]
+    readable = sorted(images)
+    results, _ = predict_images(loaded, [synthetic.image_path(i) for i in readable], top_k=1)
+    predictions: dict[str, list] = {t: [None] * len(synthetic) for t in tasks}
+    agree: dict[str, list[bool]] = {t: [] for t in tasks}
+    for i, row in zip(readable, results, strict=True):
+        for task in tasks:
+            predicted, intended = row[task][0][0], synthetic.frame[task].iat[i]
+            predictions[task][i] = predicted
+            if intended is None:
+                continue
+            agree[task].append(predicted == intended)
+            if predicted != intended:
+                reasons[i].append((f"wrong_{task}", f"{task} looks like {predicted}, intended {intended}"))
+    return predictions, {t: float(np.mean(v)) if v else float("nan") for t, v in agree.items()}
+
+
+def _summary(table: pd.DataFrame, reasons: list[list[tuple[str, str]]], fidelity: dict[str, float], synthetic: Manifest,
+             reference: Manifest, images: dict[int, Image.Image], config: QCConfig) -> dict:
+    from celadon.classify.data import resize_square
+    from celadon.evaluate.distances import image_distances
+
+    counts: dict[str, int] = {}
+    for row in reasons:
+        for kind in {kind for kind, _ in row}:
+            counts[kind] = counts.get(kind, 0) + 1
+    size = 128
+    real = np.stack([resize_square(load_image(p), size) for p in reference.image_paths()])
+    fake = np.stack([resize_square(images[i], size) for i in sorted(images)]) if images else np.zeros((0,))
+    distances = asdict(image_distances(real, fake, config.inception)) if len(fake) >= 2 else None
+    return {"n_images": len(table), "n_pass": int(table["qc_pass"].sum()),
+            "pass_rate": float(table["qc_pass"].mean()), "reasons": dict(sorted(counts.items())),
+            "label_fidelity": fidelity, "distances": distances, "real_reference": len(reference)}

@@ -1,0 +1,99 @@
+"""Automatic QC of synthetic images on crafted bad images; FID/KID sanity."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from celadon.cli import main
+from celadon.data.embedded import DemoConfig, make_demo
+from celadon.data.embedded.render import Labels, render
+from celadon.data.split import SplitConfig, run_split
+from celadon.evaluate.distances import LITE0_LABEL, image_distances
+from celadon.taxonomy import load_taxonomy
+
+LABELS = {"dynasty": "song", "kiln": "longquan", "glaze": "celadon", "type": "bowl"}
+
+
+@pytest.fixture(scope="module")
+def real_splits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("qc")
+    manifest = make_demo(root / "data", DemoConfig(n=90, size=40, seed=4, workers=1), progress=False)
+    return run_split(manifest, load_taxonomy(), root / "split", SplitConfig(), progress=False).path
+
+
+def test_qc_flags_each_crafted_problem(real_splits, tmp_path):
+    rows = []
+
+    def add(name, img=None, raw=None, labels=LABELS):
+        path = tmp_path / name
+        if raw is not None:
+            path.write_bytes(raw)
+        else:
+            img.save(path)
+        rows.append({"path": name, **labels, "prompt": "p", "seed": len(rows)})
+
+    for i in range(6):
+        add(f"good{i}.png", render(Labels(**LABELS), 40, np.random.default_rng(100 + i)))
+    add("blank.png", Image.new("RGB", (40, 40), (128, 128, 128)))
+    add("big.png", render(Labels(**LABELS), 64, np.random.default_rng(7)))
+    add("broken.png", raw=b"\x89PNG broken")
+    noise = np.random.default_rng(8).integers(0, 256, (40, 40, 3), dtype=np.uint8)  # a diffusion blow-up
+    add("noise.png", Image.fromarray(noise))
+    splits = pd.read_csv(real_splits)
+    train_image = real_splits.parent / splits.loc[splits["split"] == "train", "path"].iat[0]
+    add("memorised.jpg", raw=train_image.read_bytes())
+    add("again.png", raw=(tmp_path / "good0.png").read_bytes())
+    pd.DataFrame(rows).to_csv(tmp_path / "synthetic.csv", index=False)
+
+    assert main(["synth", "qc", str(tmp_path / "synthetic.csv"), "--real", str(real_splits), "--out",
+                 str(tmp_path / "qc"), "--expected-size", "40", "--quiet"]) == 0
+    qc = pd.read_csv(tmp_path / "qc" / "qc.csv")
+    qc.index = [p.rsplit("/", 1)[-1] for p in qc["path"]]  # paths are rebased onto the qc folder
+    reasons = qc["qc_reasons"].fillna("")
+    assert "blank (no contrast)" in reasons["blank.png"]
+    assert "size 64x64, expected 40" in reasons["big.png"]
+    assert "unreadable" in reasons["broken.png"]
+    assert "sharpness outlier" in reasons["noise.png"]
+    assert "copy of real training image" in reasons["memorised.jpg"]
+    assert "duplicate of synthetic good0.png" in reasons["again.png"]
+    good = [f"good{i}.png" for i in range(6)]
+    assert qc.loc[good, "qc_pass"].all(), reasons[good].tolist()
+    assert not qc.drop(index=good)["qc_pass"].any()
+    summary = json.loads((tmp_path / "qc" / "qc_summary.json").read_text())
+    assert summary["n_pass"] == 6 and summary["pass_rate"] == pytest.approx(6 / 12)
+    assert summary["reasons"]["memorised"] == 1 and summary["reasons"]["unreadable"] == 1
+    assert summary["distances"]["features"] == LITE0_LABEL and summary["distances"]["fid"] > 0
+
+
+def test_label_fidelity_uses_the_baseline_model(real_splits, tmp_path):
+    assert main(["train", str(real_splits), "--out", str(tmp_path / "model"), "--image-size", "32",
+                 "--batch-size", "8", "--epochs", "1", "--max-steps-per-epoch", "2", "--threads", "1",
+                 "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
+    rows = []
+    for i, glaze in enumerate(["celadon", "black", "white", "celadon"]):
+        labels = {**LABELS, "glaze": glaze}
+        render(Labels(**labels), 40, np.random.default_rng(i)).save(tmp_path / f"s{i}.png")
+        rows.append({"path": f"s{i}.png", **labels})
+    pd.DataFrame(rows).to_csv(tmp_path / "synthetic.csv", index=False)
+    assert main(["synth", "qc", str(tmp_path / "synthetic.csv"), "--real", str(real_splits), "--out",
+                 str(tmp_path / "qc"), "--model", str(tmp_path / "model"), "--quiet"]) == 0
+    qc = pd.read_csv(tmp_path / "qc" / "qc.csv")
+    for _, row in qc.iterrows():
+        for task in ("glaze", "type"):
+            flagged = f"{task} looks like" in str(row["qc_reasons"])
+            assert flagged == (row[f"pred_{task}"] != row[task])
+    summary = json.loads((tmp_path / "qc" / "qc_summary.json").read_text())
+    expected = float((qc["pred_glaze"] == qc["glaze"]).mean())
+    assert summary["label_fidelity"]["glaze"] == pytest.approx(expected)
+
+
+def test_kid_and_fid_separate_distributions():
+    rng = np.random.default_rng(0)
+    real = np.stack([np.asarray(render(Labels(**LABELS), 48, rng)) for _ in range(12)])
+    same = np.stack([np.asarray(render(Labels(**LABELS), 48, rng)) for _ in range(12)])
+    other = np.stack([np.asarray(render(Labels("song", "jian", "black", "teabowl"), 48, rng)) for _ in range(12)])
+    near, far = image_distances(real, same), image_distances(real, other)
+    assert far.kid_mean > near.kid_mean and far.fid > near.fid
