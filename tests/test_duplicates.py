@@ -43,14 +43,19 @@ def test_exact_near_and_conflicting_duplicates(tmp_path, write_images):
     assert "near_duplicate" not in {p.kind for p in report.problems}
 
 
-def test_split_reports_duplicates_that_cross_splits(tmp_path, write_images, capsys):
-    paths = write_images(30)
+def _photos_with_near_copies(tmp_path, write_images, n: int = 30):
+    """`n` distinct photos of one combination plus a re-exported near copy of each (images/dup<i>.jpg)."""
+    paths = write_images(n)
     rows = [{"path": p, **LABELS} for p in paths]
-    # A near copy of every image: with 60 images in one combination some pairs must straddle splits.
     for i, p in enumerate(paths):
         _near_copy(tmp_path / p, tmp_path / "images" / f"dup{i}.jpg")
         rows.append({"path": f"images/dup{i}.jpg", **LABELS})
-    manifest = write_manifest_csv(tmp_path / "m.csv", rows)
+    return paths, write_manifest_csv(tmp_path / "m.csv", rows)
+
+
+def test_split_reports_duplicates_that_cross_splits(tmp_path, write_images, capsys):
+    # With 60 images in one combination, split independently, some copy pairs must straddle splits.
+    paths, manifest = _photos_with_near_copies(tmp_path, write_images)
     assert main(["data", "split", str(manifest), "--out", str(tmp_path / "split"), "--no-group-duplicates",
                  "--quiet"]) == 0
     out = capsys.readouterr().out
@@ -77,12 +82,7 @@ def test_distinct_noise_images_are_far_apart():
 
 
 def test_split_keeps_duplicate_groups_together_by_default(tmp_path, write_images, capsys):
-    paths = write_images(30)
-    rows = [{"path": p, **LABELS} for p in paths]
-    for i, p in enumerate(paths):
-        _near_copy(tmp_path / p, tmp_path / "images" / f"dup{i}.jpg")
-        rows.append({"path": f"images/dup{i}.jpg", **LABELS})
-    manifest = write_manifest_csv(tmp_path / "m.csv", rows)
+    paths, manifest = _photos_with_near_copies(tmp_path, write_images)
     assert main(["data", "split", str(manifest), "--out", str(tmp_path / "split"), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "30 duplicate pairs found" in out and "0 leaking duplicate pairs" in out
