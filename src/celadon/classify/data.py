@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -22,7 +21,7 @@ from tqdm import tqdm
 
 from celadon.data.augment import augment_image
 from celadon.data.images import load_image
-from celadon.data.manifest import AUG_SEED_COLUMN, Manifest
+from celadon.data.manifest import Manifest
 from celadon.runinfo import atomic_write_text
 
 MISSING = -1  # target value of an unknown label: masked out of that task's loss and metrics
@@ -165,8 +164,7 @@ def prepare_samples(manifest: Manifest, tasks: list[str], cache: ImageCache, syn
     for task in masked_tasks:
         if task in tasks:
             targets[:, tasks.index(task)] = MISSING
-    seeds = manifest.frame[AUG_SEED_COLUMN] if AUG_SEED_COLUMN in manifest.frame else pd.Series([None] * len(manifest))
-    aug = np.array([int(s) if s is not None and not pd.isna(s) else -1 for s in seeds], dtype=np.int64)
+    aug = manifest.augmentation_seeds()
     rows = cache.rows_for(manifest.image_paths(), progress)
     return Samples(rows, targets, aug, np.full(len(manifest), synthetic))
 

@@ -32,9 +32,7 @@ from celadon.data.manifest import (
 from celadon.errors import CeladonError
 from celadon.runinfo import atomic_write_bytes
 
-AUG_SEED = AUG_SEED_COLUMN
 ORIGIN = "origin"
-SOURCE = SOURCE_COLUMN
 
 
 @dataclass
@@ -77,11 +75,8 @@ def augment_image(img: Image.Image | torch.Tensor, seed: int) -> Image.Image | t
 def load_row_image(manifest: Manifest, index: int) -> Image.Image:
     """The RGB image of a manifest row, applying its virtual augmentation when the row has a seed."""
     img = load_image(manifest.image_path(index))
-    if AUG_SEED in manifest.frame.columns:
-        seed = manifest.frame[AUG_SEED].iat[index]
-        if seed is not None and not pd.isna(seed) and str(seed) != "":
-            img = augment_image(img, int(seed))
-    return img
+    seed = int(manifest.augmentation_seeds()[index])
+    return augment_image(img, seed) if seed >= 0 else img
 
 
 def _copy_seed(seed: int, source: str, copy: int) -> int:
@@ -106,9 +101,10 @@ def plan_augmentation(manifest: Manifest, config: AugmentConfig) -> pd.DataFrame
             original = originals.iloc[copy % n]
             source = str(original[PATH_COLUMN])
             row = original.to_dict()
-            row.update({SOURCE: source, AUG_SEED: _copy_seed(config.seed, source, copy), ORIGIN: "augmented"})
+            row.update({SOURCE_COLUMN: source, AUG_SEED_COLUMN: _copy_seed(config.seed, source, copy),
+                        ORIGIN: "augmented"})
             rows.append(row)
-    return pd.DataFrame(rows, columns=[*manifest.frame.columns, SOURCE, AUG_SEED, ORIGIN])
+    return pd.DataFrame(rows, columns=[*manifest.frame.columns, SOURCE_COLUMN, AUG_SEED_COLUMN, ORIGIN])
 
 
 def augment_manifest(manifest: Manifest, out_dir: str | Path, config: AugmentConfig,
@@ -123,8 +119,8 @@ def augment_manifest(manifest: Manifest, out_dir: str | Path, config: AugmentCon
         image_dir = out_dir / "images"
         new_paths = []
         for row in tqdm(plan.itertuples(index=False), total=len(plan), desc="augmenting", disable=not progress):
-            source = resolve_image_path(manifest.root, getattr(row, SOURCE))
-            seed = int(getattr(row, AUG_SEED))
+            source = resolve_image_path(manifest.root, getattr(row, SOURCE_COLUMN))
+            seed = int(getattr(row, AUG_SEED_COLUMN))
             target = image_dir / f"{source.stem}__aug{seed:010d}.png"
             if not target.exists():
                 buffer = io.BytesIO()
@@ -132,10 +128,10 @@ def augment_manifest(manifest: Manifest, out_dir: str | Path, config: AugmentCon
                 atomic_write_bytes(target, buffer.getvalue())
             new_paths.append(str(target))
         plan[PATH_COLUMN] = new_paths
-        plan[AUG_SEED] = None
+        plan[AUG_SEED_COLUMN] = None
     originals = manifest.frame.copy()
-    originals[SOURCE] = originals[PATH_COLUMN]
-    originals[AUG_SEED] = None
+    originals[SOURCE_COLUMN] = originals[PATH_COLUMN]
+    originals[AUG_SEED_COLUMN] = None
     originals[ORIGIN] = originals.get(ORIGIN, "real")
     combined = pd.concat([originals, plan], ignore_index=True).astype(object)
     combined = combined.where(combined.notna(), None)

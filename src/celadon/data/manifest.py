@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from celadon.errors import CeladonError
@@ -69,6 +70,13 @@ class Manifest:
 
     def image_paths(self) -> list[Path]:
         return [resolve_image_path(self.root, p) for p in self.frame[PATH_COLUMN]]
+
+    def augmentation_seeds(self) -> np.ndarray:
+        """Per row, the seed of its virtual augmentation, or -1 for a row that is its image file as is."""
+        if AUG_SEED_COLUMN not in self.frame:
+            return np.full(len(self.frame), -1, dtype=np.int64)
+        return np.array([-1 if s is None or pd.isna(s) else int(s) for s in self.frame[AUG_SEED_COLUMN]],
+                        dtype=np.int64)
 
     def combination_keys(self, tasks: Iterable[str] | None = None) -> pd.Series:
         """One string per row joining the labels of `tasks` (default: all); missing labels read '?'."""

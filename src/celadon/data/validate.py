@@ -7,7 +7,7 @@ from pathlib import Path
 
 from celadon.data.duplicates import DEFAULT_NEAR_DISTANCE, find_duplicates, scan_images
 from celadon.data.images import ImageInfo, ImageReadError
-from celadon.data.manifest import AUG_SEED_COLUMN, PATH_COLUMN, Manifest, Problem, parse_manifest
+from celadon.data.manifest import PATH_COLUMN, Manifest, Problem, parse_manifest
 from celadon.taxonomy import Taxonomy
 
 
@@ -61,8 +61,7 @@ def check_images(manifest: Manifest, config: ValidationConfig, progress: bool = 
             ))
     tasks = manifest.tasks
     # Virtual augmentations re-use their source file on purpose: they are not duplicates of it.
-    derived = (manifest.frame[AUG_SEED_COLUMN].notna().to_numpy() if AUG_SEED_COLUMN in manifest.frame
-               else [False] * len(manifest))
+    derived = manifest.augmentation_seeds() >= 0
     originals = [None if is_derived else info for info, is_derived in zip(report.infos, derived, strict=True)]
     for pair in find_duplicates(originals, config.near_distance):
         first, second = manifest.frame.iloc[pair.first], manifest.frame.iloc[pair.second]

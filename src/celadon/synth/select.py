@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from celadon.data.augment import AUG_SEED
 from celadon.data.manifest import Manifest, write_manifest
 from celadon.errors import CeladonError
 from celadon.runinfo import atomic_write_text, write_run_info
@@ -78,12 +77,11 @@ def select_lora_set(manifest: Manifest, config: SelectConfig) -> pd.DataFrame:
     frame = manifest.frame
     for task in (*config.key, config.confusion_task):
         manifest.taxonomy.task(task)
-    pool = frame[frame["split"] == "train"] if "split" in frame else frame
+    pool = frame.assign(_original=manifest.augmentation_seeds() < 0)
+    pool = pool[pool["split"] == "train"] if "split" in pool else pool
     pool = pool[pool[list(config.key)].notna().all(axis=1)].copy()
     if pool.empty:
         raise CeladonError(f"{manifest.source}: no training rows with {', '.join(config.key)} labels to select from")
-    seeds = pool[AUG_SEED] if AUG_SEED in pool else pd.Series(None, index=pool.index)
-    pool["_original"] = seeds.isna().to_numpy()
     pool["_key"] = manifest.combination_keys(config.key).loc[pool.index]
     originals = pool.loc[pool["_original"], "_key"].value_counts()
     scale = (config.total or round(PAPER_TOTAL * originals.sum() / PAPER_TRAIN_ORIGINALS)) / PAPER_TOTAL
