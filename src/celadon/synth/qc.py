@@ -64,10 +64,8 @@ def robust_z(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 def _real_reference(real: Manifest, limit: int, seed: int) -> Manifest:
     frame = real.frame
-    keep = (frame["split"] == "train") if "split" in frame else pd.Series(True, index=frame.index)
-    if "aug_seed" in frame:
-        keep &= frame["aug_seed"].isna()
-    reference = real.subset(keep.to_numpy())
+    keep = (frame["split"] == "train").to_numpy() if "split" in frame else np.ones(len(frame), dtype=bool)
+    reference = real.subset(keep & (real.augmentation_seeds() < 0))
     if len(reference) > limit:
         rows = np.sort(np.random.default_rng(seed).choice(len(reference), limit, replace=False))
         reference = reference.subset(np.isin(np.arange(len(reference)), rows))
@@ -97,7 +95,8 @@ def run_qc(config: QCConfig, progress: bool = True) -> dict:
         images[i] = load_image(synthetic.image_path(i))
 
     # Statistics against the real distribution.
-    real_stats = pd.DataFrame([image_statistics(load_image(p)) for p in reference.image_paths()])
+    real_images = [load_image(p) for p in reference.image_paths()]  # decoded once: statistics and FID/KID
+    real_stats = pd.DataFrame([image_statistics(img) for img in real_images])
     stats = pd.DataFrame({i: image_statistics(img) for i, img in images.items()}).T.reindex(range(len(synthetic)))
     for name in STATISTICS:
         z = robust_z(stats[name].to_numpy(), real_stats[name].to_numpy())
@@ -131,7 +130,7 @@ def run_qc(config: QCConfig, progress: bool = True) -> dict:
     table["qc_reasons"] = ["; ".join(message for _, message in r) for r in reasons]
     out = Path(config.out)
     write_manifest(synthetic.with_frame(table), out / "qc.csv")
-    summary = _summary(table, reasons, fidelity, synthetic, reference, images, config)
+    summary = _summary(table, reasons, fidelity, real_images, images, config)
     write_json(out / "qc_summary.json", summary)
     write_run_info(out, "synth qc", asdict(config), config.seed)
     return summary
@@ -161,8 +160,8 @@ def _label_fidelity(synthetic: Manifest, images: dict[int, Image.Image], config:
     return predictions, {t: float(np.mean(v)) if v else float("nan") for t, v in agree.items()}
 
 
-def _summary(table: pd.DataFrame, reasons: list[list[tuple[str, str]]], fidelity: dict[str, float], synthetic: Manifest,
-             reference: Manifest, images: dict[int, Image.Image], config: QCConfig) -> dict:
+def _summary(table: pd.DataFrame, reasons: list[list[tuple[str, str]]], fidelity: dict[str, float],
+             real_images: list[Image.Image], images: dict[int, Image.Image], config: QCConfig) -> dict:
     from celadon.classify.data import resize_square
     from celadon.evaluate.distances import image_distances
 
@@ -171,9 +170,9 @@ def _summary(table: pd.DataFrame, reasons: list[list[tuple[str, str]]], fidelity
         for kind in {kind for kind, _ in row}:
             counts[kind] = counts.get(kind, 0) + 1
     size = 128
-    real = np.stack([resize_square(load_image(p), size) for p in reference.image_paths()])
+    real = np.stack([resize_square(img, size) for img in real_images])
     fake = np.stack([resize_square(images[i], size) for i in sorted(images)]) if images else np.zeros((0,))
     distances = asdict(image_distances(real, fake, config.inception)) if len(fake) >= 2 else None
     return {"n_images": len(table), "n_pass": int(table["qc_pass"].sum()),
             "pass_rate": float(table["qc_pass"].mean()), "reasons": dict(sorted(counts.items())),
-            "label_fidelity": fidelity, "distances": distances, "real_reference": len(reference)}
+            "label_fidelity": fidelity, "distances": distances, "real_reference": len(real_images)}
