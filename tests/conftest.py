@@ -40,3 +40,35 @@ def write_manifest_csv(path: Path, rows: list[dict], header: str = "path,dynasty
     lines = [header] + [",".join(str(row.get(c, "") or "") for c in columns) for row in rows]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory) -> Path:
+    """An SD-architecture pipeline built by `build_base` itself at toy size (every stage, a few steps)."""
+    from celadon.synth.base import BaseConfig, build_base
+
+    root = tmp_path_factory.mktemp("tiny_sd")
+    return build_base(BaseConfig(work=str(root / "work"), out=str(root / "model"), images=96, vae_min_steps=2,
+                                 vae_max_steps=2, vae_batch=8, unet_steps=2, unet_batch=8, sample_every=2, threads=1))
+
+
+@pytest.fixture(scope="session")
+def caption_folder(tmp_path_factory) -> Path:
+    """A LoRA training folder (metadata.jsonl + PNGs) of rendered vessels with structured captions."""
+    import json
+
+    from celadon.data.embedded.render import Labels, render
+    from celadon.synth.captions import caption
+    from celadon.taxonomy import load_taxonomy
+
+    taxonomy = load_taxonomy()
+    folder = tmp_path_factory.mktemp("captions")
+    (folder / "images").mkdir()
+    records = []
+    for i, (glaze, kind) in enumerate([("celadon", "vase"), ("black", "teabowl"), ("white", "plate"),
+                                       ("brown", "jar")] * 2):
+        labels = {"dynasty": "song", "kiln": "longquan", "glaze": glaze, "type": kind}
+        render(Labels(**labels), 64, np.random.default_rng(i)).save(folder / "images" / f"{i}.png")
+        records.append({"file_name": f"images/{i}.png", "text": caption(labels, taxonomy), **labels})
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder

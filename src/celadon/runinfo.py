@@ -82,3 +82,16 @@ def write_run_info(out_dir: str | Path, command: str, config: Any, seed: int | N
     path = Path(out_dir) / "run.yaml"
     atomic_write_text(path, yaml.safe_dump(info, sort_keys=False, allow_unicode=True))
     return path
+
+
+def append_csv_row(path: str | Path, row: dict) -> None:
+    """Append one row to a training log CSV (header written with the first row)."""
+    import csv
+
+    path = Path(path)
+    new = not path.exists()
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)

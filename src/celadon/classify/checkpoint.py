@@ -61,17 +61,20 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CeladonError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
-def save_checkpoint(folder: Path, epoch: int, model: torch.nn.Module, state: dict[str, Any]) -> None:
-    """Write epoch `epoch` (model weights + training state), point `latest.json` at it, prune older ones."""
+def save_checkpoint(folder: Path, epoch: int, model: torch.nn.Module | dict[str, torch.Tensor], state: dict[str, Any],
+                    kind: str = "epoch") -> None:
+    """Write epoch (or step) `epoch`: weights (a module's, or a dict such as LoRA weights only) + training
+    state; point `latest.json` at it, prune older ones."""
     folder.mkdir(parents=True, exist_ok=True)
-    stem = f"epoch_{epoch:03d}"
-    save_tensors(folder / f"{stem}.model.safetensors", model.state_dict())
+    stem = f"{kind}_{epoch:05d}" if kind != "epoch" else f"epoch_{epoch:03d}"
+    weights = model.state_dict() if isinstance(model, torch.nn.Module) else model
+    save_tensors(folder / f"{stem}.model.safetensors", weights)
     tensors: dict[str, torch.Tensor] = {}
     skeleton = flatten_state(state, tensors)
     save_tensors(folder / f"{stem}.state.safetensors", tensors)
     atomic_write_text(folder / f"{stem}.state.json", json.dumps(skeleton))
     atomic_write_text(folder / "latest.json", json.dumps({"epoch": epoch, "stem": stem}))
-    for old in folder.glob("epoch_*"):
+    for old in folder.glob(f"{kind}_*"):
         if not old.name.startswith(stem + "."):
             old.unlink(missing_ok=True)
 

@@ -206,8 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from celadon.cli import classify, synth
 
-    classify.add_parsers(stages, add)
-    synth.add_parsers(stages, add)
+    bench_verbs = classify.add_parsers(stages, add)
+    synth.add_parsers(stages, add, bench_verbs)
 
     data = stages.add_parser("data", help="manifests, validation, analysis, splits, augmentation")
     verbs = data.add_subparsers(dest="verb", required=True, metavar="VERB")

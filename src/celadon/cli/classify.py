@@ -118,7 +118,7 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(stages, add) -> None:
+def add_parsers(stages, add):
     p = add(stages, "train", cmd_train, "train the multi-task classifier on a split manifest")
     p.add_argument("splits", help="splits.csv (or augmented.csv) with a split column")
     p.add_argument("--out", required=True)
@@ -173,3 +173,4 @@ def add_parsers(stages, add) -> None:
     p.add_argument("--data", default="runs/bench-data")
     p.add_argument("--cache-dir", default="runs/bench-cache")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers for both pipelines")
+    return verbs

@@ -1,8 +1,11 @@
-"""CLI verbs of the synthesis stage: select (seven tiers) and caption (LoRA training folder)."""
+"""CLI verbs of the synthesis stage: select, caption, build-base, train-lora, plan, generate, qc, and the
+synthesis benchmarks."""
 
 from __future__ import annotations
 
 import argparse
+
+from celadon.synth.pipeline import DEFAULT_NEGATIVE
 
 
 def cmd_select(args: argparse.Namespace) -> int:
@@ -11,15 +14,8 @@ def cmd_select(args: argparse.Namespace) -> int:
     from celadon.synth.select import SelectConfig, run_select
     from celadon.taxonomy import load_taxonomy
 
-    pairs = []
-    for item in (args.pairs or "").split(","):
-        if item.strip():
-            a, sep, b = item.partition(":")
-            if not sep:
-                raise CeladonError(f"--pairs: {item!r} is not class:class (e.g. white:ivory_white)")
-            pairs.append((a.strip(), b.strip()))
     config = SelectConfig(total=args.total, key=tuple(args.key.split(",")), confusion_task=args.confusion_task,
-                          pairs=tuple(pairs), metrics=args.metrics, seed=args.seed)
+                          pairs=_pairs(args.pairs), metrics=args.metrics, seed=args.seed)
     taxonomy = load_taxonomy(args.taxonomy)
     for a, b in config.pairs:
         for code in (a, b):
@@ -46,8 +42,154 @@ def cmd_caption(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(stages, add) -> None:
-    synth = stages.add_parser("synth", help="synthetic data: LoRA training-set selection and captions")
+def _pairs(text: str | None, flag: str = "--pairs") -> tuple[tuple[str, str], ...]:
+    from celadon.errors import CeladonError
+
+    pairs = []
+    for item in (text or "").split(","):
+        if item.strip():
+            a, sep, b = item.partition(":")
+            if not sep:
+                raise CeladonError(f"{flag}: {item!r} is not class:class (e.g. white:ivory_white)")
+            pairs.append((a.strip(), b.strip()))
+    return tuple(pairs)
+
+
+def cmd_build_base(args: argparse.Namespace) -> int:
+    from celadon.synth.base import BaseConfig, build_base
+
+    config = BaseConfig(work=args.work, out=args.out or BaseConfig.out, images=args.images,
+                        unet_steps=args.unet_steps, vae_max_steps=args.vae_max_steps, max_minutes=args.max_minutes,
+                        threads=args.threads, seed=args.seed)
+    result = build_base(config)
+    if result is None:
+        print(f"stopped after {args.max_minutes} min; run the same command again to continue")
+        return 0
+    print(f"tiny base model written to {result} (training logs and samples in {result}/training)")
+    return 0
+
+
+def cmd_train_lora(args: argparse.Namespace) -> int:
+    from celadon.synth.lora import LoraConfig, train_lora
+
+    config = LoraConfig(data=args.data, out=args.out, model=args.model, rank=args.rank, alpha=args.alpha or args.rank,
+                        learning_rate=args.lr, steps=args.steps, batch_size=args.batch_size,
+                        resolution=args.resolution, train_text_encoder=args.train_text_encoder,
+                        checkpoint_every=args.checkpoint_every, clip_skip=args.clip_skip,
+                        mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
+                        seed=args.seed, threads=args.threads)
+    folder = train_lora(config, progress=not args.quiet)
+    print(f"LoRA written to {folder} (diffusers format; kohya/A1111 keys in {folder}/kohya); "
+          f"sample grids in {args.out}/samples")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from celadon.data.manifest import read_manifest
+    from celadon.synth.plan import PlanConfig, run_plan
+    from celadon.taxonomy import load_taxonomy
+
+    config = PlanConfig(preset=args.preset, total=args.total, rare_max=args.rare_max,
+                        confusion_share=args.confusion_share, confusion_task=args.confusion_task,
+                        pairs=_pairs(args.pairs), metrics=args.metrics, max_per_combination=args.max_per_combination,
+                        negative_prompt=args.negative_prompt, seed=args.seed)
+    path, summary = run_plan(read_manifest(args.manifest, load_taxonomy(args.taxonomy)), args.out, config)
+    print(summary.to_string(index=False))
+    print(f"{int(summary['images'].sum())} images planned; written to {path}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from celadon.synth.generate import generate
+
+    table = generate(_generate_config(args), progress=not args.quiet)
+    print(f"generated images and their metadata: {table}")
+    return 0
+
+
+def _generate_config(args: argparse.Namespace):
+    from celadon.synth.generate import GenerateConfig
+
+    return GenerateConfig(plan=args.plan, out=getattr(args, "out", ""), model=args.model, lora=args.lora,
+                          lora_scale=args.lora_scale, steps=args.steps, guidance=args.guidance,
+                          clip_skip=args.clip_skip, resolution=args.resolution, batch_size=args.batch_size,
+                          shard=getattr(args, "shard", "0/1"), threads=args.threads)
+
+
+def cmd_bench_lora(args: argparse.Namespace) -> int:
+    from celadon.synth.bench import bench_lora
+    from celadon.synth.lora import LoraConfig
+
+    result = bench_lora(LoraConfig(data=args.data, model=args.model, batch_size=args.batch_size, threads=args.threads),
+                        steps=args.steps)
+    for name in ("recipe", "celadon"):
+        print(f"{name:>8}: {result[name]['steps_per_s']:.3f} steps/s (run {result[name]['wall_s']:.0f} s)")
+    print(f"celadon / diffusers recipe: {result['ratio']:.2f}x (target >= 1.5x)")
+    return 0
+
+
+def cmd_bench_generate(args: argparse.Namespace) -> int:
+    from celadon.synth.bench import bench_generate
+
+    result = bench_generate(_generate_config(args), items=args.items)
+    print(f" celadon: {result['celadon']['images_per_s']:.2f} images/s")
+    print(f"   plain: {result['plain']['images_per_s']:.2f} images/s (StableDiffusionPipeline, one call per image)")
+    print(f"celadon / plain: {result['ratio']:.2f}x (target >= 1.0x)")
+    return 0
+
+
+def cmd_qc(args: argparse.Namespace) -> int:
+    from celadon.synth.qc import QCConfig, run_qc
+
+    config = QCConfig(table=args.table, real=args.real, out=args.out, model_dir=args.model,
+                      fidelity_tasks=tuple(args.fidelity_tasks.split(",")), expected_size=args.expected_size,
+                      outlier_z=args.outlier_z, inception=args.inception, taxonomy=args.taxonomy)
+    summary = run_qc(config, progress=not args.quiet)
+    print(f"QC: {summary['n_pass']}/{summary['n_images']} pass ({summary['pass_rate']:.1%})")
+    for kind, count in summary["reasons"].items():
+        print(f"  {kind}: {count}")
+    for task, rate in summary["label_fidelity"].items():
+        print(f"  label fidelity {task}: {rate:.1%}")
+    if summary["distances"]:
+        d = summary["distances"]
+        print(f"  FID {d['fid']:.2f}, KID {d['kid_mean']:.4f} ± {d['kid_std']:.4f} on {d['features']}")
+    print(f"per-image results in {args.out}/qc.csv")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from celadon.errors import CeladonError
+    from celadon.runinfo import atomic_write_text
+    from celadon.synth.qc import compare_qc
+
+    runs = {}
+    for item in args.runs:
+        name, sep, folder = item.partition("=")
+        if not sep:
+            raise CeladonError(f"{item!r}: give NAME=QC_FOLDER, e.g. vanilla=runs/qc-vanilla")
+        runs[name] = folder
+    table = compare_qc(runs)
+    print(table.to_string(float_format=lambda v: f"{v:.4f}"))
+    if args.csv:
+        atomic_write_text(args.csv, table.to_csv())
+    return 0
+
+
+def _generation_arguments(p) -> None:
+    p.add_argument("plan", help="plan.csv from `celadon synth plan`")
+    p.add_argument("--model", default="tiny", help="tiny (shipped), or a local SD 1.5 folder / .safetensors file")
+    p.add_argument("--lora", help="a train-lora output folder or a LoRA .safetensors (diffusers or kohya)")
+    p.add_argument("--lora-scale", type=float, default=0.4)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=7.0)
+    p.add_argument("--clip-skip", type=int, help="diffusers clip_skip (default: 1 for SD 1.5, 0 for tiny)")
+    p.add_argument("--resolution", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2)
+
+
+def add_parsers(stages, add, bench_verbs) -> None:
+    synth = stages.add_parser("synth", help="synthetic data: selection, captions, LoRA, plans, generation, QC")
     verbs = synth.add_subparsers(dest="verb", required=True, metavar="VERB")
     p = add(verbs, "select", cmd_select, "seven-tier selection of LoRA training images (paper Table 3)")
     p.add_argument("manifest", help="augmented.csv (or splits.csv): the training rows are the pool")
@@ -72,22 +214,64 @@ def add_parsers(stages, add) -> None:
     p.add_argument("--expected-size", type=int, help="required image side in pixels")
     p.add_argument("--outlier-z", type=float, default=4.0)
     p.add_argument("--inception", help="local Inception-v3 weights for FID/KID (default: EfficientNet-Lite0)")
+    p = add(verbs, "compare", cmd_compare, "Table 6: QC runs side by side (FID, KID, label fidelity, pass rate)")
+    p.add_argument("runs", nargs="+", help="NAME=QC_FOLDER, e.g. vanilla=runs/qc-vanilla lora=runs/qc-lora")
+    p.add_argument("--csv", help="also write the table here")
 
+    p = add(verbs, "build-base", cmd_build_base, "train the shipped tiny SD model from scratch (resumable)")
+    p.add_argument("--work", default=".celadon/base-build", help="resumable training state")
+    p.add_argument("--out", help="where the pipeline goes (default: the package's assets/tiny-sd)")
+    p.add_argument("--images", type=int, default=6000)
+    p.add_argument("--vae-max-steps", type=int, default=900)
+    p.add_argument("--unet-steps", type=int, default=1600)
+    p.add_argument("--max-minutes", type=float, default=0, help="stop resumably after this long (0: run to the end)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
 
-def cmd_qc(args: argparse.Namespace) -> int:
-    from celadon.synth.qc import QCConfig, run_qc
+    p = add(verbs, "train-lora", cmd_train_lora, "LoRA fine-tuning (diffusers + peft), resumable")
+    p.add_argument("data", help="a folder from `celadon synth caption`")
+    p.add_argument("--out", required=True)
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--alpha", type=float, default=0, help="LoRA alpha (default: the rank)")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--resolution", type=int, default=0)
+    p.add_argument("--train-text-encoder", action="store_true")
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--clip-skip", type=int)
+    p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
 
-    config = QCConfig(table=args.table, real=args.real, out=args.out, model_dir=args.model,
-                      fidelity_tasks=tuple(args.fidelity_tasks.split(",")), expected_size=args.expected_size,
-                      outlier_z=args.outlier_z, inception=args.inception, taxonomy=args.taxonomy)
-    summary = run_qc(config, progress=not args.quiet)
-    print(f"QC: {summary['n_pass']}/{summary['n_images']} pass ({summary['pass_rate']:.1%})")
-    for kind, count in summary["reasons"].items():
-        print(f"  {kind}: {count}")
-    for task, rate in summary["label_fidelity"].items():
-        print(f"  label fidelity {task}: {rate:.1%}")
-    if summary["distances"]:
-        d = summary["distances"]
-        print(f"  FID {d['fid']:.2f}, KID {d['kid_mean']:.4f} ± {d['kid_std']:.4f} on {d['features']}")
-    print(f"per-image results in {args.out}/qc.csv")
-    return 0
+    p = add(verbs, "plan", cmd_plan, "what to generate: rare combinations and confusion pairs (Datasets A/B)")
+    p.add_argument("manifest", help="splits.csv (the training originals are counted)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--preset", default="B", choices=["A", "B"], help="A: 5:95 synthetic:real, B: 10:90")
+    p.add_argument("--total", type=int, default=0, help="images (overrides the preset)")
+    p.add_argument("--rare-max", type=int, default=10)
+    p.add_argument("--confusion-share", type=float, default=0.3)
+    p.add_argument("--confusion-task", default="glaze")
+    p.add_argument("--pairs", help="explicit confusion pairs, e.g. white:ivory_white")
+    p.add_argument("--metrics", help="a baseline's metrics.json: its most confused pairs")
+    p.add_argument("--max-per-combination", type=int, default=0)
+    p.add_argument("--negative-prompt", default=DEFAULT_NEGATIVE)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add(verbs, "generate", cmd_generate, "generate a plan (DPM++ 2M Karras, CFG, clip skip, LoRA scale)")
+    _generation_arguments(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--shard", default="0/1", help="i/n: this process generates every n-th item from i")
+
+    p = add(bench_verbs, "lora", cmd_bench_lora, "LoRA steps/s: cached latents vs the diffusers recipe")
+    p.add_argument("data", help="a folder from `celadon synth caption`")
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--threads", type=int, default=2)
+
+    p = add(bench_verbs, "generate", cmd_bench_generate, "images/s: celadon generate vs a plain pipeline loop")
+    _generation_arguments(p)
+    p.add_argument("--items", type=int, default=16)

@@ -147,17 +147,22 @@ def _label_fidelity(synthetic: Manifest, images: dict[int, Image.Image], config:
     readable = sorted(images)
     results, _ = predict_images(loaded, [synthetic.image_path(i) for i in readable], top_k=1)
     predictions: dict[str, list] = {t: [None] * len(synthetic) for t in tasks}
-    agree: dict[str, list[bool]] = {t: [] for t in tasks}
+    joint = "+".join(tasks)
+    agree: dict[str, list[bool]] = {t: [] for t in (*tasks, joint)}
     for i, row in zip(readable, results, strict=True):
+        correct = []
         for task in tasks:
             predicted, intended = row[task][0][0], synthetic.frame[task].iat[i]
             predictions[task][i] = predicted
             if intended is None:
                 continue
+            correct.append(predicted == intended)
             agree[task].append(predicted == intended)
             if predicted != intended:
                 reasons[i].append((f"wrong_{task}", f"{task} looks like {predicted}, intended {intended}"))
-    return predictions, {t: float(np.mean(v)) if v else float("nan") for t, v in agree.items()}
+        if len(tasks) > 1 and len(correct) == len(tasks):
+            agree[joint].append(all(correct))  # the paper's "correct glaze-type combination"
+    return predictions, {t: float(np.mean(v)) for t, v in agree.items() if v}
 
 
 def _summary(table: pd.DataFrame, reasons: list[list[tuple[str, str]]], fidelity: dict[str, float],
@@ -176,3 +181,25 @@ def _summary(table: pd.DataFrame, reasons: list[list[tuple[str, str]]], fidelity
     return {"n_images": len(table), "n_pass": int(table["qc_pass"].sum()),
             "pass_rate": float(table["qc_pass"].mean()), "reasons": dict(sorted(counts.items())),
             "label_fidelity": fidelity, "distances": distances, "real_reference": len(real_images)}
+
+
+def compare_qc(runs: dict[str, str | Path]) -> pd.DataFrame:
+    """The paper's Table 6 for any number of QC runs on the same plan (e.g. vanilla vs LoRA): FID, KID,
+    label fidelity per task and joint, pass rate, one column per run."""
+    import json
+
+    columns = {}
+    for name, folder in runs.items():
+        path = Path(folder) / "qc_summary.json"
+        if not path.exists():
+            raise CeladonError(f"{folder}: no qc_summary.json; run `celadon synth qc` there first")
+        summary = json.loads(path.read_text())
+        column = {"images": summary["n_images"], "QC pass rate": summary["pass_rate"]}
+        if summary.get("distances"):
+            d = summary["distances"]
+            column[f"FID ({d['features']})"] = d["fid"]
+            column["KID"] = d["kid_mean"]
+            column["KID std"] = d["kid_std"]
+        column.update({f"label fidelity {task}": rate for task, rate in summary["label_fidelity"].items()})
+        columns[name] = column
+    return pd.DataFrame(columns)

@@ -41,7 +41,7 @@ class SelectConfig:
     glaze_min: int = 100
 
 
-def _pairs_from_metrics(path: str, task: str, n: int) -> tuple[tuple[str, str], ...]:
+def pairs_from_metrics(path: str, task: str, n: int) -> tuple[tuple[str, str], ...]:
     from celadon.evaluate.run import load_metrics
 
     metrics = load_metrics(path)
@@ -118,7 +118,7 @@ def select_lora_set(manifest: Manifest, config: SelectConfig) -> pd.DataFrame:
 
 
 def _confusion_tier(picker: _Picker, pool: pd.DataFrame, config: SelectConfig, per_pair: int) -> None:
-    pairs = config.pairs or (_pairs_from_metrics(config.metrics, config.confusion_task, config.confusion_pairs)
+    pairs = config.pairs or (pairs_from_metrics(config.metrics, config.confusion_task, config.confusion_pairs)
                              if config.metrics else ())
     task = config.confusion_task
     for a, b in pairs:

@@ -1,0 +1,327 @@
+"""`celadon synth build-base`: train the shipped tiny SD model from scratch on procedural images.
+
+Stages, each resumable from its last checkpoint (run in chunks with `max_minutes`):
+1. render a balanced set of embedded images with *generic* captions ("a photo of a pale green ceramic vase");
+2. VAE, with the loss weighted onto the vessel and a pooled-colour term (the plain backdrop otherwise dominates
+   and colour is lost); it stops on a colour check of held-out reconstructions, not on a step count;
+3. cache latents (posterior mean) and train the UNet jointly with the text encoder (min-SNR weighting, EMA);
+4. export a StableDiffusionPipeline (fp16 safetensors) with its training logs and sample grids.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from celadon.classify.checkpoint import load_checkpoint, save_checkpoint
+from celadon.data.embedded import _all_combinations
+from celadon.data.embedded.render import Labels, render
+from celadon.runinfo import append_csv_row, atomic_write_text, write_run_info
+from celadon.synth import tiny
+from celadon.synth.pipeline import DEFAULT_NEGATIVE, TINY_PATH, save_grid
+
+SAMPLE_PROMPTS = [tiny.generic_caption(g, t) for g, t in (
+    ("celadon", "vase"), ("black", "teabowl"), ("blue_white", "jar"), ("brown", "ewer"),
+    ("white", "plate"), ("green", "bowl"), ("sky_blue", "censer"), ("rose_purple", "basin"))]
+
+
+@dataclass
+class BaseConfig:
+    work: str = ".celadon/base-build"  # resumable state
+    out: str = str(TINY_PATH)
+    images: int = 6000
+    seed: int = 0
+    vae_batch: int = 32
+    vae_lr: float = 1e-3
+    vae_min_steps: int = 300
+    vae_max_steps: int = 900
+    colour_tolerance: float = 0.025  # stop when held-out vessel colour error (0..1 RGB) is below this
+    unet_steps: int = 1600
+    unet_batch: int = 64
+    unet_lr: float = 6e-4
+    text_lr: float = 3e-4
+    caption_dropout: float = 0.1
+    ema_decay: float = 0.995
+    sample_every: int = 250
+    checkpoint_minutes: float = 3.0
+    max_minutes: float = 0.0  # stop (resumably) after this long; 0 = run to the end
+    threads: int = 2
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+def _render(args: tuple[int, tuple[str, str, str, str], int]) -> np.ndarray:
+    _, (dynasty, kiln, glaze, kind), seed = args
+    img = render(Labels(dynasty, kiln, glaze, kind), tiny.RESOLUTION, np.random.default_rng(seed))
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def _dataset(work: Path, config: BaseConfig) -> tuple[np.ndarray, list[str]]:
+    path = work / "data.npz"
+    if not path.exists():
+        combos, _ = _all_combinations()
+        rng = np.random.default_rng(config.seed)
+        picks = rng.integers(0, len(combos), config.images)
+        jobs = [(i, combos[c], int(rng.integers(2**62))) for i, c in enumerate(picks)]
+        with ProcessPoolExecutor(max_workers=config.threads) as pool:
+            images = np.stack(list(tqdm(pool.map(_render, jobs, chunksize=64), total=len(jobs),
+                                        desc="rendering base set")))
+        captions = [tiny.generic_caption(combos[c][2], combos[c][3]) for c in picks]
+        tmp = work / "data.tmp.npz"
+        np.savez(tmp, images=images, captions=np.array(captions))
+        tmp.replace(path)
+    data = np.load(path)
+    return data["images"], [str(c) for c in data["captions"]]
+
+
+def _vessel_weight(x: torch.Tensor) -> torch.Tensor:
+    """Per-pixel weight: 5 on the vessel (pixels unlike the corner backdrop colour), 1 on the backdrop."""
+    corners = torch.stack([x[:, :, :4, :4], x[:, :, :4, -4:], x[:, :, -4:, :4], x[:, :, -4:, -4:]], 1)
+    backdrop = corners.flatten(3).median(dim=3).values.median(dim=1).values[:, :, None, None]
+    return 1 + 4 * ((x - backdrop).abs().amax(1, keepdim=True) > 0.12).float()
+
+
+def colour_error(original: torch.Tensor, reconstruction: torch.Tensor) -> float:
+    """Mean absolute difference of the vessel's mean colour, in 0..1 RGB (images in -1..1)."""
+    mask = (_vessel_weight(original) > 1).float()
+    area = mask.sum((2, 3)).clamp(min=1)
+    mean_o = (original * mask).sum((2, 3)) / area
+    mean_r = (reconstruction * mask).sum((2, 3)) / area
+    return float(((mean_o - mean_r).abs() / 2).mean())
+
+
+def _to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+class _Clock:
+    def __init__(self, config: BaseConfig):
+        self.start = self.saved = time.monotonic()
+        self.config = config
+
+    def checkpoint_due(self) -> bool:
+        return time.monotonic() - self.saved > self.config.checkpoint_minutes * 60
+
+    def out_of_time(self) -> bool:
+        return bool(self.config.max_minutes) and time.monotonic() - self.start > self.config.max_minutes * 60
+
+
+def _train_vae(work: Path, images: np.ndarray, vae, config: BaseConfig, clock: _Clock) -> None:
+    folder = work / "vae"
+    if (folder / "done.json").exists():
+        vae.load_state_dict(load_checkpoint(folder)[1])
+        return
+    held_out, train = images[:64], images[64:]
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
+    step, rng = 0, np.random.default_rng(config.seed + 1)
+    if (found := load_checkpoint(folder)) is not None:
+        step, weights, state = found
+        vae.load_state_dict(weights)
+        optimizer.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["rng"]
+    held = _to_tensor(held_out)
+    bar = tqdm(total=config.vae_max_steps, initial=step, desc="VAE")
+    while step < config.vae_max_steps:
+        x = _to_tensor(train[rng.integers(0, len(train), config.vae_batch)])
+        if rng.random() < 0.5:
+            x = x.flip(3)
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=torch.Generator().manual_seed(int(rng.integers(2**31))))).sample
+        weight = _vessel_weight(x)
+        loss = (weight * (recon - x).abs()).mean() + 2 * F.mse_loss(F.avg_pool2d(recon, 8), F.avg_pool2d(x, 8)) \
+            + 1e-6 * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        bar.update()
+        done = False
+        if step % 100 == 0:
+            with torch.no_grad():
+                recon = vae.decode(vae.encode(held).latent_dist.mode()).sample.clamp(-1, 1)
+            error = colour_error(held, recon)
+            psnr = float(10 * torch.log10(4 / F.mse_loss(recon, held)))
+            append_csv_row(work / "vae_log.csv", {"step": step, "loss": round(float(loss), 5),
+                                                  "colour_error": round(error, 4), "psnr": round(psnr, 2)})
+            bar.set_postfix(colour=f"{error:.3f}", psnr=f"{psnr:.1f}")
+            done = step >= config.vae_min_steps and error < config.colour_tolerance
+        if done or step >= config.vae_max_steps or clock.checkpoint_due() or clock.out_of_time():
+            save_checkpoint(folder, step, vae, {"optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state})
+            clock.saved = time.monotonic()
+            if done:
+                break
+            if clock.out_of_time():
+                raise _OutOfTime
+    with torch.no_grad():
+        recon = vae.decode(vae.encode(held[:16]).latent_dist.mode()).sample.clamp(-1, 1)
+    pics = [_pil(t) for pair in zip(held[:16], recon, strict=True) for t in pair]
+    save_grid(pics, work / "vae_reconstructions.png", columns=8)
+    atomic_write_text(folder / "done.json", json.dumps({"step": step}))
+
+
+def _pil(t: torch.Tensor):
+    from PIL import Image
+
+    return Image.fromarray(((t.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
+
+
+def _latents(work: Path, images: np.ndarray, vae) -> tuple[torch.Tensor, float]:
+    path = work / "latents.pt"
+    if not path.exists():
+        with torch.no_grad():
+            chunks = [vae.encode(_to_tensor(images[i:i + 256])).latent_dist.mode() for i in range(0, len(images), 256)]
+        latents = torch.cat(chunks)
+        torch.save({"latents": latents, "scaling_factor": float(1 / latents.std())}, work / "latents.tmp.pt")
+        (work / "latents.tmp.pt").replace(path)
+    data = torch.load(path, weights_only=True)
+    return data["latents"], data["scaling_factor"]
+
+
+def _tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
+    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def _sample(unet, text_encoder, vae, tokenizer, scheduler, scaling_factor: float, path: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    vae.register_to_config(scaling_factor=scaling_factor)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(SAMPLE_PROMPTS, negative_prompt=[DEFAULT_NEGATIVE] * len(SAMPLE_PROMPTS), num_inference_steps=20,
+                  guidance_scale=5.0, height=tiny.RESOLUTION, width=tiny.RESOLUTION,
+                  generator=torch.Generator().manual_seed(0)).images
+    save_grid(images, path, columns=4, labels=[p.replace("a photo of a ", "") for p in SAMPLE_PROMPTS])
+
+
+def _train_unet(work: Path, captions: list[str], latents: torch.Tensor, scaling_factor: float, parts: dict,
+                tokenizer, config: BaseConfig, clock: _Clock) -> torch.nn.ModuleDict:
+    from diffusers import DDPMScheduler
+
+    folder = work / "unet"
+    model = torch.nn.ModuleDict({"unet": parts["unet"], "text_encoder": parts["text_encoder"]})
+    ema = copy.deepcopy(model).requires_grad_(False)
+    noise_scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                    num_train_timesteps=1000)
+    optimizer = torch.optim.AdamW([{"params": model["unet"].parameters(), "lr": config.unet_lr},
+                                   {"params": model["text_encoder"].parameters(), "lr": config.text_lr}],
+                                  weight_decay=1e-2)
+    step, generator = 0, torch.Generator().manual_seed(config.seed + 2)
+    if (found := load_checkpoint(folder)) is not None:
+        step, weights, state = found
+        model.load_state_dict(weights)
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+    if step >= config.unet_steps:
+        return ema
+    ids = _tokenize(tokenizer, captions)
+    empty = _tokenize(tokenizer, [""])[0]
+    alphas = noise_scheduler.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    bar = tqdm(total=config.unet_steps, initial=step, desc="UNet + text encoder")
+    while step < config.unet_steps:
+        lr_scale = min(1.0, (step + 1) / 200)  # warm-up
+        for group, base_lr in zip(optimizer.param_groups, (config.unet_lr, config.text_lr), strict=True):
+            group["lr"] = base_lr * lr_scale
+        index = torch.randint(0, len(latents), (config.unet_batch,), generator=generator)
+        z = latents[index] * scaling_factor
+        flip = torch.rand(len(z), generator=generator) < 0.5
+        z = torch.where(flip[:, None, None, None], z.flip(3), z)
+        batch_ids = ids[index].clone()
+        batch_ids[torch.rand(len(z), generator=generator) < config.caption_dropout] = empty
+        noise = torch.randn(z.shape, generator=generator)
+        t = torch.randint(0, 1000, (len(z),), generator=generator)
+        prediction = model["unet"](noise_scheduler.add_noise(z, noise, t), t,
+                                   model["text_encoder"](batch_ids)[0]).sample
+        weight = torch.clamp(snr[t], max=5.0) / snr[t]  # min-SNR-5 weighting for epsilon prediction
+        loss = (weight * F.mse_loss(prediction, noise, reduction="none").mean((1, 2, 3))).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        with torch.no_grad():
+            decay = min(config.ema_decay, (1 + step) / (10 + step))
+            torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
+        step += 1
+        bar.update()
+        if step % 25 == 0:
+            append_csv_row(work / "unet_log.csv", {"step": step, "loss": round(float(loss), 5)})
+            bar.set_postfix(loss=f"{float(loss):.4f}")
+        if step % config.sample_every == 0 or step == config.unet_steps:
+            _sample(ema["unet"], ema["text_encoder"], parts["vae"], tokenizer, parts["scheduler"], scaling_factor,
+                    work / "samples" / f"step_{step:05d}.png")
+        if step == config.unet_steps or clock.checkpoint_due() or clock.out_of_time():
+            save_checkpoint(folder, step, model, {"ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                                                  "generator": generator.get_state()})
+            clock.saved = time.monotonic()
+            if clock.out_of_time() and step < config.unet_steps:
+                raise _OutOfTime
+    return ema
+
+
+def build_base(config: BaseConfig) -> Path | None:
+    """Run (or resume) every stage; returns the exported pipeline folder, or None when out of time."""
+    from transformers import CLIPTokenizer
+
+    from celadon.synth.captions import caption
+    from celadon.taxonomy import load_taxonomy
+
+    torch.set_num_threads(config.threads)
+    work = Path(config.work)
+    work.mkdir(parents=True, exist_ok=True)
+    write_run_info(work, "synth build-base", config, config.seed)
+    images, captions = _dataset(work, config)
+    taxonomy = load_taxonomy()
+    corpus = captions + [DEFAULT_NEGATIVE] + [
+        caption({task: code}, taxonomy) + " " + taxonomy.task(task).label(code).prompt
+        for task in taxonomy.task_names for code in taxonomy.task(task).codes] + list(taxonomy.caption_parts)
+    tokenizer = CLIPTokenizer.from_pretrained(tiny.write_trimmed_tokenizer(corpus, work / "tokenizer"))
+    parts = tiny.new_components(len(tokenizer), seed=config.seed)
+    clock = _Clock(config)
+    try:
+        _train_vae(work, images, parts["vae"], config, clock)
+        parts["vae"].requires_grad_(False)
+        latents, scaling_factor = _latents(work, images, parts["vae"])
+        ema = _train_unet(work, captions, latents, scaling_factor, parts, tokenizer, config, clock)
+    except _OutOfTime:
+        return None
+    return _export(work, parts, ema, tokenizer, scaling_factor, config)
+
+
+def _export(work: Path, parts: dict, ema, tokenizer, scaling_factor: float, config: BaseConfig) -> Path:
+    from diffusers import StableDiffusionPipeline
+
+    parts["vae"].register_to_config(scaling_factor=scaling_factor)
+    pipe = StableDiffusionPipeline(vae=parts["vae"], text_encoder=ema["text_encoder"], tokenizer=tokenizer,
+                                   unet=ema["unet"], scheduler=parts["scheduler"], safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    out = Path(config.out)
+    staging = out.with_name(out.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    pipe.to(torch.float16).save_pretrained(staging, safe_serialization=True)
+    training = staging / "training"
+    training.mkdir()
+    for name in ("vae_log.csv", "unet_log.csv", "vae_reconstructions.png", "run.yaml"):
+        if (work / name).exists():
+            shutil.copy(work / name, training / name)
+    last = sorted((work / "samples").glob("step_*.png"))[-1]
+    shutil.copy(last, training / "samples.png")
+    atomic_write_text(training / "build.json", json.dumps(asdict(config), indent=1))
+    shutil.rmtree(out, ignore_errors=True)
+    staging.replace(out)
+    return out

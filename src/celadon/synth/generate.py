@@ -1,0 +1,150 @@
+"""`celadon synth generate`: run a plan through Stable Diffusion (+ LoRA) with the paper's settings.
+
+DPM++ 2M Karras, 20 steps, CFG 7, LoRA scale 0.4 (fused into the weights, so generation runs at plain
+pipeline speed), negative prompt from the plan. Every item has its own seeded generator, so an image does
+not depend on which batch it fell into. Each image is written atomically under its item id, then its
+metadata sidecar; an item is done when its sidecar exists. Killed and restarted, a run finishes the plan
+with nothing missing and nothing twice; `shard="i/n"` splits the plan across processes or GPUs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from celadon.data.manifest import PATH_COLUMN
+from celadon.errors import CeladonError
+from celadon.runinfo import atomic_write_bytes, atomic_write_text, write_run_info
+from celadon.synth.pipeline import default_clip_skip, load_pipeline, resolve_profile
+
+PLAN_COLUMNS = ("item_id", "prompt", "negative_prompt", "seed")
+
+
+@dataclass
+class GenerateConfig:
+    plan: str = ""
+    out: str = ""
+    model: str = "tiny"
+    lora: str | None = None  # a `train-lora` output (its lora/ folder) or a kohya .safetensors file
+    lora_scale: float = 0.4
+    steps: int = 20
+    guidance: float = 7.0
+    clip_skip: int | None = None  # None: the model's default (see pipeline.default_clip_skip)
+    resolution: int = 0  # 0: the profile's native resolution
+    batch_size: int = 8
+    shard: str = "0/1"
+    device: str = "auto"
+    threads: int = 2
+
+
+def read_plan(path: str | Path) -> pd.DataFrame:
+    try:
+        plan = pd.read_csv(path, dtype={"item_id": str}, keep_default_na=False, na_values=[""])
+    except FileNotFoundError:
+        raise CeladonError(f"plan {path} does not exist; write one with `celadon synth plan`") from None
+    missing = [c for c in PLAN_COLUMNS if c not in plan.columns]
+    if missing:
+        raise CeladonError(f"{path}: not a generation plan (missing column(s) {', '.join(missing)})")
+    if plan["item_id"].duplicated().any():
+        raise CeladonError(f"{path}: item id {plan['item_id'][plan['item_id'].duplicated()].iat[0]} appears twice")
+    return plan
+
+
+def parse_shard(shard: str) -> tuple[int, int]:
+    index, sep, count = shard.partition("/")
+    if not (sep and index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):
+        raise CeladonError(f"--shard {shard!r}: expected i/n with 0 <= i < n, e.g. 0/2")
+    return int(index), int(count)
+
+
+def _lora_file(path: str) -> str:
+    candidate = Path(path)
+    for option in (candidate, candidate / "lora", candidate / "lora" / "pytorch_lora_weights.safetensors"):
+        if option.is_file():
+            return str(option)
+        if (option / "pytorch_lora_weights.safetensors").is_file():
+            return str(option / "pytorch_lora_weights.safetensors")
+    raise CeladonError(f"--lora {path}: no LoRA weights there; give a `celadon synth train-lora` output folder "
+                       "or a .safetensors LoRA file")
+
+
+def prepare_generator_pipeline(config: GenerateConfig, fuse: bool = True):
+    device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = load_pipeline(config.model, device)
+    if config.lora:
+        try:
+            pipe.load_lora_weights(_lora_file(config.lora), adapter_name="celadon")
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise CeladonError(f"--lora {config.lora}: does not fit {config.model} ({str(exc).splitlines()[0]})") \
+                from None
+        if fuse:
+            pipe.fuse_lora(lora_scale=config.lora_scale)
+            pipe.unload_lora_weights()
+        else:
+            pipe.set_adapters(["celadon"], [config.lora_scale])
+    return pipe
+
+
+def _call_kwargs(config: GenerateConfig) -> dict:
+    clip_skip = default_clip_skip(config.model) if config.clip_skip is None else config.clip_skip
+    resolution = config.resolution or resolve_profile(config.model).resolution
+    return {"num_inference_steps": config.steps, "guidance_scale": config.guidance, "clip_skip": clip_skip or None,
+            "height": resolution, "width": resolution}
+
+
+def generate(config: GenerateConfig, progress: bool = True) -> Path:
+    """Generate every pending item of this shard; returns the metadata table (`generated.csv`)."""
+    torch.set_num_threads(config.threads)
+    plan = read_plan(config.plan)
+    index, count = parse_shard(config.shard)
+    out = Path(config.out)
+    write_run_info(out, "synth generate", asdict(config))
+    mine = plan.iloc[index::count]
+    pending = mine[[not (out / "items" / f"{item}.json").exists() for item in mine["item_id"]]]
+    if len(pending):
+        pipe = prepare_generator_pipeline(config)
+        kwargs = _call_kwargs(config)
+        bar = tqdm(total=len(mine), initial=len(mine) - len(pending), desc="generating", disable=not progress)
+        for start in range(0, len(pending), config.batch_size):
+            batch = pending.iloc[start:start + config.batch_size]
+            generators = [torch.Generator(pipe.device).manual_seed(int(s)) for s in batch["seed"]]
+            began = time.monotonic()
+            images = pipe(prompt=list(batch["prompt"]), negative_prompt=list(batch["negative_prompt"].fillna("")),
+                          generator=generators, **kwargs).images
+            seconds = (time.monotonic() - began) / len(batch)
+            for row, image in zip(batch.to_dict("records"), images, strict=True):
+                _write_item(out, row, image, config, kwargs, seconds)
+            bar.update(len(batch))
+        bar.close()
+    return collect(plan, out)
+
+
+def _write_item(out: Path, row: dict, image, config: GenerateConfig, kwargs: dict, seconds: float) -> None:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    file = f"images/{row['item_id']}.png"
+    atomic_write_bytes(out / file, buffer.getvalue())
+    record = {**{k: (None if pd.isna(v) else v) for k, v in row.items()}, PATH_COLUMN: file, "model": config.model,
+              "lora": config.lora, "lora_scale": config.lora_scale if config.lora else None,
+              "steps": kwargs["num_inference_steps"], "guidance": kwargs["guidance_scale"],
+              "clip_skip": kwargs["clip_skip"], "seconds": round(seconds, 3)}
+    atomic_write_text(out / "items" / f"{row['item_id']}.json", json.dumps(record, ensure_ascii=False, default=str))
+
+
+def collect(plan: pd.DataFrame, out: Path) -> Path:
+    """`generated.csv`: the finished items in plan order, a manifest (`path` + labels) QC and training read."""
+    records = [json.loads(p.read_text(encoding="utf-8")) for item in plan["item_id"]
+               if (p := out / "items" / f"{item}.json").exists()]
+    table = pd.DataFrame(records)
+    if len(table):
+        table = table[[PATH_COLUMN, *[c for c in table.columns if c != PATH_COLUMN]]]
+    path = out / "generated.csv"
+    atomic_write_text(path, table.to_csv(index=False, lineterminator="\n"))
+    return path

@@ -1,0 +1,321 @@
+"""`celadon synth train-lora`: LoRA fine-tuning of a Stable Diffusion pipeline on a captioned folder.
+
+diffusers + peft + accelerate, like diffusers' `train_text_to_image_lora.py`, with three differences that
+matter in practice: VAE latents (posterior mean, plus the mirrored image) and text embeddings are computed
+once and cached; checkpoints are pickle-free and hold the LoRA weights themselves, and resuming verifies
+they were loaded (the diffusers example can silently resume without them); the result is written both in
+diffusers format (with rank/alpha metadata) and in kohya/A1111 key format, so `<lora:name:0.4>` works.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from celadon.classify.checkpoint import load_checkpoint, save_checkpoint, save_tensors
+from celadon.data.images import load_image
+from celadon.errors import CeladonError
+from celadon.runinfo import append_csv_row, write_json, write_run_info
+from celadon.synth.pipeline import default_clip_skip, load_pipeline, resolve_profile, save_grid
+
+UNET_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
+TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+@dataclass
+class LoraConfig:
+    data: str = ""  # a folder written by `celadon synth caption` (metadata.jsonl + images)
+    out: str = ""
+    model: str = "tiny"
+    rank: int = 8
+    alpha: float = 8.0
+    learning_rate: float = 1e-4
+    steps: int = 500
+    batch_size: int = 8
+    resolution: int = 0  # 0: the profile's native resolution
+    train_text_encoder: bool = False
+    text_encoder_lr: float = 5e-5
+    lr_scheduler: str = "constant"  # any diffusers.optimization scheduler name
+    warmup_steps: int = 0
+    snr_gamma: float | None = 5.0  # min-SNR loss weighting; None: plain MSE as in the recipe
+    clip_skip: int | None = None  # as at generation; None: the model's default (pipeline.default_clip_skip)
+    checkpoint_every: int = 100
+    validation_prompts: tuple[str, ...] = ()  # default: four distinct captions of the data
+    cache: bool = True  # False reproduces the recipe's per-step VAE + text encoder (for `bench lora`)
+    mixed_precision: str = "no"  # "fp16" / "bf16" on a GPU
+    gradient_checkpointing: bool = False
+    device: str = "auto"
+    seed: int = 0
+    threads: int = 2
+
+
+def read_caption_folder(folder: str | Path) -> list[dict]:
+    folder = Path(folder)
+    metadata = folder / "metadata.jsonl"
+    if not metadata.exists():
+        raise CeladonError(f"{folder}: no metadata.jsonl; write the folder with `celadon synth caption`")
+    records = []
+    for number, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            path, text = folder / record["file_name"], str(record["text"])
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CeladonError(f"{metadata}, line {number}: not a {{file_name, text}} record ({exc})") from None
+        if not path.exists():
+            raise CeladonError(f"{metadata}, line {number}: image {path} is missing")
+        records.append({**record, "path": path, "text": text})
+    if not records:
+        raise CeladonError(f"{metadata}: no images")
+    return records
+
+
+def _pixels(path: Path, resolution: int) -> torch.Tensor:
+    """The recipe's transform: shorter side to `resolution`, centre crop, to -1..1."""
+    img = load_image(path)
+    scale = resolution / min(img.size)
+    img = img.resize((max(resolution, round(img.width * scale)), max(resolution, round(img.height * scale))),
+                     Image.BILINEAR)
+    left, top = (img.width - resolution) // 2, (img.height - resolution) // 2
+    img = img.crop((left, top, left + resolution, top + resolution))
+    return torch.from_numpy(np.asarray(img, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
+
+
+def _encode_prompts(pipe, texts: list[str], clip_skip: int | None) -> torch.Tensor:
+    embeds, _ = pipe.encode_prompt(texts, pipe.device, 1, False, clip_skip=clip_skip)
+    return embeds
+
+
+class _Batches:
+    """Training inputs: cached latents/embeddings, or the recipe's per-step decode + VAE + text encoder."""
+
+    def __init__(self, pipe, records: list[dict], config: LoraConfig, resolution: int):
+        self.pipe, self.records, self.config, self.resolution = pipe, records, config, resolution
+        self.texts = [r["text"] for r in records]
+        if config.cache:
+            latents = []
+            with torch.no_grad():
+                for start in tqdm(range(0, len(records), 32), desc="caching latents"):
+                    x = torch.stack([_pixels(r["path"], resolution) for r in records[start:start + 32]])
+                    x = x.to(pipe.device, pipe.vae.dtype)
+                    latents.append(torch.stack([pipe.vae.encode(x).latent_dist.mode(),
+                                                pipe.vae.encode(x.flip(3)).latent_dist.mode()], 1))
+                self.latents = torch.cat(latents) * pipe.vae.config.scaling_factor  # (N, 2 mirror, C, h, w)
+                if not config.train_text_encoder:
+                    self.embeds = torch.cat([_encode_prompts(pipe, self.texts[i:i + 64], config.clip_skip)
+                                             for i in range(0, len(self.texts), 64)])
+
+    def get(self, index: torch.Tensor, flip: torch.Tensor, generator: torch.Generator):
+        pipe = self.pipe
+        if self.config.cache:
+            latents = self.latents[index, flip.long()]
+        else:
+            x = torch.stack([_pixels(self.records[i]["path"], self.resolution) for i in index.tolist()])
+            x = torch.where(flip[:, None, None, None], x.flip(3), x).to(pipe.device, pipe.vae.dtype)
+            with torch.no_grad():
+                latents = pipe.vae.encode(x).latent_dist.sample(generator) * pipe.vae.config.scaling_factor
+        texts = [self.texts[i] for i in index.tolist()]
+        if self.config.train_text_encoder:
+            embeds = _encode_prompts(pipe, texts, self.config.clip_skip)
+        elif self.config.cache:
+            embeds = self.embeds[index]
+        else:
+            with torch.no_grad():
+                embeds = _encode_prompts(pipe, texts, self.config.clip_skip)
+        return latents, embeds
+
+
+def _lora_state(pipe, config: LoraConfig) -> dict[str, torch.Tensor]:
+    from peft.utils import get_peft_model_state_dict
+
+    state = {f"unet.{k}": v for k, v in get_peft_model_state_dict(pipe.unet).items()}
+    if config.train_text_encoder:
+        state.update({f"text_encoder.{k}": v for k, v in get_peft_model_state_dict(pipe.text_encoder).items()})
+    return state
+
+
+def _restore_lora(pipe, weights: dict[str, torch.Tensor], config: LoraConfig) -> None:
+    """Load checkpointed LoRA weights and check that every one arrived (no silent fresh adapter)."""
+    from peft.utils import set_peft_model_state_dict
+
+    refusal = CeladonError("resuming LoRA training: the checkpoint's LoRA weights did not load into the model "
+                           "(rank or targets changed?); use the same settings or a new --out")
+    for name, module in (("unet", pipe.unet), ("text_encoder", pipe.text_encoder)):
+        part = {k[len(name) + 1:]: v for k, v in weights.items() if k.startswith(name + ".")}
+        if part:
+            try:
+                set_peft_model_state_dict(module, part)
+            except RuntimeError:  # shape mismatch
+                raise refusal from None
+    loaded = _lora_state(pipe, config)
+    if loaded.keys() != weights.keys() or any(not torch.equal(loaded[k].cpu(), weights[k]) for k in weights):
+        raise refusal
+
+
+def _device(config: LoraConfig) -> str:
+    if config.device != "auto":
+        return config.device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def prepare_pipeline(config: LoraConfig):
+    """The pipeline with fresh LoRA adapters on the UNet (and text encoder), everything else frozen."""
+    from peft import LoraConfig as PeftLora
+
+    pipe = load_pipeline(config.model, _device(config))
+    for part in (pipe.unet, pipe.vae, pipe.text_encoder):
+        part.requires_grad_(False)
+    torch.manual_seed(config.seed)
+    pipe.unet.add_adapter(PeftLora(r=config.rank, lora_alpha=config.alpha, init_lora_weights="gaussian",
+                                   target_modules=list(UNET_TARGETS)))
+    if config.train_text_encoder:
+        pipe.text_encoder.add_adapter(PeftLora(r=config.rank, lora_alpha=config.alpha, init_lora_weights="gaussian",
+                                               target_modules=list(TEXT_TARGETS)))
+    if config.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+    return pipe
+
+
+def _cast_trainable_to_fp32(*modules) -> list[torch.nn.Parameter]:
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.data = p.data.float()
+    return params
+
+
+def _validation_prompts(records: list[dict], config: LoraConfig) -> list[str]:
+    if config.validation_prompts:
+        return list(config.validation_prompts)
+    seen: list[str] = []
+    for record in sorted(records, key=lambda r: (r.get("tier") is None, r.get("tier"), r["text"])):
+        if record["text"] not in seen:
+            seen.append(record["text"])
+    step = max(1, len(seen) // 4)
+    return seen[::step][:4]
+
+
+def _sample_grid(pipe, prompts: list[str], resolution: int, config: LoraConfig, path: Path) -> None:
+    pipe.unet.eval()
+    with torch.no_grad():
+        images = pipe(prompts * 2, num_inference_steps=20, guidance_scale=7.0, height=resolution, width=resolution,
+                      clip_skip=config.clip_skip, generator=torch.Generator().manual_seed(config.seed)).images
+    pipe.unet.train()
+    save_grid(images, path, columns=len(prompts))
+
+
+def train_lora(config: LoraConfig, progress: bool = True, stop_after: int | None = None,
+               step_times: list[float] | None = None) -> Path:
+    """Train (or resume) to `config.steps`; returns the exported LoRA folder. `stop_after` ends the run early
+    after that many steps of this invocation (as a kill would); `step_times` collects seconds per step."""
+    from accelerate import Accelerator
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+
+    torch.set_num_threads(config.threads)
+    device = _device(config)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=device == "cpu")
+    records = read_caption_folder(config.data)
+    out = Path(config.out)
+    write_run_info(out, "synth train-lora", asdict(config), config.seed)
+    pipe = prepare_pipeline(config)
+    resolution = config.resolution or resolve_profile(config.model).resolution
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    groups = [{"params": _cast_trainable_to_fp32(pipe.unet), "lr": config.learning_rate}]
+    if config.train_text_encoder:
+        groups.append({"params": _cast_trainable_to_fp32(pipe.text_encoder), "lr": config.text_encoder_lr})
+    optimizer = torch.optim.AdamW(groups, weight_decay=1e-2)
+    lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps,
+                                 num_training_steps=config.steps)
+    unet, optimizer, lr_scheduler = accelerator.prepare(pipe.unet, optimizer, lr_scheduler)
+    generator = torch.Generator().manual_seed(config.seed + accelerator.process_index)
+    step = 0
+    if (found := load_checkpoint(out / "ckpt")) is not None:
+        step, weights, state = found
+        _restore_lora(pipe, weights, config)
+        optimizer.load_state_dict(state["optimizer"])
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
+        generator.set_state(state["generator"])
+    if config.clip_skip is None:
+        config = replace(config, clip_skip=default_clip_skip(config.model) or None)
+    batches = _Batches(pipe, records, config, resolution)
+    prompts = _validation_prompts(records, config)
+    alphas = noise_scheduler.alphas_cumprod
+    started, first = time.monotonic(), step
+    bar = tqdm(total=config.steps, initial=step, desc="LoRA", disable=not progress or not accelerator.is_main_process)
+    unet.train()
+    while step < config.steps and (stop_after is None or step - first < stop_after):
+        step_began = time.monotonic()
+        index = torch.randint(0, len(records), (config.batch_size,), generator=generator)
+        flip = torch.rand(config.batch_size, generator=generator) < 0.5
+        latents, embeds = batches.get(index, flip, generator)
+        noise = torch.randn(latents.shape, generator=generator).to(latents)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
+        with accelerator.autocast():
+            prediction = unet(noise_scheduler.add_noise(latents, noise, t.to(latents.device)), t.to(latents.device),
+                              embeds).sample
+        loss = F.mse_loss(prediction.float(), noise.float(), reduction="none").mean((1, 2, 3))
+        if config.snr_gamma:
+            snr = alphas[t] / (1 - alphas[t])
+            loss = loss * (torch.clamp(snr, max=config.snr_gamma) / snr).to(loss)
+        loss = loss.mean()
+        accelerator.backward(loss)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        if step_times is not None:
+            step_times.append(time.monotonic() - step_began)
+        bar.update()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if accelerator.is_main_process and (step % config.checkpoint_every == 0 or step == config.steps):
+            append_csv_row(out / "train_log.csv", {"step": step, "loss": round(loss.item(), 5),
+                                                   "lr": lr_scheduler.get_last_lr()[0],
+                                                   "seconds": round(time.monotonic() - started, 1)})
+            save_checkpoint(out / "ckpt", step, _lora_state(pipe, config),
+                            {"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
+                             "generator": generator.get_state()}, kind="step")
+            _sample_grid(pipe, prompts, resolution, config, out / "samples" / f"step_{step:05d}.png")
+    bar.close()
+    if step < config.steps:
+        return out
+    return export_lora(pipe, config, out / "lora") if accelerator.is_main_process else out / "lora"
+
+
+def export_lora(pipe, config: LoraConfig, folder: Path) -> Path:
+    """diffusers format (`pytorch_lora_weights.safetensors`, with rank/alpha metadata) + kohya/A1111 keys."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
+    from peft.utils import get_peft_model_state_dict
+
+    unet_state = get_peft_model_state_dict(pipe.unet)
+    text_state = get_peft_model_state_dict(pipe.text_encoder) if config.train_text_encoder else None
+    StableDiffusionPipeline.save_lora_weights(
+        folder, unet_lora_layers=convert_state_dict_to_diffusers(unet_state),
+        text_encoder_lora_layers=convert_state_dict_to_diffusers(text_state) if text_state else None,
+        unet_lora_adapter_metadata=pipe.unet.peft_config["default"].to_dict(),
+        text_encoder_lora_adapter_metadata=(pipe.text_encoder.peft_config["default"].to_dict() if text_state
+                                            else None),
+        safe_serialization=True)
+    peft_keys = {f"unet.{k}": v for k, v in unet_state.items()}
+    peft_keys.update({f"text_encoder.{k}": v for k, v in (text_state or {}).items()})
+    kohya = convert_state_dict_to_kohya(peft_keys)
+    for key in kohya:  # diffusers writes alpha = rank; the trained adapter's alpha is what scales it
+        if key.endswith(".alpha"):
+            kohya[key] = torch.tensor(float(config.alpha))
+    name = Path(config.out).name or "celadon"
+    save_tensors(folder / "kohya" / f"{name}.safetensors", kohya,
+                 metadata={"ss_network_module": "networks.lora", "ss_network_dim": str(config.rank),
+                           "ss_network_alpha": str(config.alpha), "ss_base_model_version": "sd_v1"})
+    write_json(folder / "lora_config.json", {"rank": config.rank, "alpha": config.alpha, "model": config.model,
+                                             "train_text_encoder": config.train_text_encoder,
+                                             "clip_skip": config.clip_skip})
+    return folder

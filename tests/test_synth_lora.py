@@ -1,0 +1,120 @@
+"""Tiny base model, tokenizer, LoRA training (exact resume, weights verified), kohya export."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from celadon.classify.checkpoint import load_checkpoint, save_checkpoint
+from celadon.errors import CeladonError
+from celadon.synth import tiny
+from celadon.synth.base import colour_error
+from celadon.synth.lora import LoraConfig, train_lora
+from celadon.synth.pipeline import load_pipeline, resolve_profile
+
+
+def test_trimmed_tokenizer_gives_clip_pieces_and_falls_back_to_characters(tmp_path):
+    from open_clip.tokenizer import SimpleTokenizer
+    from transformers import CLIPTokenizer
+
+    corpus = ["Yuan dynasty, Jun kiln produced, Chinese porcelain, vase with moon white glaze"]
+    tokenizer = CLIPTokenizer.from_pretrained(tiny.write_trimmed_tokenizer(corpus, tmp_path / "tok"))
+    clip = SimpleTokenizer()
+    text = corpus[0]
+    ours = tokenizer.convert_ids_to_tokens(tokenizer(text).input_ids)[1:-1]
+    assert ours == [clip.decoder[i] for i in clip.encode(text)]  # same pieces as CLIP's full vocabulary
+    assert len(tokenizer) < 1000  # 512 byte-level symbols + the corpus' merges + 2 specials
+    unseen = tokenizer("zebra").input_ids
+    assert tokenizer.decode(unseen, skip_special_tokens=True).strip() == "zebra"
+    assert len(unseen) == 2 + 5  # unknown word: one piece per character
+
+
+def test_colour_error_measures_the_vessel_not_the_backdrop():
+    image = -torch.ones(2, 3, 16, 16) * 0.8  # backdrop
+    image[:, :, 4:12, 4:12] = 0.5  # vessel
+    shifted = image.clone()
+    shifted[:, 0, 4:12, 4:12] += 0.3  # red channel of the vessel, by 0.3 in -1..1 = 0.15 in 0..1
+    assert colour_error(image, image) == 0
+    assert colour_error(image, shifted) == pytest.approx(0.15 / 3, abs=1e-6)
+
+
+def test_build_base_exports_a_loadable_pipeline(tiny_sd):
+    assert resolve_profile(str(tiny_sd)).resolution == 64
+    for name in ("vae_reconstructions.png", "samples.png", "run.yaml", "build.json"):
+        assert (tiny_sd / "training" / name).exists()
+    pipe = load_pipeline(str(tiny_sd))
+    assert pipe.scheduler.config.use_karras_sigmas and pipe.scheduler.config.algorithm_type == "dpmsolver++"
+    assert pipe.vae.config.scaling_factor != 0.18215  # measured on its own latents
+    image = pipe("a photo of a green ceramic vase", num_inference_steps=2, height=64, width=64).images[0]
+    assert image.size == (64, 64)
+
+
+def test_clip_skip_changes_the_text_features(tiny_sd):
+    pipe = load_pipeline(str(tiny_sd))
+    full, _ = pipe.encode_prompt("a photo of a green vase", "cpu", 1, False)
+    skipped, _ = pipe.encode_prompt("a photo of a green vase", "cpu", 1, False, clip_skip=1)
+    assert full.shape == skipped.shape and not torch.allclose(full, skipped)
+
+
+def _config(tiny_sd, caption_folder, out, **overrides) -> LoraConfig:
+    settings = dict(data=str(caption_folder), out=str(out), model=str(tiny_sd), steps=6, batch_size=2,
+                    checkpoint_every=2, threads=1, rank=4, alpha=2.0, learning_rate=1e-3)
+    return LoraConfig(**{**settings, **overrides})
+
+
+def test_lora_resume_continues_exactly_with_weights_intact(tiny_sd, caption_folder, tmp_path):
+    reference = train_lora(_config(tiny_sd, caption_folder, tmp_path / "straight"), progress=False)
+    interrupted = _config(tiny_sd, caption_folder, tmp_path / "killed")
+    train_lora(interrupted, progress=False, stop_after=3)  # "killed" after step 3: last checkpoint is step 2
+    step, weights, _ = load_checkpoint(tmp_path / "killed" / "ckpt")
+    assert step == 2 and any("lora_A" in k for k in weights)
+    assert not all(torch.all(v == 0) for k, v in weights.items() if "lora_B" in k)  # trained, not fresh
+    resumed = train_lora(interrupted, progress=False)
+    a = load_file(reference / "pytorch_lora_weights.safetensors")
+    b = load_file(resumed / "pytorch_lora_weights.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(json.dumps(line)) for line in (tmp_path / "killed" / "train_log.csv").read_text().splitlines()]
+    assert [row.split(",")[0] for row in log[1:]] == ["2", "4", "6"]  # step 2 logged once: nothing duplicated
+    assert len(list((tmp_path / "killed" / "samples").glob("step_*.png"))) == 3
+
+
+def test_resume_refuses_lora_weights_that_do_not_fit(tiny_sd, caption_folder, tmp_path):
+    out = tmp_path / "run"
+    train_lora(_config(tiny_sd, caption_folder, out, steps=2), progress=False, stop_after=2)
+    step, weights, state = load_checkpoint(out / "ckpt")
+    save_checkpoint(out / "ckpt", step, {k: v[:1] for k, v in weights.items()}, state, kind="step")  # wrong rank
+    with pytest.raises(CeladonError, match="did not load"):
+        train_lora(_config(tiny_sd, caption_folder, out, steps=4), progress=False)
+
+
+def test_kohya_export_has_a1111_keys_and_the_trained_alpha(tiny_sd, caption_folder, tmp_path):
+    folder = train_lora(_config(tiny_sd, caption_folder, tmp_path / "name", steps=2), progress=False)
+    kohya = load_file(folder / "kohya" / "name.safetensors")
+    downs = [k for k in kohya if k.endswith(".lora_down.weight")]
+    assert downs and all(k.startswith("lora_unet_") and "." not in k.split(".")[0] for k in downs)
+    assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight" in kohya
+    assert {float(v) for k, v in kohya.items() if k.endswith(".alpha")} == {2.0}
+    assert len(downs) == len([k for k in kohya if k.endswith(".lora_up.weight")])
+
+    # A1111-format weights load into diffusers and act exactly like the diffusers-format file.
+    def image(lora_path: str) -> np.ndarray:
+        pipe = load_pipeline(str(tiny_sd))
+        pipe.load_lora_weights(lora_path)
+        pipe.set_adapters([next(iter(pipe.get_active_adapters()))], [1.0])
+        out = pipe("Song dynasty, vase", num_inference_steps=3, height=64, width=64, output_type="np",
+                   generator=torch.Generator().manual_seed(0)).images
+        return out[0]
+
+    plain = load_pipeline(str(tiny_sd))("Song dynasty, vase", num_inference_steps=3, height=64, width=64,
+                                        output_type="np", generator=torch.Generator().manual_seed(0)).images[0]
+    diffusers_format = image(str(folder / "pytorch_lora_weights.safetensors"))
+    kohya_format = image(str(folder / "kohya" / "name.safetensors"))
+    assert np.abs(diffusers_format - kohya_format).max() < 1e-4
+    assert np.abs(diffusers_format - plain).max() > 1e-3  # the LoRA does something
+
+
+def test_missing_caption_folder_is_a_clear_error(tiny_sd, tmp_path):
+    with pytest.raises(CeladonError, match="no metadata.jsonl"):
+        train_lora(LoraConfig(data=str(tmp_path), out=str(tmp_path / "o"), model=str(tiny_sd)), progress=False)
