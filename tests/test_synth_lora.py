@@ -118,3 +118,24 @@ def test_kohya_export_has_a1111_keys_and_the_trained_alpha(tiny_sd, caption_fold
 def test_missing_caption_folder_is_a_clear_error(tiny_sd, tmp_path):
     with pytest.raises(CeladonError, match="no metadata.jsonl"):
         train_lora(LoraConfig(data=str(tmp_path), out=str(tmp_path / "o"), model=str(tiny_sd)), progress=False)
+
+
+def test_sd15_config_describes_stable_diffusion_15_offline(tmp_path):
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from open_clip.tokenizer import SimpleTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from celadon.synth.sd15 import write_sd15_config
+
+    folder = write_sd15_config(tmp_path / "sd15")
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
+        text = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
+    millions = [round(sum(p.numel() for p in m.parameters()) / 1e6, 1) for m in (unet, vae, text)]
+    assert millions == [859.5, 83.7, 123.1]  # SD 1.5's published parameter counts
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    text_ = "Yuan dynasty, Jun kiln produced, Chinese porcelain <lora:glazetype:0.4>"
+    assert tokenizer(text_).input_ids == [49406, *SimpleTokenizer().encode(text_), 49407]
+    assert len(tokenizer) == 49408

@@ -87,8 +87,13 @@ def load_pipeline(model: str, device: str = "cpu"):
             pipe = StableDiffusionPipeline.from_pretrained(profile.path, dtype=dtype, safety_checker=None,
                                                            requires_safety_checker=False, local_files_only=True)
         else:
-            pipe = StableDiffusionPipeline.from_single_file(profile.path, dtype=dtype, safety_checker=None,
-                                                            requires_safety_checker=False, local_files_only=True)
+            from celadon.synth.sd15 import write_sd15_config
+
+            config = write_sd15_config(Path(os.environ.get("CELADON_CACHE", Path.home() / ".cache" / "celadon"))
+                                       / "sd15-config")
+            pipe = StableDiffusionPipeline.from_single_file(profile.path, config=str(config), dtype=dtype,
+                                                            safety_checker=None, requires_safety_checker=False,
+                                                            local_files_only=True)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CeladonError(f"{profile.path}: not a loadable Stable Diffusion checkpoint ({first})") from None

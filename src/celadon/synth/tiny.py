@@ -96,13 +96,21 @@ def write_trimmed_tokenizer(texts: Iterable[str], out_dir: str | Path) -> Path:
     needed: set[tuple[str, str]] = set()
     for word in words:
         needed.update(_bpe_path("".join(byte_chars[b] for b in word.encode("utf-8")), ranks))
-    kept = [pair for pair in merges if pair in needed]
+    return _write_tokenizer([pair for pair in merges if pair in needed], byte_chars, out_dir)
+
+
+def write_clip_tokenizer(out_dir: str | Path) -> Path:
+    """CLIP ViT-L/14's full tokenizer (49,408 tokens, SD 1.5's), offline."""
+    return _write_tokenizer(_clip_merges(), _bytes_to_unicode(), out_dir)
+
+
+def _write_tokenizer(merges: list[tuple[str, str]], byte_chars: dict[int, str], out_dir: str | Path) -> Path:
     base = list(byte_chars.values())
-    vocab_list = base + [c + "</w>" for c in base] + ["".join(pair) for pair in kept] + list(SPECIAL)
+    vocab_list = base + [c + "</w>" for c in base] + ["".join(pair) for pair in merges] + list(SPECIAL)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab_list)}, ensure_ascii=False))
-    (out_dir / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in kept))
+    (out_dir / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
     config = {"model_max_length": 77, "pad_token": "<|endoftext|>", "bos_token": "<|startoftext|>",
               "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "tokenizer_class": "CLIPTokenizer",
               "do_lower_case": True}
