@@ -56,7 +56,7 @@ def test_make_demo_writes_a_valid_manifest_and_resumes(tmp_path, capsys):
 def test_demo_command_runs_every_stage(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["demo", "--out", str(out), "--n", "150", "--size", "40", "--workers", "1", "--image-size", "32",
-                 "--epochs", "1", "--quiet"]) == 0
+                 "--epochs", "1", "--lora-steps", "2", "--plan-total", "6", "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "wall time per stage" in text and "0 leaking duplicate pairs" in text
     splits = pd.read_csv(out / "split" / "splits.csv")
@@ -64,9 +64,17 @@ def test_demo_command_runs_every_stage(tmp_path, capsys):
     assert set(splits["split"]) == {"train", "val", "test"}
     assert len(augmented) > len(splits)
     assert set(augmented.loc[augmented["origin"] == "augmented", "split"]) == {"train"}
-    for stage in ("data", "analysis", "split", "augment", "model", "model/eval-test", "lora-select", "lora-set"):
+    for stage in ("data", "analysis", "split", "augment", "model", "model/eval-test", "lora-select", "lora-set",
+                  "lora", "plan", "gen-vanilla", "gen-lora", "qc-vanilla", "qc-lora"):
         assert (out / stage / "run.yaml").exists(), stage
     assert (out / "model" / "model.safetensors").exists()
     assert "mean macro-F1 over tasks" in text and "glaze:" in text  # evaluate and predict printed
     records = (out / "lora-set" / "metadata.jsonl").read_text().splitlines()
     assert len(records) == len(pd.read_csv(out / "lora-select" / "selection.csv")) > 0
+    assert (out / "lora" / "lora" / "pytorch_lora_weights.safetensors").exists()
+    for name in ("vanilla", "lora"):
+        generated = pd.read_csv(out / f"gen-{name}" / "generated.csv")
+        assert generated["item_id"].tolist() == pd.read_csv(out / "plan" / "plan.csv")["item_id"].tolist()
+        assert len(pd.read_csv(out / f"qc-{name}" / "qc.csv")) == 6
+    table6 = pd.read_csv(out / "table6.csv", index_col=0)
+    assert list(table6.columns) == ["vanilla", "lora"] and "label fidelity glaze+type" in table6.index

@@ -1,8 +1,9 @@
 """`celadon demo`: the pipeline on the embedded default, stage by stage, with wall time per stage.
 
 Today: the data stage (render -> validate -> analyze -> split + leakage -> augment -> weights -> contact
-sheet), the classifier (train the real-only baseline -> evaluate on test -> predict) and the first synthesis
-steps (seven-tier LoRA training-set selection using the baseline's confusion pairs -> captions). Later
+sheet), the classifier (train the real-only baseline -> evaluate on test -> predict) and synthesis
+(seven-tier selection using the baseline's confusion pairs -> captions -> LoRA on the shipped tiny model ->
+Dataset B plan -> generation with and without the LoRA -> QC of both -> the paper's Table 6). Later
 stages append themselves here, so the README's first command always runs everything there is.
 """
 
@@ -27,6 +28,9 @@ class DemoRunConfig:
     image_size: int = 96
     epochs: int = 8
     backbone: str = "efficientnet_lite0"
+    lora_steps: int = 400
+    plan_total: int = 0  # 0: the paper's Dataset B share (10 : 90)
+    model: str = "tiny"
 
 
 def _test_images(splits: Path, n: int) -> list[str]:
@@ -35,6 +39,20 @@ def _test_images(splits: Path, n: int) -> list[str]:
 
     frame = pd.read_csv(splits)
     return [os.path.normpath(splits.parent / p) for p in frame.loc[frame["split"] == "test", "path"].head(n)]
+
+
+LORA_SETTINGS = ("--rank", "8", "--lr", "1e-3", "--batch-size", "16")
+
+
+def _generate(cli, config: DemoRunConfig, out: Path, name: str) -> Callable[[], int]:
+    lora = ["--lora", str(out / "lora")] if name == "lora" else []
+    return lambda: cli(["synth", "generate", str(out / "plan" / "plan.csv"), "--out", str(out / f"gen-{name}"),
+                        "--model", config.model, *lora, "--quiet"])
+
+
+def _qc(cli, out: Path, model: Path, splits: Path, name: str) -> Callable[[], int]:
+    return lambda: cli(["synth", "qc", str(out / f"gen-{name}" / "generated.csv"), "--real", str(splits), "--out",
+                        str(out / f"qc-{name}"), "--model", str(model), "--quiet"])
 
 
 def run_demo(config: DemoRunConfig) -> dict[str, float]:
@@ -72,6 +90,16 @@ def run_demo(config: DemoRunConfig) -> dict[str, float]:
                                                   str(model / "eval-test" / "metrics.json"), "--quiet"])),
         ("caption LoRA training set", lambda: cli(["synth", "caption", str(out / "lora-select" / "selection.csv"),
                                                    "--out", str(out / "lora-set"), "--quiet"])),
+        ("train LoRA", lambda: cli(["synth", "train-lora", str(out / "lora-set"), "--out", str(out / "lora"),
+                                    "--model", config.model, "--steps", str(config.lora_steps), "--quiet",
+                                    *LORA_SETTINGS])),
+        ("plan generation (Dataset B)", lambda: cli(["synth", "plan", str(splits), "--out", str(out / "plan"),
+                                                     "--preset", "B", "--total", str(config.plan_total), "--metrics",
+                                                     str(model / "eval-test" / "metrics.json"), "--quiet"])),
+        *[(f"generate ({name})", _generate(cli, config, out, name)) for name in ("vanilla", "lora")],
+        *[(f"QC ({name})", _qc(cli, out, model, splits, name)) for name in ("vanilla", "lora")],
+        ("compare vanilla vs LoRA", lambda: cli(["synth", "compare", f"vanilla={out / 'qc-vanilla'}",
+                                                 f"lora={out / 'qc-lora'}", "--csv", str(out / "table6.csv")])),
     ]
     timings: dict[str, float] = {}
     for name, stage in stages:

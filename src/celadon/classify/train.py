@@ -97,6 +97,12 @@ def load_synthetic(path: str, taxonomy: Taxonomy) -> Manifest:
         keep &= frame["qc_pass"].astype(str).str.lower().isin(["true", "1", "yes"]).to_numpy()
     if "review" in frame:
         keep &= (frame["review"].astype(str).str.lower() != "rejected").to_numpy()
+    if "item_id" in frame:  # decisions made in `celadon review serve`, stored in each generation run
+        from celadon.review.store import rejected_items
+
+        runs = {manifest.image_path(i).parent.parent for i in range(len(frame))}
+        rejected = set().union(*(rejected_items(run) for run in runs))
+        keep &= (~frame["item_id"].astype(str).isin(rejected)).to_numpy()
     if not keep.any():
         raise CeladonError(f"{path}: no synthetic image passed QC and review; nothing to mix in")
     return manifest.subset(keep)

@@ -179,7 +179,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from celadon.demo import DemoRunConfig, run_demo
 
     run_demo(DemoRunConfig(out=Path(args.out), n=args.n, size=args.size, seed=args.seed, workers=args.workers,
-                           image_size=args.image_size, epochs=args.epochs))
+                           image_size=args.image_size, epochs=args.epochs, lora_steps=args.lora_steps,
+                           plan_total=args.plan_total, model=args.model))
     return 0
 
 
@@ -203,11 +204,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, default=2)
     demo.add_argument("--image-size", type=int, default=96, help="classifier input size")
     demo.add_argument("--epochs", type=int, default=8, help="classifier epochs")
+    demo.add_argument("--lora-steps", type=int, default=400)
+    demo.add_argument("--plan-total", type=int, default=0, help="images to generate (0: Dataset B share)")
+    demo.add_argument("--model", default="tiny", help="diffusion model: tiny (shipped) or a local SD 1.5 path")
 
-    from celadon.cli import classify, synth
+    from celadon.cli import classify, review, synth
 
     bench_verbs = classify.add_parsers(stages, add)
     synth.add_parsers(stages, add, bench_verbs)
+    review.add_parsers(stages, add)
 
     data = stages.add_parser("data", help="manifests, validation, analysis, splits, augmentation")
     verbs = data.add_subparsers(dest="verb", required=True, metavar="VERB")
