@@ -168,7 +168,11 @@ def test_review_by_keyboard_and_click_in_chromium(server, run_dir, tmp_path):
         page.keyboard.press("2")  # reason 2: wrong type
         page.keyboard.press("r")
         page.wait_for_selector("#item-i00001.rejected")
-        page.locator("#item-i00002 .accept").click()  # by click
+        page.locator("#item-i00004 .reason").select_option("other")  # by click, with a note
+        page.locator("#item-i00004 .note").fill("glaze pools oddly")
+        page.locator("#item-i00004 .reject").click()
+        page.wait_for_selector("#item-i00004.rejected")
+        page.locator("#item-i00002 .accept").click()
         page.wait_for_selector("#item-i00002.accepted")
         page.locator("#item-i00003").click()
         page.keyboard.press("a")
@@ -179,7 +183,7 @@ def test_review_by_keyboard_and_click_in_chromium(server, run_dir, tmp_path):
         assert "accepted" in page.locator("#item-i00000 .badge").inner_text()
         assert "rejected (wrong type) by ann" in page.locator("#item-i00001 .badge").inner_text()
         assert page.locator("#item-i00003 .badge").inner_text() == "pending"
-        assert "3 / 6 reviewed" in page.locator("#progress").inner_text()
+        assert "4 / 6 reviewed" in page.locator("#progress").inner_text()
         broken = page.evaluate("[...document.images].filter(i => !i.complete || i.naturalWidth === 0).length")
         assert broken == 0
         page.screenshot(path=str(tmp_path / "review.png"))
@@ -189,7 +193,9 @@ def test_review_by_keyboard_and_click_in_chromium(server, run_dir, tmp_path):
         browser.close()
     assert errors == []
     assert exported.set_index("item_id")["review"].to_dict() == {"i00000": "accepted", "i00001": "rejected",
-                                                                 "i00002": "accepted"}
+                                                                 "i00002": "accepted", "i00004": "rejected"}
+    assert exported.set_index("item_id").loc["i00004", "note"] == "glaze pools oddly"
+    assert exported.set_index("item_id").loc["i00004", "reason"] == "other"
     assert (tmp_path / "review.png").stat().st_size > 10_000
 
 

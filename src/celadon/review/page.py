@@ -44,11 +44,11 @@ function show(card, d) {
   card.querySelector('.badge').textContent =
     d.decision === 'pending' ? 'pending' : d.decision + (d.reason ? ' (' + d.reason + ')' : '') + ' by ' + d.reviewer;
 }
-async function post(items, decision, reason) {
+async function post(items, decision, reason, note) {
   const name = reviewer.value.trim();
   if (!name) { alert('Enter your name (top left) before reviewing.'); reviewer.focus(); return null; }
   const response = await fetch('/api/decide', {method: 'POST', headers: {'Content-Type': 'application/json',
-    'X-CSRF-Token': csrf}, body: JSON.stringify({items, decision, reason, reviewer: name})});
+    'X-CSRF-Token': csrf}, body: JSON.stringify({items, decision, reason, note, reviewer: name})});
   if (!response.ok) {
     document.getElementById('hint').textContent = 'not saved: ' + await response.text(); return null;
   }
@@ -59,14 +59,14 @@ async function post(items, decision, reason) {
     (p.pass_rate === null ? '' : ', pass rate ' + (100 * p.pass_rate).toFixed(1) + '%');
   return body;
 }
-async function decide(targets, decision, reason) {
+async function decide(targets, decision, reason, note) {
   if (decision === 'rejected' && !reason) {
     document.getElementById('hint').textContent = 'choose a reason (keys 1-7 or the menu), then press r';
     return;
   }
   const before = targets.map(c => ({id: c.dataset.id, decision: c.dataset.decision || 'pending',
                                     reason: c.dataset.reason || null}));
-  if (await post(targets.map(c => c.dataset.id), decision, reason)) {
+  if (await post(targets.map(c => c.dataset.id), decision, reason, note || null)) {
     undoStack.push(before); document.getElementById('hint').textContent = 'saved';
   }
 }
@@ -80,7 +80,7 @@ cards.forEach((card, i) => {
   card.addEventListener('click', () => focusCard(i));
   card.querySelector('.accept').addEventListener('click', () => decide([card], 'accepted'));
   card.querySelector('.reject').addEventListener('click',
-    () => decide([card], 'rejected', card.querySelector('.reason').value));
+    () => decide([card], 'rejected', card.querySelector('.reason').value, card.querySelector('.note').value));
 });
 document.getElementById('bulk-accept').addEventListener('click', () => decide(selected(), 'accepted'));
 document.getElementById('bulk-reject').addEventListener('click',
@@ -94,7 +94,9 @@ document.addEventListener('keydown', e => {
   if (e.key === 'ArrowRight' || e.key === 'ArrowDown') focusCard(focusIndex + 1);
   else if (e.key === 'ArrowLeft' || e.key === 'ArrowUp') focusCard(focusIndex - 1);
   else if (e.key === 'a') decide([card], 'accepted');
-  else if (e.key === 'r') decide([card], 'rejected', card.querySelector('.reason').value);
+  else if (e.key === 'r') {
+    decide([card], 'rejected', card.querySelector('.reason').value, card.querySelector('.note').value);
+  }
   else if (e.key === 'x') { const box = card.querySelector('.pick'); box.checked = !box.checked; }
   else if (e.key === 'u') undo();
   else if (/^[1-7]$/.test(e.key)) card.querySelector('.reason').selectedIndex = Number(e.key);
@@ -151,7 +153,8 @@ def _card(row: dict, decision: Decision | None, references: list[int]) -> str:
 <div class="meta">seed {escape(str(row.get("seed", "")))} · {escape(str(row.get("source") or ""))}</div>{qc}
 <div class="refs">{refs}</div>
 <div class="actions"><button class="accept">accept (a)</button><select class="reason">{_options(REASONS, "", "reason…")}
-</select><button class="reject">reject (r)</button></div></div>"""
+</select><button class="reject">reject (r)</button><input class="note" placeholder="note (for other)" size="14"
+ aria-label="note"></div></div>"""
 
 
 def render_page(review, current: dict[str, Decision], csrf: str, filters: dict[str, str]) -> str:
