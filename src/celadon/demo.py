@@ -44,6 +44,12 @@ def _test_images(splits: Path, n: int) -> list[str]:
 LORA_SETTINGS = ("--rank", "8", "--lr", "1e-3", "--batch-size", "16")
 
 
+def _negative(config: DemoRunConfig) -> list[str]:
+    """The paper's negative prompt is SD 1.5 vocabulary; the tiny model never saw those words, and as the
+    CFG baseline they only add noise, so with it the plan's negative prompt is empty."""
+    return ["--negative-prompt", ""] if config.model == "tiny" else []
+
+
 def _generate(cli, config: DemoRunConfig, out: Path, name: str) -> Callable[[], int]:
     lora = ["--lora", str(out / "lora")] if name == "lora" else []
     return lambda: cli(["synth", "generate", str(out / "plan" / "plan.csv"), "--out", str(out / f"gen-{name}"),
@@ -95,7 +101,8 @@ def run_demo(config: DemoRunConfig) -> dict[str, float]:
                                     *LORA_SETTINGS])),
         ("plan generation (Dataset B)", lambda: cli(["synth", "plan", str(splits), "--out", str(out / "plan"),
                                                      "--preset", "B", "--total", str(config.plan_total), "--metrics",
-                                                     str(model / "eval-test" / "metrics.json"), "--quiet"])),
+                                                     str(model / "eval-test" / "metrics.json"), "--quiet",
+                                                     *_negative(config)])),
         *[(f"generate ({name})", _generate(cli, config, out, name)) for name in ("vanilla", "lora")],
         *[(f"QC ({name})", _qc(cli, out, model, splits, name)) for name in ("vanilla", "lora")],
         ("compare vanilla vs LoRA", lambda: cli(["synth", "compare", f"vanilla={out / 'qc-vanilla'}",
