@@ -52,6 +52,7 @@ def read_plan(path: str | Path) -> pd.DataFrame:
     missing = [c for c in PLAN_COLUMNS if c not in plan.columns]
     if missing:
         raise CeladonError(f"{path}: not a generation plan (missing column(s) {', '.join(missing)})")
+    plan["negative_prompt"] = plan["negative_prompt"].fillna("")  # an empty cell is an empty negative prompt
     if plan["item_id"].duplicated().any():
         raise CeladonError(f"{path}: item id {plan['item_id'][plan['item_id'].duplicated()].iat[0]} appears twice")
     return plan
@@ -116,7 +117,7 @@ def generate(config: GenerateConfig, progress: bool = True) -> Path:
             batch = pending.iloc[start:start + config.batch_size]
             generators = [torch.Generator(pipe.device).manual_seed(int(s)) for s in batch["seed"]]
             began = time.monotonic()
-            images = pipe(prompt=list(batch["prompt"]), negative_prompt=list(batch["negative_prompt"].fillna("")),
+            images = pipe(prompt=list(batch["prompt"]), negative_prompt=list(batch["negative_prompt"]),
                           generator=generators, **kwargs).images
             seconds = (time.monotonic() - began) / len(batch)
             for row, image in zip(batch.to_dict("records"), images, strict=True):
