@@ -41,7 +41,7 @@ def _test_images(splits: Path, n: int) -> list[str]:
     return [os.path.normpath(splits.parent / p) for p in frame.loc[frame["split"] == "test", "path"].head(n)]
 
 
-LORA_SETTINGS = ("--rank", "8", "--lr", "1e-3", "--batch-size", "16")
+LORA_SETTINGS = ("--rank", "8", "--lr", "1e-3", "--batch-size", "16", "--train-text-encoder")
 
 
 def _negative(config: DemoRunConfig) -> list[str]:

@@ -46,7 +46,8 @@ class GenerateConfig:
 
 def read_plan(path: str | Path) -> pd.DataFrame:
     try:
-        plan = pd.read_csv(path, dtype={"item_id": str}, keep_default_na=False, na_values=[""])
+        plan = pd.read_csv(path, dtype={"item_id": str, "negative_prompt": str}, keep_default_na=False,
+                           na_values=[""])
     except FileNotFoundError:
         raise CeladonError(f"plan {path} does not exist; write one with `celadon synth plan`") from None
     missing = [c for c in PLAN_COLUMNS if c not in plan.columns]
