@@ -246,7 +246,7 @@ def train_lora(config: LoraConfig, progress: bool = True, stop_after: int | None
         generator.set_state(state["generator"])
     if config.clip_skip is None:
         config = replace(config, clip_skip=default_clip_skip(config.model) or None)
-    batches = _Batches(pipe, records, config, resolution)
+    batches = _Batches(pipe, records, config, resolution) if step < config.steps else None  # done: export only
     prompts = _validation_prompts(records, config)
     alphas = noise_scheduler.alphas_cumprod
     started, first = time.monotonic(), step
