@@ -172,6 +172,8 @@ def test_shards_split_the_plan_and_meet_in_one_table(tiny_sd, small_plan, tmp_pa
     assert pd.read_csv(table)["item_id"].tolist() == [f"i{i:05d}" for i in range(6)]
     with pytest.raises(CeladonError, match="--shard"):
         generate(_gen_config(tiny_sd, small_plan, out, shard="2/2"), progress=False)
+    with pytest.raises(CeladonError, match=r"other settings \(guidance\)"):
+        generate(_gen_config(tiny_sd, small_plan, out, guidance=3.0), progress=False)
 
 
 def test_compare_table_lists_each_run(tmp_path):

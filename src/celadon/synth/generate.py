@@ -107,6 +107,7 @@ def generate(config: GenerateConfig, progress: bool = True) -> Path:
     plan = read_plan(config.plan)
     index, count = parse_shard(config.shard)
     out = Path(config.out)
+    _check_same_settings(out, config)
     write_run_info(out, "synth generate", asdict(config))
     mine = plan.iloc[index::count]
     pending = mine[[not (out / "items" / f"{item}.json").exists() for item in mine["item_id"]]]
@@ -126,6 +127,21 @@ def generate(config: GenerateConfig, progress: bool = True) -> Path:
             bar.update(len(batch))
         bar.close()
     return collect(plan, out)
+
+
+def _check_same_settings(out: Path, config: GenerateConfig) -> None:
+    """Resuming is only sound with the settings the finished images were made with (shards may differ)."""
+    settings = {k: v for k, v in asdict(config).items() if k not in ("out", "shard", "batch_size", "threads", "device")}
+    settings["plan"] = str(Path(config.plan).resolve())
+    stamp = out / "generation.json"
+    if stamp.exists():
+        before = json.loads(stamp.read_text())
+        changed = sorted(k for k in settings if before.get(k) != settings[k])
+        if changed:
+            raise CeladonError(f"{out} holds images generated with other settings ({', '.join(changed)}); "
+                               "use another --out, or the same settings to finish that run")
+    else:
+        atomic_write_text(stamp, json.dumps(settings, indent=1))
 
 
 def _write_item(out: Path, row: dict, image, config: GenerateConfig, kwargs: dict, seconds: float) -> None:
