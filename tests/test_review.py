@@ -135,6 +135,8 @@ def test_posts_need_the_csrf_token_and_the_shared_token_gates_everything(server,
     with httpx.Client() as client:
         assert client.post(base + "/api/decide", json=body, headers={"X-CSRF-Token": _csrf(base, client)}
                            ).status_code == 200
+        junk = client.post(base + "/api/decide", content=b"not json", headers={"X-CSRF-Token": _csrf(base, client)})
+        assert junk.status_code == 400 and "must be JSON" in junk.text
         bad = client.post(base + "/api/decide", json={**body, "decision": "rejected"},
                           headers={"X-CSRF-Token": _csrf(base, client)})
         assert bad.status_code == 400 and "needs a reason" in bad.text

@@ -123,7 +123,12 @@ def create_app(review: ReviewRun, token: str | None = None):
 
     @app.post("/api/decide")
     async def decide(request: Request):
-        body = await request.json()
+        try:
+            body = await request.json()
+        except ValueError:
+            raise HTTPException(400, "the body must be JSON: {items, decision, reason, note, reviewer}") from None
+        if not isinstance(body, dict):
+            raise HTTPException(400, "the body must be a JSON object")
         items = [str(i) for i in body.get("items", [])]
         unknown = [i for i in items if i not in paths]
         if not items or unknown:
