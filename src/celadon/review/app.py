@@ -18,7 +18,7 @@ from fastapi import FastAPI, HTTPException, Request  # module level: route annot
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, RedirectResponse
 
 from celadon.errors import CeladonError
-from celadon.review.store import DECISIONS, REASONS, ReviewStore
+from celadon.review.store import DECISIONS, REASONS, Decision, ReviewStore
 
 TASKS = ("dynasty", "kiln", "glaze", "type")
 REFERENCES_PER_COMBINATION = 3
@@ -103,8 +103,9 @@ def create_app(review: ReviewRun, token: str | None = None):
 
     @app.get("/", response_class=HTMLResponse)
     def page(combo: str = "", source: str = "", qc: str = "", decision: str = ""):
-        return render_page(review, store.current(), csrf, {"combo": combo, "source": source, "qc": qc,
-                                                           "decision": decision})
+        current = store.current()
+        return render_page(review, current, progress(review, current), csrf,
+                           {"combo": combo, "source": source, "qc": qc, "decision": decision})
 
     @app.get("/image/synthetic/{item_id}")
     def synthetic_image(item_id: str):
@@ -138,12 +139,13 @@ def create_app(review: ReviewRun, token: str | None = None):
                                 body.get("reason"), body.get("note"))
         except CeladonError as exc:
             raise HTTPException(400, str(exc)) from None
-        return {"decisions": [row.__dict__ for row in rows], "progress": progress(review, store)}
+        return {"decisions": [row.__dict__ for row in rows], "progress": progress(review, store.current())}
 
     @app.get("/api/state")
     def state():
-        return {"decisions": {k: v.__dict__ for k, v in store.current().items()},
-                "progress": progress(review, store), "reasons": REASONS, "choices": DECISIONS}
+        current = store.current()
+        return {"decisions": {k: v.__dict__ for k, v in current.items()},
+                "progress": progress(review, current), "reasons": REASONS, "choices": DECISIONS}
 
     @app.get("/export.csv")
     def export():
@@ -153,8 +155,8 @@ def create_app(review: ReviewRun, token: str | None = None):
     return app
 
 
-def progress(review: ReviewRun, store: ReviewStore) -> dict:
-    current = store.current()
+def progress(review: ReviewRun, current: dict[str, Decision]) -> dict:
+    """Reviewed / total and pass rate, overall and per combination, from the current decisions."""
     per_combo = {}
     for combo, group in review.items.groupby("combination"):
         decided = [current[i].decision for i in group["item_id"] if i in current]

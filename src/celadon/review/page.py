@@ -157,13 +157,9 @@ def _card(row: dict, decision: Decision | None, references: list[int]) -> str:
  aria-label="note"></div></div>"""
 
 
-def render_page(review, current: dict[str, Decision], csrf: str, filters: dict[str, str]) -> str:
-    from celadon.review.app import progress  # one definition of progress, shared with the API
-    from celadon.review.store import ReviewStore
-
+def render_page(review, current: dict[str, Decision], stats: dict, csrf: str, filters: dict[str, str]) -> str:
     items = review.items
     shown = _filter(items, current, filters)
-    stats = progress(review, ReviewStore(review.run_dir))
     rate = "" if stats["pass_rate"] is None else f", pass rate {_percent(stats['pass_rate'], 1)}"
     combos = "".join(
         f"<tr><td><a href='/?{escape(urlencode({'combo': c}))}'>{escape(c)}</a></td>"

@@ -28,7 +28,7 @@ from celadon.data.embedded import _all_combinations
 from celadon.data.embedded.render import Labels, render
 from celadon.runinfo import append_csv_row, atomic_write_text, write_run_info
 from celadon.synth import tiny
-from celadon.synth.pipeline import DEFAULT_NEGATIVE, TINY_PATH, save_grid
+from celadon.synth.pipeline import DEFAULT_NEGATIVE, TINY_PATH, min_snr_weight, save_grid
 
 SAMPLE_PROMPTS = [tiny.generic_caption(g, t) for g, t in (
     ("celadon", "vase"), ("black", "teabowl"), ("blue_white", "jar"), ("brown", "ewer"),
@@ -194,13 +194,17 @@ def _tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
                      return_tensors="pt").input_ids
 
 
-def _sample(unet, text_encoder, vae, tokenizer, scheduler, scaling_factor: float, path: Path) -> None:
+def _pipeline(vae, text_encoder, tokenizer, unet, scheduler, scaling_factor: float):
     from diffusers import StableDiffusionPipeline
 
     vae.register_to_config(scaling_factor=scaling_factor)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
+
+
+def _sample(unet, text_encoder, vae, tokenizer, scheduler, scaling_factor: float, path: Path) -> None:
+    pipe = _pipeline(vae, text_encoder, tokenizer, unet, scheduler, scaling_factor)
     pipe.set_progress_bar_config(disable=True)
     # No negative prompt: the base model never saw those words, so as CFG's "unconditional" side they only
     # add noise (generation with the tiny model uses an empty negative prompt for the same reason).
@@ -216,8 +220,7 @@ def _train_unet(work: Path, captions: list[str], latents: torch.Tensor, scaling_
     folder = work / "unet"
     model = torch.nn.ModuleDict({"unet": parts["unet"], "text_encoder": parts["text_encoder"]})
     ema = copy.deepcopy(model).requires_grad_(False)
-    noise_scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                    num_train_timesteps=1000)
+    noise_scheduler = DDPMScheduler.from_config(parts["scheduler"].config)  # the same betas the sampler uses
     optimizer = torch.optim.AdamW([{"params": model["unet"].parameters(), "lr": config.unet_lr},
                                    {"params": model["text_encoder"].parameters(), "lr": config.text_lr}],
                                   weight_decay=1e-2)
@@ -233,7 +236,6 @@ def _train_unet(work: Path, captions: list[str], latents: torch.Tensor, scaling_
     ids = _tokenize(tokenizer, captions)
     empty = _tokenize(tokenizer, [""])[0]
     alphas = noise_scheduler.alphas_cumprod
-    snr = alphas / (1 - alphas)
     bar = tqdm(total=config.unet_steps, initial=step, desc="UNet + text encoder")
     while step < config.unet_steps:
         lr_scale = min(1.0, (step + 1) / 200)  # warm-up
@@ -249,8 +251,7 @@ def _train_unet(work: Path, captions: list[str], latents: torch.Tensor, scaling_
         t = torch.randint(0, 1000, (len(z),), generator=generator)
         prediction = model["unet"](noise_scheduler.add_noise(z, noise, t), t,
                                    model["text_encoder"](batch_ids)[0]).sample
-        weight = torch.clamp(snr[t], max=5.0) / snr[t]  # min-SNR-5 weighting for epsilon prediction
-        loss = (weight * F.mse_loss(prediction, noise, reduction="none").mean((1, 2, 3))).mean()
+        loss = (min_snr_weight(alphas, t, 5.0) * F.mse_loss(prediction, noise, reduction="none").mean((1, 2, 3))).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -305,12 +306,7 @@ def build_base(config: BaseConfig) -> Path | None:
 
 
 def _export(work: Path, parts: dict, ema, tokenizer, scaling_factor: float, config: BaseConfig) -> Path:
-    from diffusers import StableDiffusionPipeline
-
-    parts["vae"].register_to_config(scaling_factor=scaling_factor)
-    pipe = StableDiffusionPipeline(vae=parts["vae"], text_encoder=ema["text_encoder"], tokenizer=tokenizer,
-                                   unet=ema["unet"], scheduler=parts["scheduler"], safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
+    pipe = _pipeline(parts["vae"], ema["text_encoder"], tokenizer, ema["unet"], parts["scheduler"], scaling_factor)
     out = Path(config.out)
     staging = out.with_name(out.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from celadon.data.manifest import PATH_COLUMN
 from celadon.errors import CeladonError
 from celadon.runinfo import atomic_write_bytes, atomic_write_text, write_run_info
-from celadon.synth.pipeline import default_clip_skip, load_pipeline, resolve_profile
+from celadon.synth.pipeline import default_clip_skip, load_pipeline, resolve_device, resolve_profile
 
 PLAN_COLUMNS = ("item_id", "prompt", "negative_prompt", "seed")
 
@@ -78,8 +78,7 @@ def _lora_file(path: str) -> str:
 
 
 def prepare_generator_pipeline(config: GenerateConfig, fuse: bool = True):
-    device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = load_pipeline(config.model, device)
+    pipe = load_pipeline(config.model, resolve_device(config.device))
     if config.lora:
         try:
             pipe.load_lora_weights(_lora_file(config.lora), adapter_name="celadon")

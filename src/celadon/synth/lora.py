@@ -24,7 +24,14 @@ from celadon.classify.checkpoint import load_checkpoint, save_checkpoint, save_t
 from celadon.data.images import load_image
 from celadon.errors import CeladonError
 from celadon.runinfo import append_csv_row, write_json, write_run_info
-from celadon.synth.pipeline import default_clip_skip, load_pipeline, resolve_profile, save_grid
+from celadon.synth.pipeline import (
+    default_clip_skip,
+    load_pipeline,
+    min_snr_weight,
+    resolve_device,
+    resolve_profile,
+    save_grid,
+)
 
 UNET_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -161,17 +168,11 @@ def _restore_lora(pipe, weights: dict[str, torch.Tensor], config: LoraConfig) ->
         raise refusal
 
 
-def _device(config: LoraConfig) -> str:
-    if config.device != "auto":
-        return config.device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def prepare_pipeline(config: LoraConfig):
     """The pipeline with fresh LoRA adapters on the UNet (and text encoder), everything else frozen."""
     from peft import LoraConfig as PeftLora
 
-    pipe = load_pipeline(config.model, _device(config))
+    pipe = load_pipeline(config.model, resolve_device(config.device))
     for part in (pipe.unet, pipe.vae, pipe.text_encoder):
         part.requires_grad_(False)
     torch.manual_seed(config.seed)
@@ -221,7 +222,7 @@ def train_lora(config: LoraConfig, progress: bool = True, stop_after: int | None
     from diffusers.optimization import get_scheduler
 
     torch.set_num_threads(config.threads)
-    device = _device(config)
+    device = resolve_device(config.device)
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=device == "cpu")
     records = read_caption_folder(config.data)
     out = Path(config.out)
@@ -264,8 +265,7 @@ def train_lora(config: LoraConfig, progress: bool = True, stop_after: int | None
                               embeds).sample
         loss = F.mse_loss(prediction.float(), noise.float(), reduction="none").mean((1, 2, 3))
         if config.snr_gamma:
-            snr = alphas[t] / (1 - alphas[t])
-            loss = loss * (torch.clamp(snr, max=config.snr_gamma) / snr).to(loss)
+            loss = loss * min_snr_weight(alphas, t, config.snr_gamma).to(loss)
         loss = loss.mean()
         accelerator.backward(loss)
         optimizer.step()

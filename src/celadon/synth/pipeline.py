@@ -53,6 +53,21 @@ def _native_resolution(path: Path) -> int:
     return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
 
 
+def resolve_device(device: str) -> str:
+    """`auto` -> the GPU when there is one, else the CPU."""
+    import torch
+
+    return device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def min_snr_weight(alphas_cumprod, timesteps, gamma: float):
+    """Min-SNR-gamma loss weights for epsilon prediction: min(SNR, gamma) / SNR per sample."""
+    import torch
+
+    snr = alphas_cumprod[timesteps] / (1 - alphas_cumprod[timesteps])
+    return torch.clamp(snr, max=gamma) / snr
+
+
 def default_clip_skip(model: str) -> int:
     """The paper's "CLIP skip 2" (diffusers `clip_skip=1`) is standard for SD 1.5's 12-layer text encoder;
     a shallow text encoder (the tiny model's has 4 layers, trained on its last) uses none."""
