@@ -164,3 +164,17 @@ def test_parquet_manifest_reads_like_csv(tmp_path, write_images):
     assert report.problems == []
     assert list(report.manifest.frame["glaze"]) == ["tianqing", "moon_white"]
     assert report.manifest.row_name(1) == "row 2"
+
+
+def test_header_typo_of_a_task_is_an_error_but_derived_columns_are_not(tmp_path):
+    from celadon.data.manifest import parse_manifest
+    from celadon.taxonomy import load_taxonomy
+
+    taxonomy = load_taxonomy()
+    for header, flagged in (("path,Glaze,type", "Glaze"), ("path,glazes,type", "glazes"),
+                            ("path,glaze,type,pred_glaze,qc_pass", None)):
+        path = tmp_path / "m.csv"
+        path.write_text(header + "\n")
+        _, problems = parse_manifest(path, taxonomy)
+        bad = [p.field for p in problems if p.kind == "bad_header"]
+        assert bad == ([flagged] if flagged else []), header

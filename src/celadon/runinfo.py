@@ -17,6 +17,8 @@ import yaml
 
 import celadon
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 _TRACKED_PACKAGES = ("numpy", "pillow", "pandas", "torch", "torchvision", "scikit-learn", "diffusers", "peft")
 
 
@@ -26,6 +28,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would make reports unreadable to colleagues
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -175,12 +175,34 @@ def cmd_contact_sheet(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from celadon.demo import DemoRunConfig, run_demo
+def _run_overrides(args: argparse.Namespace) -> dict:
+    overrides: dict = {}
+    if args.out:
+        overrides["out"] = args.out
+    if args.seeds:
+        try:
+            overrides["seeds"] = [int(s) for s in args.seeds.split(",")]
+        except ValueError:
+            raise CeladonError(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. 0,1,2") from None
+    return overrides
 
-    run_demo(DemoRunConfig(out=Path(args.out), n=args.n, size=args.size, seed=args.seed, workers=args.workers,
-                           image_size=args.image_size, epochs=args.epochs, lora_steps=args.lora_steps,
-                           plan_total=args.plan_total, model=args.model))
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from celadon.demo import run_demo
+
+    run_demo(_run_overrides(args), args.set, progress=not args.quiet)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from celadon.demo import print_summary
+    from celadon.experiment.config import load_experiment
+    from celadon.experiment.runner import run_experiment
+
+    config = load_experiment(args.config, _run_overrides(args), args.set)
+    report = run_experiment(config, progress=not args.quiet)
+    print_summary(Path(config.out))
+    print(f"\nreport: {report.resolve()}")
     return 0
 
 
@@ -196,17 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         return p
 
-    demo = add(stages, "demo", cmd_demo, "run the pipeline on the embedded procedural porcelain set")
-    demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--n", type=int, default=3000)
-    demo.add_argument("--size", type=int, default=128)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--workers", type=int, default=2)
-    demo.add_argument("--image-size", type=int, default=96, help="classifier input size")
-    demo.add_argument("--epochs", type=int, default=8, help="classifier epochs")
-    demo.add_argument("--lora-steps", type=int, default=400)
-    demo.add_argument("--plan-total", type=int, default=0, help="images to generate (0: Dataset B share)")
-    demo.add_argument("--model", default="tiny", help="diffusion model: tiny (shipped) or a local SD 1.5 path")
+    demo = add(stages, "demo", cmd_demo, "the whole study on the embedded procedural porcelain set (preset demo)")
+    run = add(stages, "run", cmd_run, "run an experiment YAML: data, synthesis, every arm x seed, report.html")
+    run.add_argument("config", help="a YAML file, or a shipped preset: demo, paper")
+    for p in (demo, run):
+        p.add_argument("--out", help="output folder (default: the config's out)")
+        p.add_argument("--seeds", help="comma-separated seeds (default: the config's)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config setting, e.g. --set classifier.epochs=10 (repeatable)")
 
     from celadon.cli import classify, review, synth
 

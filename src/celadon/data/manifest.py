@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import difflib
 import io
 import os
 from collections.abc import Iterable
@@ -173,7 +174,8 @@ def parse_manifest(
                                     severity="warning"))
     for column in header:
         if column not in taxonomy.task_names and column != PATH_COLUMN:
-            near = [t for t in taxonomy.task_names if t.lower() == column.lower() or t in column.lower()]
+            # a misspelt or differently cased task ("Glaze", "glazes"), not a derived column ("pred_glaze")
+            near = difflib.get_close_matches(column.strip().lower(), taxonomy.task_names, n=1, cutoff=0.8)
             if near:
                 problems.append(Problem(source, "", column, "bad_header",
                                         f"column {column!r} is not a task; did you mean {near[0]!r}?"))

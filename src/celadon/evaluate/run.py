@@ -71,9 +71,22 @@ def evaluate_model(config: EvaluateConfig, progress: bool = True) -> dict:
         _write_confusion(out, task, matrix, classes)
         result["tasks"][task] = metrics
     result["mean_f1_macro"] = mean_macro_f1(result["tasks"])
+    _write_predictions(out, part, tasks, samples.targets, logits, loaded)
     write_json(out / "metrics.json", result)
     write_run_info(out, "evaluate", config)
     return result
+
+
+def _write_predictions(out: Path, part, tasks: list[str], targets: np.ndarray, logits: dict[str, np.ndarray],
+                       loaded) -> None:
+    """Per image: true and predicted code per task (empty where the label is missing), for per-image analyses
+    such as accuracy on rare label combinations."""
+    frame = pd.DataFrame({"path": [str(p) for p in part.image_paths()]})
+    for j, task in enumerate(tasks):
+        classes = loaded.classes(task)
+        frame[task] = [classes[t] if t >= 0 else "" for t in targets[:, j]]
+        frame[f"pred_{task}"] = [classes[i] for i in logits[task].argmax(axis=1)]
+    atomic_write_text(out / "predictions.csv", frame.to_csv(index=False))
 
 
 def _write_confusion(out: Path, task: str, matrix: np.ndarray, classes: list[str]) -> None:

@@ -1,0 +1,186 @@
+"""The experiment YAML: data, split, classifier, synthesis and the arms to compare, as typed dataclasses.
+
+Sections that configure a library stage (classifier -> `TrainConfig`, synthesis.lora -> `LoraConfig`, ...)
+are plain overrides of that stage's own config, checked key by key, so there is one list of settings per
+stage and a typo in the YAML is a one-line error naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from celadon.errors import CeladonError
+
+PRESETS = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class Arm:
+    name: str
+    plan: str | None = None  # a key of synthesis.plans; None = real only
+    ratio: float = 0.0  # share of training draws that are synthetic
+    tasks: list[str] | None = None  # tasks synthetic images train (task masking); None = all
+    generator: str = "lora"  # which generation trains this arm: "lora" or "vanilla"
+
+
+@dataclass
+class SynthesisConfig:
+    model: str = "tiny"
+    lora: dict[str, Any] = field(default_factory=dict)  # LoraConfig overrides
+    select: dict[str, Any] = field(default_factory=dict)  # SelectConfig overrides
+    plans: dict[str, dict[str, Any]] = field(default_factory=lambda: {"A": {"preset": "A"}, "B": {"preset": "B"}})
+    generate: dict[str, Any] = field(default_factory=dict)  # GenerateConfig overrides
+    qc: dict[str, Any] = field(default_factory=dict)  # QCConfig overrides
+    compare_plan: str | None = "B"  # plan generated with the vanilla model too, for Table 6; None skips it
+    compare_limit: int = 0  # first N items of that plan for the vanilla comparison (0: all)
+    # The model whose confusion pairs steer selection and plans and which judges label fidelity in QC.
+    # Its own settings, so changing the arms' classifier does not redo synthesis; {} = the classifier's.
+    reference: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    out: str = "runs/experiment"
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    manifest: str | None = None  # a manifest of the user's images; None = the embedded procedural dataset
+    embedded: dict[str, Any] = field(default_factory=dict)  # embedded DemoConfig overrides (n, size, seed)
+    split: dict[str, Any] = field(default_factory=dict)  # SplitConfig overrides
+    augment: dict[str, Any] | None = None  # AugmentConfig overrides; None = no offline augmentation
+    classifier: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides
+    evaluate: dict[str, Any] = field(default_factory=dict)  # EvaluateConfig overrides (minority threshold)
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    arms: list[Arm] = field(default_factory=lambda: [Arm("baseline"), Arm("A", "A", 0.05), Arm("B", "B", 0.10)])
+    baseline: str = "baseline"  # the arm every other arm is compared with
+    tsne_per_set: int = 300  # images per set (real, each synthetic set) in the t-SNE
+    threads: int = 0  # torch threads (0: one per core)
+    workers: int = 2  # processes for rendering and decoding
+
+
+def _known(cls, section: str, values: dict, exclude: tuple[str, ...] = ()) -> dict:
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in exclude]
+    for key in values:
+        if key not in names:
+            raise CeladonError(f"{section}.{key}: unknown setting; known: {', '.join(names)}")
+    return values
+
+
+def _mapping(value: Any, where: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise CeladonError(f"{where}: expected a mapping of settings, got {type(value).__name__}")
+    return value
+
+
+# Settings the runner sets itself (paths between stages, seeds per arm), per stage config.
+_TRAIN_OWNED = ("splits", "out", "synthetic", "synthetic_ratio", "synthetic_tasks", "seed", "cache_dir")
+
+
+def check_overrides(config: ExperimentConfig) -> None:
+    """Every stage section names only settings its stage has, and none the runner sets itself."""
+    from celadon.classify.train import TrainConfig
+    from celadon.data.augment import AugmentConfig
+    from celadon.data.embedded import DemoConfig
+    from celadon.data.split import SplitConfig
+    from celadon.evaluate.run import EvaluateConfig
+    from celadon.synth.generate import GenerateConfig
+    from celadon.synth.lora import LoraConfig
+    from celadon.synth.plan import PlanConfig
+    from celadon.synth.qc import QCConfig
+    from celadon.synth.select import SelectConfig
+
+    s = config.synthesis
+    sections = [(DemoConfig, "embedded", config.embedded, ("workers",)), (SplitConfig, "split", config.split, ()),
+                (AugmentConfig, "augment", config.augment or {}, ()),
+                (TrainConfig, "classifier", config.classifier, _TRAIN_OWNED),
+                (EvaluateConfig, "evaluate", config.evaluate, ("model_dir", "splits", "out", "cache_dir")),
+                (LoraConfig, "synthesis.lora", s.lora, ("data", "out", "model")),
+                (SelectConfig, "synthesis.select", s.select, ("metrics",)),
+                (GenerateConfig, "synthesis.generate", s.generate, ("plan", "out", "model", "lora", "shard")),
+                (QCConfig, "synthesis.qc", s.qc, ("table", "real", "out", "model_dir")),
+                (TrainConfig, "synthesis.reference", s.reference, _TRAIN_OWNED)]
+    sections += [(PlanConfig, f"synthesis.plans.{name}", _mapping(plan, f"synthesis.plans.{name}"), ("metrics",))
+                 for name, plan in s.plans.items()]
+    for cls, name, values, owned in sections:
+        _known(cls, name, values)
+        for key in owned:
+            if key in values:
+                raise CeladonError(f"{name}.{key}: set by the experiment runner, not in the config; remove it")
+    names = [arm.name for arm in config.arms]
+    if len(set(names)) != len(names):
+        raise CeladonError(f"arms: names must be unique, got {names}")
+    if config.baseline not in names:
+        raise CeladonError(f"baseline: {config.baseline!r} is not an arm ({', '.join(names)})")
+    for arm in config.arms:
+        if arm.plan is not None and arm.plan not in s.plans:
+            raise CeladonError(f"arms.{arm.name}.plan: {arm.plan!r} is not in synthesis.plans "
+                               f"({', '.join(s.plans) or 'none'})")
+        if arm.plan is not None and not 0 < arm.ratio < 1:
+            raise CeladonError(f"arms.{arm.name}.ratio: must be between 0 and 1 (e.g. 0.1 for 90:10), got {arm.ratio}")
+        if arm.generator not in ("lora", "vanilla"):
+            raise CeladonError(f"arms.{arm.name}.generator: 'lora' or 'vanilla', got {arm.generator!r}")
+    if s.compare_plan is not None and s.compare_plan not in s.plans:
+        raise CeladonError(f"synthesis.compare_plan: {s.compare_plan!r} is not in synthesis.plans")
+    if not config.seeds:
+        raise CeladonError("seeds: give at least one seed (three or more for confidence intervals)")
+
+
+def resolve_config_path(name: str) -> Path:
+    """A YAML path, or the name of a shipped preset (demo, paper)."""
+    path = Path(name)
+    if path.exists():
+        return path
+    preset = PRESETS / f"{name.removesuffix('.yaml')}.yaml"
+    if preset.exists() and not path.suffix:
+        return preset
+    shipped = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
+    raise CeladonError(f"{name}: no such config file; give a YAML path or a preset ({shipped})")
+
+
+def apply_settings(raw: dict, items: list[str]) -> dict:
+    """`--set classifier.epochs=10 --set 'seeds=[0,1,2,3]'`: dotted keys, YAML values, over the file's."""
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise CeladonError(f"--set {item!r}: give KEY=VALUE, e.g. classifier.epochs=10")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise CeladonError(f"--set {item!r}: the value is not valid YAML") from None
+        *parents, last = key.strip().split(".")
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise CeladonError(f"--set {item!r}: {part} is not a section")
+        node[last] = value
+    return raw
+
+
+def load_experiment(source: str | Path, overrides: dict[str, Any] | None = None,
+                    settings: list[str] | None = None) -> ExperimentConfig:
+    path = resolve_config_path(str(source))
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise CeladonError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    raw = apply_settings(_mapping(raw, str(path)) | (overrides or {}), settings or [])
+    _known(ExperimentConfig, str(path), raw)
+    synthesis = _known(SynthesisConfig, f"{path}: synthesis", _mapping(raw.pop("synthesis", None), "synthesis"))
+    arms = []
+    for i, item in enumerate(raw.pop("arms", None) or []):
+        item = _mapping(item, f"arms[{i}]")
+        if "name" not in item:
+            raise CeladonError(f"{path}: arms[{i}] needs a name")
+        arms.append(Arm(**_known(Arm, f"arms.{item['name']}", item)))
+    config = ExperimentConfig(**raw, synthesis=SynthesisConfig(**synthesis),
+                              **({"arms": arms} if arms else {}))
+    config.source = str(path)  # type: ignore[attr-defined]
+    check_overrides(config)
+    return config

@@ -1,0 +1,175 @@
+"""The study's tables from the stage outputs: per-task results with bootstrap CIs and paired differences
+(paper Table 14), minority/majority (Table 15), rare label combinations, confusion-pair changes (Table 17),
+vanilla vs LoRA (Table 6), QC, imbalance before/after (Tables 10-12) and validation curves (Table 13)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+from celadon.evaluate.metrics import compare_confusion_pairs
+from celadon.evaluate.run import load_metrics
+from celadon.evaluate.stats import Interval, bootstrap_ci, paired_difference
+
+METRICS = ("f1_macro", "top1", "top5", "f1_weighted")
+RARE_MAX = 10  # a glaze x type combination with at most this many training originals is rare (as in plans)
+
+
+def _interval(interval: Interval) -> dict:
+    return {"mean": interval.mean, "low": interval.low, "high": interval.high, "n": interval.n}
+
+
+def verdict(delta: Interval) -> str:
+    """Plain words for a paired difference, so the report never claims more than the interval allows."""
+    if delta.n < 3:
+        return f"{delta.n} seed(s): too few for an interval"
+    if delta.low > 0:
+        return "better (CI above 0)"
+    if delta.high < 0:
+        return "worse (CI below 0)"
+    return "no clear change (CI includes 0)"
+
+
+def _per_seed(runs, arm: str, value: Callable[[dict], float]) -> dict[int, float]:
+    return {seed: value(load_metrics(stage.path)) for (name, seed), stage in runs.evaluations.items()
+            if name == arm}
+
+
+def _rows(runs, baseline: str, label: dict, value: Callable[[dict], float]) -> list[dict]:
+    rows = []
+    base = _per_seed(runs, baseline, value)
+    for arm in runs.config.arms:
+        values = _per_seed(runs, arm.name, value)
+        if not values or any(np.isnan(v) for v in values.values()):
+            continue
+        row = {**label, "arm": arm.name, **_interval(bootstrap_ci(list(values.values())))}
+        if arm.name != baseline and base:
+            delta = paired_difference(values, base)
+            row |= {"delta": _interval(delta), "verdict": verdict(delta)}
+        rows.append(row)
+    return rows
+
+
+def results_table(runs) -> list[dict]:
+    """Table 14: every metric of every task per arm, mean [95% CI] over seeds, and the paired difference."""
+    baseline = runs.config.baseline
+    first = next(iter(runs.evaluations.values()))
+    tasks = list(load_metrics(first.path)["tasks"])
+    rows = _rows(runs, baseline, {"task": "all", "metric": "mean_f1_macro"}, lambda m: m["mean_f1_macro"])
+    for task in tasks:
+        for metric in METRICS:
+            rows += _rows(runs, baseline, {"task": task, "metric": metric},
+                          lambda m, t=task, k=metric: m["tasks"][t][k])
+    return rows
+
+
+def minority_majority_table(runs) -> list[dict]:
+    """Table 15: mean F1 of minority vs majority classes per task and arm."""
+    baseline = runs.config.baseline
+    tasks = list(load_metrics(next(iter(runs.evaluations.values())).path)["tasks"])
+    rows = []
+    for task in tasks:
+        for group in ("minority", "majority"):
+            rows += _rows(runs, baseline, {"task": task, "group": group},
+                          lambda m, t=task, g=group: m["tasks"][t]["minority_majority"][g]["f1_mean"])
+    return rows
+
+
+def _rare_accuracy(predictions: pd.DataFrame, common: set[str], tasks: list[str]) -> dict[str, float]:
+    key = predictions["glaze"].astype(str) + "|" + predictions["type"].astype(str)
+    result = {}
+    for group, mask in (("rare", ~key.isin(common)), ("common", key.isin(common))):
+        scores = [float((predictions.loc[mask & (predictions[t] != ""), t] ==
+                         predictions.loc[mask & (predictions[t] != ""), f"pred_{t}"]).mean())
+                  for t in tasks if (mask & (predictions[t] != "")).any()]
+        result[group] = float(np.mean(scores)) if scores else float("nan")
+    return result
+
+
+def rare_combination_table(runs) -> list[dict]:
+    """Mean top-1 accuracy over tasks on test images whose glaze x type combination is rare in training."""
+    splits = pd.read_csv(runs.split.info["splits"], keep_default_na=False)
+    train = splits[splits["split"] == "train"]
+    counts = (train["glaze"].astype(str) + "|" + train["type"].astype(str)).value_counts()
+    common = {k for k, v in counts.items() if v > RARE_MAX}  # rare: the rest, unseen combinations included
+    baseline = runs.config.baseline
+    cache: dict = {}
+
+    def accuracy(stage, group: str) -> float:
+        if stage.path not in cache:
+            predictions = pd.read_csv(stage.path / "predictions.csv", keep_default_na=False, dtype=str)
+            tasks = [c for c in predictions.columns if f"pred_{c}" in predictions.columns]
+            cache[stage.path] = _rare_accuracy(predictions, common, tasks)
+        return cache[stage.path][group]
+
+    rows = []
+    for group in ("rare", "common"):
+        base = {s: accuracy(st, group) for (a, s), st in runs.evaluations.items() if a == baseline}
+        for arm in runs.config.arms:
+            values = {s: accuracy(st, group) for (a, s), st in runs.evaluations.items() if a == arm.name}
+            if not values or any(np.isnan(v) for v in values.values()):
+                continue
+            row = {"group": f"{group} (≤{RARE_MAX} training images)" if group == "rare" else group,
+                   "arm": arm.name, **_interval(bootstrap_ci(list(values.values())))}
+            if arm.name != baseline:
+                delta = paired_difference(values, base)
+                row |= {"delta": _interval(delta), "verdict": verdict(delta)}
+            rows.append(row)
+    return rows
+
+
+def _summed_pairs(runs, arm: str) -> dict:
+    """Confusion-pair counts summed over an arm's seeds, in the shape compare_confusion_pairs reads."""
+    tasks: dict[str, dict[tuple, int]] = {}
+    for (name, _), stage in runs.evaluations.items():
+        if name != arm:
+            continue
+        for task, metrics in load_metrics(stage.path)["tasks"].items():
+            for pair in metrics["confusion_pairs_all"]:
+                key = tuple(pair["pair"])
+                tasks.setdefault(task, {})[key] = tasks.setdefault(task, {}).get(key, 0) + pair["count"]
+    return {"tasks": {t: {"confusion_pairs_all": [{"pair": list(k), "count": c} for k, c in pairs.items()]}
+                      for t, pairs in tasks.items()}}
+
+
+def confusion_pair_table(runs, top: int = 8) -> dict[str, dict]:
+    """Table 17: per arm and task, how the counts of the most confused pairs changed (summed over seeds)."""
+    before = _summed_pairs(runs, runs.config.baseline)
+    return {arm.name: compare_confusion_pairs(before, _summed_pairs(runs, arm.name), top)
+            for arm in runs.config.arms if arm.name != runs.config.baseline and arm.name in
+            {a for a, _ in runs.evaluations}}
+
+
+def validation_curves(runs) -> dict[str, list[float]]:
+    """Table 13: validation mean macro-F1 per epoch, averaged over each arm's seeds."""
+    curves: dict[str, list[list[float]]] = {}
+    for (arm, _), stage in runs.trainings.items():
+        history = pd.read_csv(stage.path / "history.csv")
+        curves.setdefault(arm, []).append(history["val_mean_f1_macro"].tolist())
+    return {arm: [float(np.mean([c[i] for c in runs_ if i < len(c)])) for i in range(max(map(len, runs_)))]
+            for arm, runs_ in curves.items()}
+
+
+def _json(path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def collect_results(runs) -> dict:
+    from celadon.synth.qc import compare_qc
+
+    results: dict = {"name": runs.config.name, "seeds": runs.config.seeds, "baseline": runs.config.baseline,
+                     "arms": [a.name for a in runs.config.arms], "skipped_arms": runs.skipped}
+    if runs.evaluations:
+        results |= {"table14": results_table(runs), "table15": minority_majority_table(runs),
+                    "rare_combinations": rare_combination_table(runs), "table17": confusion_pair_table(runs),
+                    "validation_curves": validation_curves(runs)}
+    results["qc"] = {key: _json(stage.path / "qc_summary.json") for key, stage in runs.qc.items()}
+    compare = runs.config.synthesis.compare_plan
+    if compare and f"{compare}/vanilla" in runs.qc:
+        table = compare_qc({"vanilla": runs.qc[f"{compare}/vanilla"].path, "lora": runs.qc[f"{compare}/lora"].path})
+        results["table6"] = {"plan": compare, "rows": {str(k): v for k, v in table.to_dict("index").items()}}
+    results["imbalance"] = {name: _json(stage.path / "imbalance.json") for name, stage in runs.imbalance.items()}
+    return results

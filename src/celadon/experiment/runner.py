@@ -1,0 +1,310 @@
+"""`celadon run CONFIG.yaml`: the paper's study as one command.
+
+data -> split (-> augment) -> reference classifier -> select -> caption -> LoRA -> plans -> generate (LoRA, and
+vanilla for Table 6) -> QC -> every arm x seed trained and evaluated -> imbalance before/after, t-SNE ->
+results tables with bootstrap CIs -> report.html. Each step is a content-addressed stage (`stages.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from celadon.experiment.config import Arm, ExperimentConfig
+from celadon.experiment.stages import Stage, StageRunner
+from celadon.runinfo import atomic_write_text, write_json, write_run_info
+
+
+def make(cls, overrides: dict[str, Any], **owned: Any):
+    """A stage config from YAML overrides (lists become the tuples the dataclass expects) plus what the
+    runner owns."""
+    values = dict(overrides) | owned
+    for f in dataclasses.fields(cls):
+        if isinstance(values.get(f.name), list) and isinstance(f.default, tuple):
+            values[f.name] = tuple(tuple(v) if isinstance(v, list) else v for v in values[f.name])
+    return cls(**values)
+
+
+def _settings(obj: Any, *drop: str) -> dict:
+    """A stage config minus the paths the stage graph already encodes, for the stage key."""
+    values = dataclasses.asdict(obj)
+    for key in ("out", "threads", "workers", "cache_dir", *drop):
+        values.pop(key, None)
+    return values
+
+
+@dataclasses.dataclass
+class Runs:
+    """Every stage of one experiment, by role, for the results and report."""
+
+    config: ExperimentConfig
+    out: Path
+    data: Stage
+    split: Stage
+    train_table: Path  # splits.csv or augmented.csv
+    reference: Stage
+    reference_eval: Stage
+    selection: Stage | None = None
+    lora: Stage | None = None
+    plans: dict[str, Stage] = dataclasses.field(default_factory=dict)
+    generations: dict[str, Stage] = dataclasses.field(default_factory=dict)  # "B/lora", "B/vanilla"
+    qc: dict[str, Stage] = dataclasses.field(default_factory=dict)
+    trainings: dict[tuple[str, int], Stage] = dataclasses.field(default_factory=dict)
+    evaluations: dict[tuple[str, int], Stage] = dataclasses.field(default_factory=dict)
+    imbalance: dict[str, Stage] = dataclasses.field(default_factory=dict)  # "real", and per plan
+    tsne: Stage | None = None
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # arm -> why it was not trained
+
+
+class Experiment:
+    def __init__(self, config: ExperimentConfig, progress: bool = True):
+        self.config, self.progress = config, progress
+        self.out = Path(config.out)
+        self.stages = StageRunner(self.out)
+        self.cache_dir = str(self.out / "cache")
+
+    # -- data ---------------------------------------------------------------------------------------------
+    def data(self) -> Stage:
+        from celadon.data.embedded import DemoConfig, make_demo
+
+        if self.config.manifest:
+            return self._user_manifest(Path(self.config.manifest))
+        demo = make(DemoConfig, self.config.embedded, workers=self.config.workers)
+        return self.stages.run("data", _settings(demo), [], lambda p: {"manifest": str(make_demo(
+            p, demo, progress=self.progress))}, "render embedded dataset")
+
+    def _user_manifest(self, manifest: Path) -> Stage:
+        import hashlib
+
+        from celadon.data.validate import ValidationConfig, validate_manifest
+        from celadon.errors import CeladonError
+        from celadon.taxonomy import load_taxonomy
+
+        if not manifest.exists():
+            raise CeladonError(f"manifest: {manifest} does not exist; fix the path in the config")
+        digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
+
+        def work(path: Path) -> dict:
+            report = validate_manifest(manifest, load_taxonomy(self.config.classifier.get("taxonomy")),
+                                       ValidationConfig(workers=self.config.workers), progress=self.progress)
+            if report.errors:
+                raise CeladonError(f"{manifest}: {len(report.errors)} errors, first: {report.errors[0]}; "
+                                   "run `celadon data validate` for the full list")
+            return {"manifest": str(manifest.resolve()), "rows": len(report.manifest)}
+
+        return self.stages.run("data", {"manifest": str(manifest.resolve()), "sha256": digest}, [], work,
+                               "validate manifest")
+
+    def split(self, data: Stage) -> Stage:
+        from celadon.data.split import SplitConfig, run_split
+        from celadon.taxonomy import load_taxonomy
+
+        config = make(SplitConfig, self.config.split)
+        return self.stages.run("split", _settings(config), [data], lambda p: {"splits": str(run_split(
+            data.info["manifest"], load_taxonomy(self.config.classifier.get("taxonomy")), p, config,
+            progress=self.progress).path)}, "adaptive split + leakage check")
+
+    def augment(self, split: Stage) -> Stage:
+        from celadon.data.augment import AugmentConfig, augment_manifest
+        from celadon.data.manifest import read_manifest
+        from celadon.taxonomy import load_taxonomy
+
+        config = make(AugmentConfig, self.config.augment or {})
+
+        def work(path: Path) -> dict:
+            manifest = read_manifest(split.info["splits"], load_taxonomy(self.config.classifier.get("taxonomy")))
+            table, plan = augment_manifest(manifest, path, config, progress=self.progress)
+            return {"table": str(table), "copies": len(plan)}
+
+        return self.stages.run("augment", _settings(config), [split], work, "threshold augmentation")
+
+    def imbalance(self, name: str, split: Stage, qc: Stage | None) -> Stage:
+        """Training-set imbalance (paper Tables 10-12): the real set, or real vs real + a QC-passed set."""
+        from celadon.classify.train import load_synthetic
+        from celadon.data.imbalance import analyze_manifest
+        from celadon.data.manifest import read_manifest
+        from celadon.taxonomy import load_taxonomy
+
+        def work(path: Path) -> dict:
+            taxonomy = load_taxonomy(self.config.classifier.get("taxonomy"))
+            real = read_manifest(split.info["splits"], taxonomy)
+            real = real.subset(real.frame["split"] == "train")
+            if qc is None:
+                analyze_manifest(real, path)
+            else:
+                import pandas as pd
+
+                synthetic = load_synthetic(qc.info["table"], taxonomy)  # labels only: describe() reads no image
+                mixed = real.with_frame(pd.concat([real.frame[real.tasks], synthetic.frame[real.tasks]]))
+                analyze_manifest(real, path, mixed, labels=("real", f"real + {name}"))
+            return {}
+
+        return self.stages.run("imbalance", {"set": name}, [split] + ([qc] if qc else []), work,
+                               f"imbalance ({name})")
+
+    # -- classifier ---------------------------------------------------------------------------------------
+    def train(self, label: str, overrides: dict, seed: int, inputs: list[Stage], synthetic: Stage | None = None,
+              arm: Arm | None = None) -> tuple[Stage, Stage]:
+        from celadon.classify.train import TrainConfig, train
+        from celadon.evaluate.run import EvaluateConfig, evaluate_model
+
+        config = make(TrainConfig, overrides, splits=str(self.train_table), seed=seed, cache_dir=self.cache_dir,
+                      synthetic=synthetic.info["table"] if synthetic else None,
+                      synthetic_ratio=arm.ratio if synthetic and arm else 0.0,
+                      synthetic_tasks=arm.tasks if synthetic and arm else None,
+                      threads=self.config.threads, log_tensorboard=False)
+        settings = _settings(config, "splits", "synthetic")
+        if synthetic is not None:  # images rejected in `celadon review serve` since: the arm trains again
+            from celadon.review.store import rejected_items
+
+            settings["review_rejected"] = sorted(rejected_items(synthetic.info["generation"]))
+        training = self.stages.run("train", settings, inputs + ([synthetic] if synthetic else []),
+                                   lambda p: self._fit(config, p, train), f"train {label} (seed {seed})")
+        evaluation_config = make(EvaluateConfig, self.config.evaluate, model_dir=str(training.path),
+                                 splits=str(self.split_table), cache_dir=self.cache_dir, threads=self.config.threads)
+
+        def evaluate(path: Path) -> dict:
+            result = evaluate_model(dataclasses.replace(evaluation_config, out=str(path)), progress=self.progress)
+            return {"mean_f1_macro": result["mean_f1_macro"]}
+
+        evaluation = self.stages.run("evaluate", _settings(evaluation_config, "model_dir", "splits"),
+                                     [training, self._split_stage], evaluate, f"evaluate {label} (seed {seed})")
+        return training, evaluation
+
+    def _fit(self, config, path: Path, train) -> dict:
+        state = train(dataclasses.replace(config, out=str(path)), resume=True, progress=self.progress)
+        return {"best": state["best"], "best_epoch": state["best_epoch"], "epochs": len(state["history"])}
+
+    # -- synthesis ----------------------------------------------------------------------------------------
+    def synthesis(self, runs: Runs) -> None:
+        from celadon.data.manifest import read_manifest
+        from celadon.synth.captions import write_lora_folder
+        from celadon.synth.lora import LoraConfig, train_lora
+        from celadon.synth.plan import PlanConfig, run_plan
+        from celadon.synth.select import SelectConfig, run_select
+        from celadon.taxonomy import load_taxonomy
+
+        s = self.config.synthesis
+        taxonomy = load_taxonomy(self.config.classifier.get("taxonomy"))
+        metrics = str(runs.reference_eval.path / "metrics.json")
+        select = make(SelectConfig, s.select, metrics=metrics)
+        pool = [runs.split] if self.config.augment is None else [runs.split, self._augment_stage]
+        runs.selection = self.stages.run("select", _settings(select, "metrics"), [*pool, runs.reference_eval],
+                                         lambda p: {"table": str(run_select(read_manifest(self.train_table, taxonomy),
+                                                                            p, select)[0])}, "select LoRA training set")
+        caption = self.stages.run("caption", {}, [runs.selection], lambda p: {"folder": str(write_lora_folder(
+            read_manifest(runs.selection.info["table"], taxonomy), p, progress=self.progress).parent)},
+            "caption LoRA training set")
+        lora = make(LoraConfig, s.lora, model=s.model, threads=self.config.threads or 2)
+        runs.lora = self.stages.run("lora", _settings(lora, "data", "model") | {"model": s.model}, [caption],
+                                    lambda p: {"folder": str(train_lora(dataclasses.replace(
+                                        lora, data=caption.info["folder"], out=str(p)), progress=self.progress))},
+                                    "train LoRA")
+        wanted = {(arm.plan, arm.generator) for arm in self.config.arms if arm.plan}
+        if s.compare_plan:
+            wanted |= {(s.compare_plan, "lora"), (s.compare_plan, "vanilla")}
+        for name in sorted({plan for plan, _ in wanted}):
+            plan = make(PlanConfig, s.plans[name], metrics=metrics)
+            runs.plans[name] = self.stages.run(
+                "plan", _settings(plan, "metrics"), [runs.split, runs.reference_eval],
+                lambda p, plan=plan: {"table": str(run_plan(read_manifest(runs.split.info["splits"], taxonomy), p,
+                                                            plan)[0])}, f"plan {name}")
+        for name, generator in sorted(wanted):
+            key = f"{name}/{generator}"
+            runs.generations[key] = self._generate(key, runs.plans[name], runs.lora if generator == "lora" else None)
+            runs.qc[key] = self._qc(key, runs.generations[key], runs)
+
+    def _generate(self, label: str, plan: Stage, lora: Stage | None) -> Stage:
+        from celadon.synth.generate import GenerateConfig, generate
+
+        s = self.config.synthesis
+        config = make(GenerateConfig, s.generate, model=s.model, plan=plan.info["table"],
+                      lora=str(lora.path) if lora else None, threads=self.config.threads or 2)
+        settings = _settings(config, "plan", "lora", "shard", "model") | {"model": s.model}
+        return self.stages.run("generate", settings, [plan] + ([lora] if lora else []), lambda p: {
+            "table": str(generate(dataclasses.replace(config, out=str(p)), progress=self.progress))},
+            f"generate {label}")
+
+    def _qc(self, label: str, generation: Stage, runs: Runs) -> Stage:
+        from celadon.synth.qc import QCConfig, run_qc
+
+        config = make(QCConfig, self.config.synthesis.qc, table=generation.info["table"],
+                      real=runs.split.info["splits"], model_dir=str(runs.reference.path))
+
+        def work(path: Path) -> dict:
+            summary = run_qc(dataclasses.replace(config, out=str(path)), progress=self.progress)
+            return {"table": str(path / "qc.csv"), "generation": str(generation.path),
+                    "pass_rate": summary["pass_rate"], "n_pass": summary["n_pass"]}
+
+        return self.stages.run("qc", _settings(config, "table", "real", "model_dir"),
+                               [generation, runs.split, runs.reference], work, f"QC {label}")
+
+    # -- the whole study ----------------------------------------------------------------------------------
+    def run(self) -> Runs:
+        config = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_run_info(self.out, "run", config, config.seeds[0])
+        atomic_write_text(self.out / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False,
+                                                                   allow_unicode=True))
+        data = self.data()
+        self._split_stage = split = self.split(data)
+        self.split_table = Path(split.info["splits"])
+        self.train_table = self.split_table
+        pool = [split]
+        if config.augment is not None:
+            self._augment_stage = self.augment(split)
+            self.train_table = Path(self._augment_stage.info["table"])
+            pool.append(self._augment_stage)
+        reference_settings = config.synthesis.reference or config.classifier
+        reference, reference_eval = self.train("reference", reference_settings, config.seeds[0], pool)
+        runs = Runs(config, self.out, data, split, self.train_table, reference, reference_eval)
+        runs.imbalance["real"] = self.imbalance("real", split, None)
+        if any(arm.plan for arm in config.arms) or config.synthesis.compare_plan:
+            self.synthesis(runs)
+        for arm in config.arms:
+            synthetic = runs.qc[f"{arm.plan}/{arm.generator}"] if arm.plan else None
+            if synthetic is not None and not synthetic.info.get("n_pass"):
+                runs.skipped[arm.name] = f"no image of {arm.plan}/{arm.generator} passed QC"
+                print(f"arm {arm.name}: skipped, {runs.skipped[arm.name]}")
+                continue
+            if synthetic is not None and arm.plan not in runs.imbalance:
+                runs.imbalance[arm.plan] = self.imbalance(arm.plan, split, synthetic)
+            for seed in config.seeds:
+                runs.trainings[arm.name, seed], runs.evaluations[arm.name, seed] = self.train(
+                    arm.name, config.classifier, seed, pool, synthetic, arm)
+        if runs.qc:
+            runs.tsne = self._tsne(runs)
+        return runs
+
+    def _tsne(self, runs: Runs) -> Stage:
+        from celadon.evaluate.embeddings import tsne_real_vs_synthetic
+
+        sets = {key: stage.info["table"] for key, stage in runs.generations.items()}
+        settings = {"per_set": self.config.tsne_per_set, "seed": self.config.seeds[0]}
+        return self.stages.run("tsne", settings, [runs.split, *runs.generations.values()], lambda p: {
+            "plot": str(tsne_real_vs_synthetic(runs.split.info["splits"], sets, p, self.config.tsne_per_set,
+                                               self.config.seeds[0], self.config.classifier.get("taxonomy")))},
+            "t-SNE real vs synthetic")
+
+
+def run_experiment(config: ExperimentConfig, progress: bool = True) -> Path:
+    """Run (or resume) every stage, then write results and the report; returns report.html."""
+    from celadon.experiment.results import collect_results
+    from celadon.report.html import write_report
+
+    began = time.perf_counter()
+    experiment = Experiment(config, progress)
+    runs = experiment.run()
+    results = collect_results(runs)
+    results["stages"] = [{"stage": s.label, "folder": s.path.name, "reused": s.reused, "seconds": round(s.seconds, 1)}
+                         for s in experiment.stages.history]
+    write_json(Path(config.out) / "results.json", results)
+    report = write_report(runs, results, Path(config.out) / "report.html")
+    print(f"experiment finished in {time.perf_counter() - began:.0f} s; "
+          f"{len(experiment.stages.ran())} stages ran, {len(experiment.stages.history) - len(experiment.stages.ran())} "
+          "reused")
+    return report

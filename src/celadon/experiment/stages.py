@@ -1,0 +1,86 @@
+"""Content-addressed stages: each stage's folder is named by a hash of its settings and of the stages it
+reads, so a re-run reuses every stage whose inputs did not change and redoes exactly the ones that did.
+
+A stage is complete when its `stage.json` exists (written last, atomically). A folder without it is a stage
+that was interrupted: the stage runs again in the same folder, and the stages that can resume (training,
+LoRA, generation) pick up where they stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from celadon.runinfo import versions, write_json
+
+
+def _canonical(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def stage_key(kind: str, settings: Any, inputs: list[Stage]) -> str:
+    text = json.dumps({"kind": kind, "settings": _canonical(settings), "inputs": [s.key for s in inputs]},
+                      sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass
+class Stage:
+    kind: str
+    key: str
+    path: Path
+    label: str = ""
+    reused: bool = False
+    seconds: float = 0.0
+    info: dict = field(default_factory=dict)
+
+
+class StageRunner:
+    """Runs stages under `root/stages/<kind>-<key>/`, records which ran and which were reused."""
+
+    def __init__(self, root: str | Path, log: Callable[[str], None] = print):
+        self.root = Path(root)
+        self.log = log
+        self.history: list[Stage] = []
+
+    def run(self, kind: str, settings: Any, inputs: list[Stage], work: Callable[[Path], dict | None],
+            label: str | None = None) -> Stage:
+        """`work(folder)` produces the stage's outputs in `folder` and may return a small summary dict."""
+        key = stage_key(kind, settings, inputs)
+        path = self.root / "stages" / f"{kind}-{key}"
+        marker = path / "stage.json"
+        label = label or kind
+        if marker.exists():
+            info = json.loads(marker.read_text(encoding="utf-8"))
+            stage = Stage(kind, key, path, label, reused=True, info=info.get("summary") or {})
+            self.log(f"== {label}: reused ({path.name})")
+        else:
+            self.log(f"== {label}")
+            path.mkdir(parents=True, exist_ok=True)
+            began = time.perf_counter()
+            summary = work(path) or {}
+            seconds = time.perf_counter() - began
+            write_json(marker, {"kind": kind, "key": key, "settings": _canonical(settings),
+                                "inputs": [f"{s.kind}-{s.key}" for s in inputs], "seconds": round(seconds, 2),
+                                "summary": summary, "versions": versions()})
+            stage = Stage(kind, key, path, label, seconds=seconds, info=summary)
+            self.log(f"   {label}: {seconds:.1f} s")
+        self.history.append(stage)
+        return stage
+
+    def ran(self) -> list[str]:
+        return [f"{s.kind}-{s.key}" for s in self.history if not s.reused]

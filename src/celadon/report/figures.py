@@ -1,0 +1,67 @@
+"""Figures the report draws itself (everything else comes from the stages' own PNGs): curves, and the
+vanilla | LoRA | real strip for the same prompts."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from celadon.data.images import load_image  # noqa: E402
+
+CELL = 96
+
+
+def validation_curve_png(curves: dict[str, Sequence[float]], title: str, x: Sequence[float], xlabel: str) -> bytes:
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for name, values in curves.items():
+        ax.plot(list(x)[:len(values)], values, marker="o", markersize=3, label=name)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _cell(path: Path) -> Image.Image:
+    return load_image(path).convert("RGB").resize((CELL, CELL), Image.BILINEAR)
+
+
+def comparison_strip(vanilla: str | Path, lora: str | Path, splits: str | Path, rows: int = 8,
+                     references: int = 2) -> bytes:
+    """One row per prompt (distinct glaze x type, in plan order): vanilla, LoRA, then real training photos of
+    that combination."""
+    v = pd.read_csv(vanilla, keep_default_na=False)
+    lo = pd.read_csv(lora, keep_default_na=False).set_index("item_id")
+    real = pd.read_csv(splits, keep_default_na=False)
+    real = real[real["split"] == "train"]
+    shown = v.drop_duplicates(["glaze", "type"]).head(rows)
+    label_h = 14
+    sheet = Image.new("RGB", ((2 + references) * CELL, len(shown) * (CELL + label_h) + label_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, title in enumerate(["vanilla", "LoRA"] + ["real"] * references):
+        draw.text((i * CELL + 4, 1), title, fill="black")
+    for r, row in enumerate(shown.itertuples()):
+        top = label_h + r * (CELL + label_h)
+        draw.text((4, top), f"{row.glaze} {row.type}", fill="black")
+        cells = [Path(vanilla).parent / row.path]
+        if row.item_id in lo.index:
+            cells.append(Path(lora).parent / lo.at[row.item_id, "path"])
+        matches = real[(real["glaze"] == row.glaze) & (real["type"] == row.type)].head(references)
+        cells += [Path(splits).parent / p for p in matches["path"]]
+        for c, path in enumerate(cells):
+            sheet.paste(_cell(path), (c * CELL, top + label_h))
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    return buffer.getvalue()

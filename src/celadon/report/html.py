@@ -1,0 +1,216 @@
+"""`report.html`: one self-contained file (every image inlined as data: URIs, no script, no external link)
+that a researcher can send to a colleague. Sections follow the paper: data (Tables 1, 10-12), synthesis
+(Table 6, Fig. 6-7), results (Tables 13-15, 17), then the full config and versions for reproduction."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import yaml
+
+from celadon.report.figures import comparison_strip, validation_curve_png
+from celadon.runinfo import atomic_write_text, versions
+
+CSS = """
+body{font:14px/1.45 system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{margin-top:2em;border-bottom:2px solid #6a9;padding-bottom:.2em}h3{margin-top:1.4em}
+table{border-collapse:collapse;margin:.6em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;
+text-align:right}th{background:#eef5f1}td.l,th.l{text-align:left}.better{color:#0a6b2a;font-weight:600}
+.worse{color:#b00020;font-weight:600}.same{color:#666}img{max-width:100%;border:1px solid #ddd;margin:4px}
+.figs{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start}.note{background:#fff8e1;padding:.6em 1em;
+border-left:4px solid #e0a800}pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}
+"""
+
+
+def _img(path: Path | bytes, alt: str, width: int | None = None) -> str:
+    data = path if isinstance(path, bytes) else Path(path).read_bytes()
+    mime = "image/jpeg" if data[:3] == b"\xff\xd8\xff" else "image/png"
+    size = f' width="{width}"' if width else ""
+    return f'<img src="data:{mime};base64,{base64.b64encode(data).decode()}" alt="{html.escape(alt)}"{size}>'
+
+
+def _table(header: list[str], rows: list[list], left: int = 1) -> str:
+    head = "".join(f'<th class="{"l" if i < left else ""}">{html.escape(str(h))}</th>' for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(row))
+                   + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _ci(row: dict) -> str:
+    return f"{row['mean']:.3f} [{row['low']:.3f}, {row['high']:.3f}]"
+
+
+def _delta(row: dict) -> str:
+    if "delta" not in row:
+        return "—"
+    css = {"b": "better", "w": "worse"}.get(row["verdict"][0], "same")
+    d = row["delta"]
+    return (f'<span class="{css}">{d["mean"]:+.3f} [{d["low"]:+.3f}, {d["high"]:+.3f}]</span> '
+            f'{html.escape(row["verdict"])}')
+
+
+def _e(value) -> str:
+    return html.escape(str(value))
+
+
+def _headline(results: dict) -> str:
+    rows = [r for r in results.get("table14", []) if r["task"] == "all"]
+    if not rows:
+        return "<p>No classifier was trained.</p>"
+    parts = []
+    for row in rows:
+        text = f"<b>{_e(row['arm'])}</b>: mean macro-F1 {_ci(row)}"
+        if "delta" in row:
+            text += f", vs {_e(results['baseline'])}: {_delta(row)}"
+        parts.append(f"<li>{text}</li>")
+    worse = sorted({f"{r['task']} ({r['arm']})" for r in results["table14"]
+                    if r["metric"] == "f1_macro" and r.get("verdict", "").startswith("worse")})
+    helped = sorted({r["arm"] for r in rows if r.get("verdict", "").startswith("better")})
+    words = (f"Synthetic data improved the mean macro-F1 with a 95% CI above zero for: {', '.join(helped)}."
+             if helped else "Synthetic data did <b>not</b> improve the mean macro-F1 with a CI above zero in any arm.")
+    if worse:
+        words += f" Macro-F1 got worse (CI below zero) for: {_e(', '.join(worse))}."
+    n = len(results["seeds"])
+    return (f"<ul>{''.join(parts)}</ul><p class='note'>{words} Means over {n} seed(s); intervals are 95% "
+            "percentile-bootstrap intervals over seeds, differences are paired by seed.</p>")
+
+
+def _data_section(runs) -> str:
+    folder = runs.imbalance["real"].path
+    figures = "".join(_img(folder / f"{kind}_{g}.png", f"{kind} {g}", 380) for g in ("glaze+type", "glaze", "type")
+                      for kind in ("longtail", "lorenz") if (folder / f"{kind}_{g}.png").exists())
+    summary = Path(runs.split.info["splits"]).parent / "split_summary.csv"
+    split_rows = [line.split(",") for line in summary.read_text().strip().splitlines()] if summary.exists() else []
+    imbalance = []
+    for name, stage in runs.imbalance.items():
+        data = json.loads((stage.path / "imbalance.json").read_text())
+        for grouping, change in data.get("change", {}).items():
+            ratio, gini = change["imbalance_ratio"], change["gini"]
+            imbalance.append([_e(name), _e(grouping), f"{ratio['before']:.1f} → {ratio['after']:.1f}",
+                              f"{gini['before']:.3f} → {gini['after']:.3f}",
+                              f"{change['n_images']['before']} → {change['n_images']['after']}"])
+    out = f"<h2>1. Data</h2><div class='figs'>{figures}</div>"
+    if split_rows:
+        out += "<h3>Adaptive split by label-combination frequency</h3>" + _table(
+            split_rows[0], [[_e(c) for c in r] for r in split_rows[1:]])
+    if imbalance:
+        out += ("<h3>Training-set imbalance before → after adding each QC-passed synthetic set (Tables 10–12)</h3>"
+                + _table(["set", "grouping", "imbalance ratio", "Gini", "images"], imbalance, 2))
+    return out
+
+
+def _synthesis_section(runs, results: dict) -> str:
+    if runs.lora is None:
+        return ""
+    out = "<h2>2. Synthesis</h2><h3>LoRA training</h3><div class='figs'>"
+    log = runs.lora.path / "train_log.csv"
+    if log.exists():
+        out += _img(validation_curve_png({"LoRA loss": _column(log, "loss")}, "LoRA training loss",
+                                         _column(log, "step"), "loss"), "LoRA loss", 420)
+    samples = sorted((runs.lora.path / "samples").glob("*.png"))
+    if samples:
+        out += _img(samples[-1], "LoRA validation samples", 420)
+    out += "</div>"
+    compare = results.get("table6")
+    if compare:
+        plan = compare["plan"]
+        strip = comparison_strip(runs.generations[f"{plan}/vanilla"].info["table"],
+                                 runs.generations[f"{plan}/lora"].info["table"], runs.split.info["splits"])
+        out += (f"<h3>Vanilla vs LoRA on the same prompts (plan {_e(plan)}), real training photos of the same "
+                "glaze × type on the right</h3>" + _img(strip, "vanilla vs LoRA vs real"))
+        names = list(next(iter(compare["rows"].values())))
+        rows = [[_e(metric)] + [f"{values[n]:.4f}" if isinstance(values[n], float) else _e(values[n]) for n in names]
+                for metric, values in compare["rows"].items()]
+        out += "<h3>Table 6: vanilla vs LoRA</h3>" + _table(["metric", *names], rows)
+    qc_rows = []
+    for key, summary in results["qc"].items():
+        reasons = ", ".join(f"{k} {v}" for k, v in summary["reasons"].items()) or "—"
+        fidelity = ", ".join(f"{t} {v:.0%}" for t, v in summary["label_fidelity"].items()) or "—"
+        qc_rows.append([_e(key), f"{summary['n_pass']}/{summary['n_images']} ({summary['pass_rate']:.0%})",
+                        _e(fidelity), _e(reasons)])
+    out += "<h3>Automatic QC</h3>" + _table(["set", "pass", "label fidelity (reference classifier)", "reasons"],
+                                            qc_rows, 4)
+    if runs.tsne is not None:
+        out += "<h3>t-SNE of real and synthetic images</h3>" + _img(Path(runs.tsne.info["plot"]), "t-SNE")
+    return out
+
+
+def _column(path: Path, name: str) -> list[float]:
+    import pandas as pd
+
+    return pd.read_csv(path)[name].tolist()
+
+
+def _results_section(runs, results: dict) -> str:
+    if "table14" not in results:
+        return ""
+    out = "<h2>3. Classification results</h2>"
+    out += ("<h3>Per task (Table 14): mean [95% CI] over seeds; each arm's paired difference to the baseline "
+            "below its value</h3>" + _pivot(results["table14"], ["task", "metric"], results))
+    out += "<h3>Minority vs majority classes (Table 15): mean class F1</h3>" + _pivot(
+        results["table15"], ["task", "group"], results)
+    out += ("<h3>Test images of rare (≤10 training images, unseen included) vs common glaze × type combinations: "
+            "top-1 accuracy averaged over tasks</h3>" + _pivot(results["rare_combinations"], ["group"], results))
+    for arm, tasks in results["table17"].items():
+        rows = [[_e(t), _e(" ↔ ".join(p["pair"])), p["before"], p["after"], f"{p['change']:+d}"]
+                for t, pairs in tasks.items() for p in pairs[:5]]
+        out += (f"<h3>Confusion pairs, {_e(results['baseline'])} → {_e(arm)} (Table 17; errors summed over "
+                "seeds)</h3>" + _table(["task", "pair", "before", "after", "change"], rows, 2))
+    curves = results["validation_curves"]
+    epochs = list(range(1, max(map(len, curves.values())) + 1))
+    out += "<h3>Validation mean macro-F1 per epoch (Table 13), mean over seeds</h3>" + _img(
+        validation_curve_png(curves, "validation mean macro-F1", epochs, "epoch"), "validation curves", 520)
+    seed = runs.config.seeds[0]
+    for arm in (runs.config.baseline, *[a.name for a in runs.config.arms if a.name != runs.config.baseline][-1:]):
+        stage = runs.evaluations.get((arm, seed))
+        if stage is not None:
+            out += f"<h3>Confusion matrices: {_e(arm)}, seed {seed}</h3><div class='figs'>" + "".join(
+                _img(p, p.stem, 360) for p in sorted(stage.path.glob("confusion_*.png"))) + "</div>"
+    return out
+
+
+def _pivot(rows: list[dict], keys: list[str], results: dict) -> str:
+    """One row per `keys` value, one column per arm: "mean [CI]" over "difference verdict"."""
+    arms = [a for a in results["arms"] if any(r["arm"] == a for r in rows)]
+    groups: dict[tuple, dict[str, dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in keys), {})[row["arm"]] = row
+    body = [[_e(v) for v in group] + [f"{_ci(cells[a])}<br>{_delta(cells[a])}" if a in cells else "—" for a in arms]
+            for group, cells in groups.items()]
+    return _table([*keys, *arms], body, len(keys))
+
+
+def _reproduce_section(runs, results: dict) -> str:
+    config = yaml.safe_dump(json.loads(json.dumps(_asdict(runs.config))), sort_keys=False, allow_unicode=True)
+    stages = [[_e(s["stage"]), _e(s["folder"]), "reused" if s["reused"] else "ran", f"{s['seconds']:.1f}"]
+              for s in results.get("stages", [])]
+    return ("<h2>4. Reproduce</h2><p>Run <code>celadon run config.yaml</code> with this config; finished stages "
+            "are reused by their content address.</p><h3>Config</h3><pre>" + _e(config) + "</pre><h3>Versions</h3>"
+            "<pre>" + _e(yaml.safe_dump(versions(), sort_keys=False)) + "</pre><h3>Stages</h3>"
+            + _table(["stage", "folder", "this run", "seconds"], stages, 2))
+
+
+def _asdict(config) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(config)
+
+
+def render_report(runs, results: dict) -> str:
+    skipped = "".join(f"<p class='note'>Arm {_e(a)} was not trained: {_e(why)}.</p>"
+                      for a, why in results.get("skipped_arms", {}).items())
+    body = (f"<h1>celadon: {_e(results['name'])}</h1><p>Arms: {_e(', '.join(results['arms']))}; seeds "
+            f"{_e(results['seeds'])}; baseline: {_e(results['baseline'])}.</p>{skipped}"
+            + _headline(results) + _data_section(runs) + _synthesis_section(runs, results)
+            + _results_section(runs, results) + _reproduce_section(runs, results))
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>celadon report: "
+            f"{_e(results['name'])}</title><style>{CSS}</style></head><body>{body}</body></html>")
+
+
+def write_report(runs, results: dict, path: str | Path) -> Path:
+    atomic_write_text(path, render_report(runs, results))
+    return Path(path)
+

@@ -1,0 +1,164 @@
+"""`celadon run`: config checking, content-addressed stage reuse, results with CIs, and the report in Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from celadon.cli import main
+from celadon.errors import CeladonError
+from celadon.evaluate.stats import Interval
+from celadon.experiment.config import load_experiment
+from celadon.experiment.results import verdict
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+SMALL = {
+    "name": "small study",
+    "seeds": [0, 1],
+    "embedded": {"n": 240, "size": 48, "seed": 3},
+    "classifier": {"image_size": 32, "batch_size": 32, "epochs": 2, "patience": 2},
+    "synthesis": {
+        "reference": {"image_size": 32, "batch_size": 32, "epochs": 1},
+        "lora": {"steps": 2, "batch_size": 4, "checkpoint_every": 2},
+        "plans": {"A": {"total": 6, "negative_prompt": ""}},
+        "generate": {"steps": 2, "batch_size": 6},
+        "qc": {"fidelity_tasks": [], "outlier_z": 100.0},
+        "compare_plan": "A",
+    },
+    "arms": [{"name": "baseline"}, {"name": "A", "plan": "A", "ratio": 0.2, "tasks": ["glaze", "type"]}],
+    "tsne_per_set": 20,
+    "threads": 1,
+    "workers": 1,
+}
+
+
+def _write(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _stages(out: Path) -> list[dict]:
+    return json.loads((out / "results.json").read_text())["stages"]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("study")
+    config = _write(root / "study.yaml", SMALL | {"out": str(root / "out")})
+    assert main(["run", str(config), "--quiet"]) == 0
+    return root
+
+
+def test_every_stage_runs_once_then_is_reused_and_a_classifier_change_reruns_only_training(study):
+    out = study / "out"
+    first = _stages(out)
+    assert first and not any(s["reused"] for s in first[:12])
+    labels = [s["stage"] for s in first]
+    for expected in ("render embedded dataset", "train LoRA", "generate A/lora", "generate A/vanilla", "QC A/lora",
+                     "train A (seed 1)", "evaluate baseline (seed 0)", "t-SNE real vs synthetic"):
+        assert expected in labels
+
+    assert main(["run", str(study / "study.yaml"), "--quiet"]) == 0
+    assert all(s["reused"] for s in _stages(out))
+
+    changed = SMALL | {"out": str(out), "classifier": SMALL["classifier"] | {"epochs": 1}}
+    assert main(["run", str(_write(study / "changed.yaml", changed)), "--quiet"]) == 0
+    reran = {s["stage"].split(" ")[0] for s in _stages(out) if not s["reused"]}
+    assert reran == {"train", "evaluate"}
+    assert len([s for s in _stages(out) if not s["reused"]]) == 2 * 2 * 2  # 2 arms x 2 seeds x (train + evaluate)
+
+    # A human rejects a synthetic image in `celadon review serve`: only the arm that mixes it in trains again.
+    from celadon.review.store import ReviewStore
+
+    generation = next(p for p in (out / "stages").glob("generate-*")
+                      if any(i.startswith("lora-") for i in json.loads((p / "stage.json").read_text())["inputs"]))
+    ReviewStore(generation).decide(["i00000"], "rejected", "curator", "wrong glaze")
+    assert main(["run", str(study / "changed.yaml"), "--quiet"]) == 0
+    reran = [s["stage"] for s in _stages(out) if not s["reused"]]
+    assert sorted(reran) == sorted(f"{verb} A (seed {seed})" for verb in ("train", "evaluate") for seed in (0, 1))
+
+
+def test_results_hold_per_arm_intervals_and_paired_differences(study):
+    results = json.loads((study / "out" / "results.json").read_text())
+    overall = {r["arm"]: r for r in results["table14"] if r["task"] == "all"}
+    assert set(overall) == {"baseline", "A"}
+    assert overall["baseline"]["n"] == 2 and "delta" not in overall["baseline"]
+    assert overall["A"]["low"] <= overall["A"]["mean"] <= overall["A"]["high"]
+    assert overall["A"]["delta"]["n"] == 2 and overall["A"]["verdict"].startswith("2 seed(s)")
+    assert {r["metric"] for r in results["table14"]} >= {"f1_macro", "top1", "top5", "f1_weighted"}
+    assert {r["group"] for r in results["table15"]} == {"minority", "majority"}
+    assert results["table6"]["rows"]["images"] == {"vanilla": 6, "lora": 6}
+    assert set(results["qc"]) == {"A/lora", "A/vanilla"}
+    assert len(results["validation_curves"]["baseline"]) >= 1
+    change = results["imbalance"]["A"]["change"]["glaze+type"]["n_images"]
+    assert change["after"] == change["before"] + results["qc"]["A/lora"]["n_pass"]
+
+
+def test_verdicts_follow_the_interval():
+    assert verdict(Interval(0.02, 0.01, 0.03, 3)).startswith("better")
+    assert verdict(Interval(-0.02, -0.03, -0.01, 3)).startswith("worse")
+    assert verdict(Interval(0.02, -0.01, 0.05, 3)).startswith("no clear change")
+    assert verdict(Interval(0.02, 0.01, 0.03, 2)).startswith("2 seed(s)")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is installed by the README's test command")
+def test_report_is_self_contained_and_opens_without_broken_images_in_chromium(study, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    report = study / "out" / "report.html"
+    text = report.read_text()
+    assert "src=\"http" not in text and "<script" not in text  # nothing fetched, nothing executed
+    assert "Table 6" in text and "t-SNE" in text and "Table 14" in text
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
+        page.goto(report.resolve().as_uri())
+        images = page.evaluate("Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+    assert len(images) >= 10 and all(images)
+    assert errors == []
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_config_mistakes_are_one_line_errors(tmp_path):
+    with pytest.raises(CeladonError, match=r"classifier.epoch: unknown setting"):
+        load_experiment(_write(tmp_path / "a.yaml", {"classifier": {"epoch": 3}}))
+    with pytest.raises(CeladonError, match=r"classifier.seed: set by the experiment runner"):
+        load_experiment(_write(tmp_path / "b.yaml", {"classifier": {"seed": 3}}))
+    with pytest.raises(CeladonError, match=r"arms.X.plan: 'C' is not in synthesis.plans"):
+        load_experiment(_write(tmp_path / "c.yaml", {"arms": [{"name": "baseline"}, {"name": "X", "plan": "C",
+                                                                                     "ratio": 0.1}]}))
+    with pytest.raises(CeladonError, match=r"arms.X.ratio: must be between 0 and 1"):
+        load_experiment(_write(tmp_path / "d.yaml", {"arms": [{"name": "baseline"}, {"name": "X", "plan": "A",
+                                                                                     "ratio": 5}]}))
+    with pytest.raises(CeladonError, match="no such config file"):
+        load_experiment(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("a: [")
+    with pytest.raises(CeladonError, match="not valid YAML"):
+        load_experiment(tmp_path / "bad.yaml")
+
+
+def test_set_overrides_nested_settings_with_yaml_values(tmp_path):
+    config = load_experiment("demo", settings=["classifier.epochs=9", "seeds=[4, 5, 6]", "synthesis.lora.steps=7"])
+    assert config.classifier["epochs"] == 9 and config.seeds == [4, 5, 6] and config.synthesis.lora["steps"] == 7
+    assert config.classifier["image_size"] == load_experiment("demo").classifier["image_size"]  # rest kept
+    with pytest.raises(CeladonError, match="give KEY=VALUE"):
+        load_experiment("demo", settings=["classifier.epochs"])
+    with pytest.raises(CeladonError, match="classifier.epochz: unknown setting"):
+        load_experiment("demo", settings=["classifier.epochz=3"])
+
+
+def test_presets_load():
+    demo, paper = load_experiment("demo"), load_experiment("paper")
+    assert demo.manifest is None and len(demo.seeds) >= 3
+    assert paper.classifier["backbone"] == "mobilenet_v3_large" and paper.classifier["image_size"] == 224
+    assert paper.classifier["epochs"] == 50 and {a.ratio for a in paper.arms} == {0.0, 0.05, 0.10}
