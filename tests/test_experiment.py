@@ -162,3 +162,17 @@ def test_presets_load():
     assert demo.manifest is None and len(demo.seeds) >= 3
     assert paper.classifier["backbone"] == "mobilenet_v3_large" and paper.classifier["image_size"] == 224
     assert paper.classifier["epochs"] == 50 and {a.ratio for a in paper.arms} == {0.0, 0.05, 0.10}
+
+
+def test_model_fingerprint_follows_the_weights(tiny_sd, tmp_path):
+    """Synthesis stages are keyed by the model's weights, so a rebuilt tiny model is not mistaken for the old."""
+    from celadon.synth.pipeline import model_fingerprint
+
+    copy = shutil.copytree(tiny_sd, tmp_path / "model")
+    before = model_fingerprint(str(copy))
+    assert before == model_fingerprint(str(tiny_sd))
+    weights = next(copy.glob("unet/*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert model_fingerprint(str(copy)) != before

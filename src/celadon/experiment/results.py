@@ -170,6 +170,9 @@ def collect_results(runs) -> dict:
     compare = runs.config.synthesis.compare_plan
     if compare and f"{compare}/vanilla" in runs.qc:
         table = compare_qc({"vanilla": runs.qc[f"{compare}/vanilla"].path, "lora": runs.qc[f"{compare}/lora"].path})
-        results["table6"] = {"plan": compare, "rows": {str(k): v for k, v in table.to_dict("index").items()}}
+        judge = load_metrics(runs.reference_eval.path)["tasks"]
+        results["table6"] = {"plan": compare, "rows": {str(k): v for k, v in table.to_dict("index").items()},
+                             # label fidelity is only as good as the judge: its top-1 on real test photos
+                             "judge_real_top1": {t: judge[t]["top1"] for t in judge}}
     results["imbalance"] = {name: _json(stage.path / "imbalance.json") for name, stage in runs.imbalance.items()}
     return results

@@ -17,6 +17,7 @@ import yaml
 from celadon.experiment.config import Arm, ExperimentConfig
 from celadon.experiment.stages import Stage, StageRunner
 from celadon.runinfo import atomic_write_text, write_json, write_run_info
+from celadon.synth.pipeline import model_fingerprint
 
 
 def make(cls, overrides: dict[str, Any], **owned: Any):
@@ -161,7 +162,9 @@ class Experiment:
         if synthetic is not None:  # images rejected in `celadon review serve` since: the arm trains again
             from celadon.review.store import rejected_items
 
-            settings["review_rejected"] = sorted(rejected_items(synthetic.info["generation"]))
+            rejected = sorted(rejected_items(synthetic.info["generation"]))
+            if rejected:
+                settings["review_rejected"] = rejected
         training = self.stages.run("train", settings, inputs + ([synthetic] if synthetic else []),
                                    lambda p: self._fit(config, p, train), f"train {label} (seed {seed})")
         evaluation_config = make(EvaluateConfig, self.config.evaluate, model_dir=str(training.path),
@@ -200,7 +203,8 @@ class Experiment:
             read_manifest(runs.selection.info["table"], taxonomy), p, progress=self.progress).parent)},
             "caption LoRA training set")
         lora = make(LoraConfig, s.lora, model=s.model, threads=self.config.threads or 2)
-        runs.lora = self.stages.run("lora", _settings(lora, "data", "model") | {"model": s.model}, [caption],
+        model = {"model": s.model, "weights": model_fingerprint(s.model)}  # a rebuilt model redoes synthesis
+        runs.lora = self.stages.run("lora", _settings(lora, "data", "model") | model, [caption],
                                     lambda p: {"folder": str(train_lora(dataclasses.replace(
                                         lora, data=caption.info["folder"], out=str(p)), progress=self.progress))},
                                     "train LoRA")
@@ -224,7 +228,8 @@ class Experiment:
         s = self.config.synthesis
         config = make(GenerateConfig, s.generate, model=s.model, plan=plan.info["table"],
                       lora=str(lora.path) if lora else None, threads=self.config.threads or 2)
-        settings = _settings(config, "plan", "lora", "shard", "model") | {"model": s.model}
+        settings = _settings(config, "plan", "lora", "shard", "model") | {"model": s.model,
+                                                                         "weights": model_fingerprint(s.model)}
         return self.stages.run("generate", settings, [plan] + ([lora] if lora else []), lambda p: {
             "table": str(generate(dataclasses.replace(config, out=str(p)), progress=self.progress))},
             f"generate {label}")

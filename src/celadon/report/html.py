@@ -74,8 +74,10 @@ def _headline(results: dict) -> str:
     if worse:
         words += f" Macro-F1 got worse (CI below zero) for: {_e(', '.join(worse))}."
     n = len(results["seeds"])
+    caveat = (" With this few seeds an interval can only span the values observed, so treat it as rough; "
+              "more seeds (<code>--seeds</code>) give firmer intervals." if n < 10 else "")
     return (f"<ul>{''.join(parts)}</ul><p class='note'>{words} Means over {n} seed(s); intervals are 95% "
-            "percentile-bootstrap intervals over seeds, differences are paired by seed.</p>")
+            f"percentile-bootstrap intervals over seeds, differences are paired by seed.{caveat}</p>")
 
 
 def _data_section(runs) -> str:
@@ -125,6 +127,10 @@ def _synthesis_section(runs, results: dict) -> str:
         rows = [[_e(metric)] + [f"{values[n]:.4f}" if isinstance(values[n], float) else _e(values[n]) for n in names]
                 for metric, values in compare["rows"].items()]
         out += "<h3>Table 6: vanilla vs LoRA</h3>" + _table(["metric", *names], rows)
+        judge = ", ".join(f"{t} {v:.0%}" for t, v in compare.get("judge_real_top1", {}).items())
+        out += (f"<p>Label fidelity is judged by the reference classifier, whose top-1 accuracy on real test photos "
+                f"is {_e(judge)}: a fidelity near that accuracy means the judge recognises synthetic images as "
+                "well as real ones.</p>")
     qc_rows = []
     for key, summary in results["qc"].items():
         reasons = ", ".join(f"{k} {v}" for k, v in summary["reasons"].items()) or "—"

@@ -42,6 +42,23 @@ def resolve_profile(model: str) -> Profile:
     return Profile(path, _native_resolution(path), half=True)
 
 
+def model_fingerprint(model: str) -> str:
+    """What identifies the weights behind `model`, for content-addressed stages: the hash of every weight and
+    config file for a small model (the shipped tiny one), name + size + mtime for multi-GB checkpoints."""
+    import hashlib
+
+    path = resolve_profile(model).path
+    files = sorted(p for p in ([path] if path.is_file() else path.rglob("*"))
+                   if p.is_file() and p.suffix in (".safetensors", ".ckpt", ".bin", ".json", ".txt"))
+    digest = hashlib.sha256()
+    small = sum(p.stat().st_size for p in files) < 100 * 2**20
+    for p in files:
+        digest.update(str(p.relative_to(path) if path.is_dir() else p.name).encode())
+        stat = p.stat()
+        digest.update(p.read_bytes() if small else f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
 def _native_resolution(path: Path) -> int:
     """UNet sample size x VAE downsampling for a diffusers folder; 512 (SD 1.5) for a single file."""
     import json
