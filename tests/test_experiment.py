@@ -82,6 +82,12 @@ def test_every_stage_runs_once_then_is_reused_and_a_classifier_change_reruns_onl
     reran = [s["stage"] for s in _stages(out) if not s["reused"]]
     assert sorted(reran) == sorted(f"{verb} A (seed {seed})" for verb in ("train", "evaluate") for seed in (0, 1))
 
+    # The experiment folder copied elsewhere (another machine, a colleague): everything is still reused.
+    copy = shutil.copytree(out, study / "copied")
+    assert main(["run", str(study / "changed.yaml"), "--out", str(copy), "--quiet"]) == 0
+    assert all(s["reused"] for s in _stages(copy))
+    assert str(out) not in (copy / "report.html").read_text()
+
 
 def test_results_hold_per_arm_intervals_and_paired_differences(study):
     results = json.loads((study / "out" / "results.json").read_text())

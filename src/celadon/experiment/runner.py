@@ -64,7 +64,7 @@ class Runs:
 class Experiment:
     def __init__(self, config: ExperimentConfig, progress: bool = True):
         self.config, self.progress = config, progress
-        self.out = Path(config.out)
+        self.out = Path(config.out).resolve()
         self.stages = StageRunner(self.out)
         self.cache_dir = str(self.out / "cache")
 

@@ -38,6 +38,14 @@ def stage_key(kind: str, settings: Any, inputs: list[Stage]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def _moved(summary: dict, old_root: str | None, new_root: str) -> dict:
+    """Paths a stage recorded, rebased when the whole experiment folder was moved or copied since."""
+    if not old_root or old_root == new_root:
+        return summary
+    return {k: new_root + v[len(old_root):] if isinstance(v, str) and v.startswith(old_root + "/") else v
+            for k, v in summary.items()}
+
+
 @dataclass
 class Stage:
     kind: str
@@ -53,7 +61,7 @@ class StageRunner:
     """Runs stages under `root/stages/<kind>-<key>/`, records which ran and which were reused."""
 
     def __init__(self, root: str | Path, log: Callable[[str], None] = print):
-        self.root = Path(root)
+        self.root = Path(root).resolve()  # summaries hold absolute paths, valid from any working directory
         self.log = log
         self.history: list[Stage] = []
 
@@ -66,7 +74,8 @@ class StageRunner:
         label = label or kind
         if marker.exists():
             info = json.loads(marker.read_text(encoding="utf-8"))
-            stage = Stage(kind, key, path, label, reused=True, info=info.get("summary") or {})
+            summary = _moved(info.get("summary") or {}, info.get("root"), str(self.root))
+            stage = Stage(kind, key, path, label, reused=True, info=summary)
             self.log(f"== {label}: reused ({path.name})")
         else:
             self.log(f"== {label}")
@@ -74,7 +83,7 @@ class StageRunner:
             began = time.perf_counter()
             summary = work(path) or {}
             seconds = time.perf_counter() - began
-            write_json(marker, {"kind": kind, "key": key, "settings": _canonical(settings),
+            write_json(marker, {"kind": kind, "key": key, "root": str(self.root), "settings": _canonical(settings),
                                 "inputs": [f"{s.kind}-{s.key}" for s in inputs], "seconds": round(seconds, 2),
                                 "summary": summary, "versions": versions()})
             stage = Stage(kind, key, path, label, seconds=seconds, info=summary)
