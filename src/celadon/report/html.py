@@ -111,7 +111,7 @@ def _synthesis_section(runs, results: dict) -> str:
     log = runs.lora.path / "train_log.csv"
     if log.exists():
         out += _img(validation_curve_png({"LoRA loss": _column(log, "loss")}, "LoRA training loss",
-                                         _column(log, "step"), "loss"), "LoRA loss", 420)
+                                         _column(log, "step"), "step"), "LoRA loss", 420)
     samples = sorted((runs.lora.path / "samples").glob("*.png"))
     if samples:
         out += _img(samples[-1], "LoRA validation samples", 420)
