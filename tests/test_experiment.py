@@ -140,6 +140,8 @@ def test_config_mistakes_are_one_line_errors(tmp_path):
         load_experiment(_write(tmp_path / "a.yaml", {"classifier": {"epoch": 3}}))
     with pytest.raises(CeladonError, match=r"classifier.seed: set by the experiment runner"):
         load_experiment(_write(tmp_path / "b.yaml", {"classifier": {"seed": 3}}))
+    with pytest.raises(CeladonError, match=r"classifier.taxonomy: set by the experiment runner"):
+        load_experiment(_write(tmp_path / "t.yaml", {"classifier": {"taxonomy": "mine.yaml"}}))
     with pytest.raises(CeladonError, match=r"arms.X.plan: 'C' is not in synthesis.plans"):
         load_experiment(_write(tmp_path / "c.yaml", {"arms": [{"name": "baseline"}, {"name": "X", "plan": "C",
                                                                                      "ratio": 0.1}]}))

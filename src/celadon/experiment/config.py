@@ -49,6 +49,7 @@ class ExperimentConfig:
     out: str = "runs/experiment"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     manifest: str | None = None  # a manifest of the user's images; None = the embedded procedural dataset
+    taxonomy: str | None = None  # a taxonomy YAML; None = the paper's porcelain vocabulary
     embedded: dict[str, Any] = field(default_factory=dict)  # embedded DemoConfig overrides (n, size, seed)
     split: dict[str, Any] = field(default_factory=dict)  # SplitConfig overrides
     augment: dict[str, Any] | None = None  # AugmentConfig overrides; None = no offline augmentation
@@ -79,7 +80,7 @@ def _mapping(value: Any, where: str) -> dict:
 
 
 # Settings the runner sets itself (paths between stages, seeds per arm), per stage config.
-_TRAIN_OWNED = ("splits", "out", "synthetic", "synthetic_ratio", "synthetic_tasks", "seed", "cache_dir")
+_TRAIN_OWNED = ("splits", "out", "synthetic", "synthetic_ratio", "synthetic_tasks", "seed", "cache_dir", "taxonomy")
 
 
 def check_overrides(config: ExperimentConfig) -> None:
@@ -103,7 +104,7 @@ def check_overrides(config: ExperimentConfig) -> None:
                 (LoraConfig, "synthesis.lora", s.lora, ("data", "out", "model")),
                 (SelectConfig, "synthesis.select", s.select, ("metrics",)),
                 (GenerateConfig, "synthesis.generate", s.generate, ("plan", "out", "model", "lora", "shard")),
-                (QCConfig, "synthesis.qc", s.qc, ("table", "real", "out", "model_dir")),
+                (QCConfig, "synthesis.qc", s.qc, ("table", "real", "out", "model_dir", "taxonomy")),
                 (TrainConfig, "synthesis.reference", s.reference, _TRAIN_OWNED)]
     sections += [(PlanConfig, f"synthesis.plans.{name}", _mapping(plan, f"synthesis.plans.{name}"), ("metrics",))
                  for name, plan in s.plans.items()]

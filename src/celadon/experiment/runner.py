@@ -75,8 +75,19 @@ class Experiment:
         if self.config.manifest:
             return self._user_manifest(Path(self.config.manifest))
         demo = make(DemoConfig, self.config.embedded, workers=self.config.workers)
-        return self.stages.run("data", _settings(demo), [], lambda p: {"manifest": str(make_demo(
+        return self.stages.run("data", _settings(demo) | self._taxonomy_key(), [], lambda p: {"manifest": str(make_demo(
             p, demo, progress=self.progress))}, "render embedded dataset")
+
+    def _taxonomy_key(self) -> dict:
+        """The label vocabulary every stage reads, by content: an edited taxonomy YAML redoes everything."""
+        import hashlib
+
+        if not self.config.taxonomy:
+            return {}
+        from celadon.taxonomy import load_taxonomy
+
+        load_taxonomy(self.config.taxonomy)  # a missing or broken file fails here, with its own message
+        return {"taxonomy": hashlib.sha256(Path(self.config.taxonomy).read_bytes()).hexdigest()}
 
     def _user_manifest(self, manifest: Path) -> Stage:
         import hashlib
@@ -90,14 +101,15 @@ class Experiment:
         digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
 
         def work(path: Path) -> dict:
-            report = validate_manifest(manifest, load_taxonomy(self.config.classifier.get("taxonomy")),
+            report = validate_manifest(manifest, load_taxonomy(self.config.taxonomy),
                                        ValidationConfig(workers=self.config.workers), progress=self.progress)
             if report.errors:
                 raise CeladonError(f"{manifest}: {len(report.errors)} errors, first: {report.errors[0]}; "
                                    "run `celadon data validate` for the full list")
             return {"manifest": str(manifest.resolve()), "rows": len(report.manifest)}
 
-        return self.stages.run("data", {"manifest": str(manifest.resolve()), "sha256": digest}, [], work,
+        return self.stages.run("data", {"manifest": str(manifest.resolve()), "sha256": digest} | self._taxonomy_key(),
+                               [], work,
                                "validate manifest")
 
     def split(self, data: Stage) -> Stage:
@@ -106,7 +118,7 @@ class Experiment:
 
         config = make(SplitConfig, self.config.split)
         return self.stages.run("split", _settings(config), [data], lambda p: {"splits": str(run_split(
-            data.info["manifest"], load_taxonomy(self.config.classifier.get("taxonomy")), p, config,
+            data.info["manifest"], load_taxonomy(self.config.taxonomy), p, config,
             progress=self.progress).path)}, "adaptive split + leakage check")
 
     def augment(self, split: Stage) -> Stage:
@@ -117,7 +129,7 @@ class Experiment:
         config = make(AugmentConfig, self.config.augment or {})
 
         def work(path: Path) -> dict:
-            manifest = read_manifest(split.info["splits"], load_taxonomy(self.config.classifier.get("taxonomy")))
+            manifest = read_manifest(split.info["splits"], load_taxonomy(self.config.taxonomy))
             table, plan = augment_manifest(manifest, path, config, progress=self.progress)
             return {"table": str(table), "copies": len(plan)}
 
@@ -131,7 +143,7 @@ class Experiment:
         from celadon.taxonomy import load_taxonomy
 
         def work(path: Path) -> dict:
-            taxonomy = load_taxonomy(self.config.classifier.get("taxonomy"))
+            taxonomy = load_taxonomy(self.config.taxonomy)
             real = read_manifest(split.info["splits"], taxonomy)
             real = real.subset(real.frame["split"] == "train")
             if qc is None:
@@ -154,11 +166,12 @@ class Experiment:
         from celadon.evaluate.run import EvaluateConfig, evaluate_model
 
         config = make(TrainConfig, overrides, splits=str(self.train_table), seed=seed, cache_dir=self.cache_dir,
+                      taxonomy=self.config.taxonomy,
                       synthetic=synthetic.info["table"] if synthetic else None,
                       synthetic_ratio=arm.ratio if synthetic and arm else 0.0,
                       synthetic_tasks=arm.tasks if synthetic and arm else None,
                       threads=self.config.threads, log_tensorboard=False)
-        settings = _settings(config, "splits", "synthetic")
+        settings = _settings(config, "splits", "synthetic", "taxonomy")  # the taxonomy is in the data stage's key
         if synthetic is not None:  # images rejected in `celadon review serve` since: the arm trains again
             from celadon.review.store import rejected_items
 
@@ -192,7 +205,7 @@ class Experiment:
         from celadon.taxonomy import load_taxonomy
 
         s = self.config.synthesis
-        taxonomy = load_taxonomy(self.config.classifier.get("taxonomy"))
+        taxonomy = load_taxonomy(self.config.taxonomy)
         metrics = str(runs.reference_eval.path / "metrics.json")
         select = make(SelectConfig, s.select, metrics=metrics)
         pool = [runs.split] if self.config.augment is None else [runs.split, self._augment_stage]
@@ -238,14 +251,14 @@ class Experiment:
         from celadon.synth.qc import QCConfig, run_qc
 
         config = make(QCConfig, self.config.synthesis.qc, table=generation.info["table"],
-                      real=runs.split.info["splits"], model_dir=str(runs.reference.path))
+                      real=runs.split.info["splits"], model_dir=str(runs.reference.path), taxonomy=self.config.taxonomy)
 
         def work(path: Path) -> dict:
             summary = run_qc(dataclasses.replace(config, out=str(path)), progress=self.progress)
             return {"table": str(path / "qc.csv"), "generation": str(generation.path),
                     "pass_rate": summary["pass_rate"], "n_pass": summary["n_pass"]}
 
-        return self.stages.run("qc", _settings(config, "table", "real", "model_dir"),
+        return self.stages.run("qc", _settings(config, "table", "real", "model_dir", "taxonomy"),
                                [generation, runs.split, runs.reference], work, f"QC {label}")
 
     # -- the whole study ----------------------------------------------------------------------------------
@@ -292,7 +305,7 @@ class Experiment:
         settings = {"per_set": self.config.tsne_per_set, "seed": self.config.seeds[0]}
         return self.stages.run("tsne", settings, [runs.split, *runs.generations.values()], lambda p: {
             "plot": str(tsne_real_vs_synthetic(runs.split.info["splits"], sets, p, self.config.tsne_per_set,
-                                               self.config.seeds[0], self.config.classifier.get("taxonomy")))},
+                                               self.config.seeds[0], self.config.taxonomy))},
             "t-SNE real vs synthetic")
 
 
