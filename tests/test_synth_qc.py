@@ -89,6 +89,24 @@ def test_label_fidelity_uses_the_baseline_model(real_splits, tmp_path):
     expected = float((qc["pred_glaze"] == qc["glaze"]).mean())
     assert summary["label_fidelity"]["glaze"] == pytest.approx(expected)
 
+    # The judge is trusted only for classes it recognises on real validation photos: here only celadon.
+    judge = {"tasks": {"glaze": {"per_class": {"celadon": {"recall": 0.9}, "black": {"recall": 0.1}}},
+                       "type": {"per_class": {}}}}
+    (tmp_path / "judge.json").write_text(json.dumps(judge))
+    assert main(["synth", "qc", str(tmp_path / "synthetic.csv"), "--real", str(real_splits), "--out",
+                 str(tmp_path / "qc-judged"), "--model", str(tmp_path / "model"), "--judge-metrics",
+                 str(tmp_path / "judge.json"), "--judge-min-recall", "0.5", "--quiet"]) == 0
+    judged = pd.read_csv(tmp_path / "qc-judged" / "qc.csv")
+    for _, row in judged.iterrows():
+        flagged = "glaze looks like" in str(row["qc_reasons"])
+        assert flagged == (row["pred_glaze"] != row["glaze"] and row["glaze"] == "celadon")
+        assert "type looks like" not in str(row["qc_reasons"])  # no type class is trusted
+    judged_summary = json.loads((tmp_path / "qc-judged" / "qc_summary.json").read_text())
+    assert judged_summary["label_fidelity"] == summary["label_fidelity"]  # measured the same, gated less
+    assert main(["synth", "qc", str(tmp_path / "synthetic.csv"), "--real", str(real_splits), "--out",
+                 str(tmp_path / "qc-nojudge"), "--model", str(tmp_path / "model"), "--judge-min-recall", "0.5",
+                 "--quiet"]) == 2
+
 
 def test_kid_and_fid_separate_distributions():
     rng = np.random.default_rng(0)

@@ -143,7 +143,8 @@ def cmd_qc(args: argparse.Namespace) -> int:
 
     config = QCConfig(table=args.table, real=args.real, out=args.out, model_dir=args.model,
                       fidelity_tasks=tuple(args.fidelity_tasks.split(",")), expected_size=args.expected_size,
-                      outlier_z=args.outlier_z, inception=args.inception, taxonomy=args.taxonomy)
+                      outlier_z=args.outlier_z, inception=args.inception, taxonomy=args.taxonomy,
+                      judge_metrics=args.judge_metrics, judge_min_recall=args.judge_min_recall)
     summary = run_qc(config, progress=not args.quiet)
     print(f"QC: {summary['n_pass']}/{summary['n_images']} pass ({summary['pass_rate']:.1%})")
     for kind, count in summary["reasons"].items():
@@ -214,6 +215,9 @@ def add_parsers(stages, add, bench_verbs) -> None:
     p.add_argument("--expected-size", type=int, help="required image side in pixels")
     p.add_argument("--outlier-z", type=float, default=4.0)
     p.add_argument("--inception", help="local Inception-v3 weights for FID/KID (default: EfficientNet-Lite0)")
+    p.add_argument("--judge-metrics", help="the --model's metrics.json on real validation photos")
+    p.add_argument("--judge-min-recall", type=float, default=0.0,
+                   help="fail a wrong label only where the judge's recall of that class is at least this")
     p = add(verbs, "compare", cmd_compare, "Table 6: QC runs side by side (FID, KID, label fidelity, pass rate)")
     p.add_argument("runs", nargs="+", help="NAME=QC_FOLDER, e.g. vanilla=runs/qc-vanilla lora=runs/qc-lora")
     p.add_argument("--csv", help="also write the table here")

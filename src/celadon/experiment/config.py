@@ -104,7 +104,7 @@ def check_overrides(config: ExperimentConfig) -> None:
                 (LoraConfig, "synthesis.lora", s.lora, ("data", "out", "model")),
                 (SelectConfig, "synthesis.select", s.select, ("metrics",)),
                 (GenerateConfig, "synthesis.generate", s.generate, ("plan", "out", "model", "lora", "shard")),
-                (QCConfig, "synthesis.qc", s.qc, ("table", "real", "out", "model_dir", "taxonomy")),
+                (QCConfig, "synthesis.qc", s.qc, ("table", "real", "out", "model_dir", "taxonomy", "judge_metrics")),
                 (TrainConfig, "synthesis.reference", s.reference, _TRAIN_OWNED)]
     sections += [(PlanConfig, f"synthesis.plans.{name}", _mapping(plan, f"synthesis.plans.{name}"), ("metrics",))
                  for name, plan in s.plans.items()]

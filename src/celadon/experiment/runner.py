@@ -250,16 +250,31 @@ class Experiment:
     def _qc(self, label: str, generation: Stage, runs: Runs) -> Stage:
         from celadon.synth.qc import QCConfig, run_qc
 
+        judge = self._judge_on_val(runs) if self.config.synthesis.qc.get("judge_min_recall") else None
         config = make(QCConfig, self.config.synthesis.qc, table=generation.info["table"],
-                      real=runs.split.info["splits"], model_dir=str(runs.reference.path), taxonomy=self.config.taxonomy)
+                      real=runs.split.info["splits"], model_dir=str(runs.reference.path), taxonomy=self.config.taxonomy,
+                      judge_metrics=str(judge.path / "metrics.json") if judge else None)
 
         def work(path: Path) -> dict:
             summary = run_qc(dataclasses.replace(config, out=str(path)), progress=self.progress)
             return {"table": str(path / "qc.csv"), "generation": str(generation.path),
                     "pass_rate": summary["pass_rate"], "n_pass": summary["n_pass"]}
 
-        return self.stages.run("qc", _settings(config, "table", "real", "model_dir", "taxonomy"),
-                               [generation, runs.split, runs.reference], work, f"QC {label}")
+        return self.stages.run("qc", _settings(config, "table", "real", "model_dir", "taxonomy", "judge_metrics"),
+                               [generation, runs.split, runs.reference] + ([judge] if judge else []), work,
+                               f"QC {label}")
+
+    def _judge_on_val(self, runs: Runs) -> Stage:
+        """The reference classifier on real validation photos: which classes it can tell, for QC's label gate
+        (validation, not test, so no test information steers which synthetic images train)."""
+        from celadon.evaluate.run import EvaluateConfig, evaluate_model
+
+        config = make(EvaluateConfig, self.config.evaluate, model_dir=str(runs.reference.path), split="val",
+                      splits=str(self.split_table), cache_dir=self.cache_dir, threads=self.config.threads)
+        return self.stages.run("evaluate", _settings(config, "model_dir", "splits"), [runs.reference, runs.split],
+                               lambda p: {"mean_f1_macro": evaluate_model(dataclasses.replace(config, out=str(p)),
+                                                                          progress=self.progress)["mean_f1_macro"]},
+                               "evaluate reference on val (QC judge)")
 
     # -- the whole study ----------------------------------------------------------------------------------
     def run(self) -> Runs:

@@ -33,6 +33,10 @@ class QCConfig:
     real: str = ""  # the real splits.csv; its training rows are the reference
     out: str = ""
     model_dir: str | None = None  # a baseline classifier trained on real data, for label fidelity
+    # Trust the judge only where it can tell: with its metrics.json on real *validation* photos, an image is
+    # failed for a wrong label only when the judge's recall of the intended class is at least this (0: always).
+    judge_metrics: str | None = None
+    judge_min_recall: float = 0.0
     fidelity_tasks: tuple[str, ...] = ("glaze", "type")
     expected_size: int | None = None  # required width and height; None accepts any
     min_contrast: float = 2.0  # grey-level std below which an image is blank
@@ -144,6 +148,7 @@ def _label_fidelity(synthetic: Manifest, images: dict[int, Image.Image], config:
 
     loaded = load_model(config.model_dir)
     tasks = [t for t in config.fidelity_tasks if t in loaded.model.task_names]
+    recall = _judge_recall(config, tasks)
     readable = sorted(images)
     results, _ = predict_images(loaded, [synthetic.image_path(i) for i in readable], top_k=1)
     predictions: dict[str, list] = {t: [None] * len(synthetic) for t in tasks}
@@ -158,11 +163,26 @@ def _label_fidelity(synthetic: Manifest, images: dict[int, Image.Image], config:
                 continue
             correct.append(predicted == intended)
             agree[task].append(predicted == intended)
-            if predicted != intended:
+            trusted = task not in recall or recall[task].get(intended, 0.0) >= config.judge_min_recall
+            if predicted != intended and trusted:
                 reasons[i].append((f"wrong_{task}", f"{task} looks like {predicted}, intended {intended}"))
         if len(tasks) > 1 and len(correct) == len(tasks):
             agree[joint].append(all(correct))  # the paper's "correct glaze-type combination"
     return predictions, {t: float(np.mean(v)) for t, v in agree.items() if v}
+
+
+def _judge_recall(config: QCConfig, tasks: list[str]) -> dict[str, dict[str, float]]:
+    """Per task and class, the judge's recall on real photos (classes it never saw there: 0)."""
+    if not config.judge_min_recall:
+        return {}
+    if not config.judge_metrics or not Path(config.judge_metrics).exists():
+        raise CeladonError(f"judge_min_recall {config.judge_min_recall} needs the judge's metrics.json on real "
+                           "validation photos (`celadon evaluate MODEL SPLITS --split val`); "
+                           f"got {config.judge_metrics}")
+    import json
+
+    metrics = json.loads(Path(config.judge_metrics).read_text(encoding="utf-8"))["tasks"]
+    return {t: {c: v["recall"] for c, v in metrics[t]["per_class"].items()} for t in tasks if t in metrics}
 
 
 def _summary(table: pd.DataFrame, reasons: list[list[tuple[str, str]]], fidelity: dict[str, float],
