@@ -71,6 +71,10 @@ def _headline(results: dict) -> str:
     helped = sorted({r["arm"] for r in rows if r.get("verdict", "").startswith("better")})
     words = (f"Synthetic data improved the mean macro-F1 with a 95% CI above zero for: {', '.join(helped)}."
              if helped else "Synthetic data did <b>not</b> improve the mean macro-F1 with a CI above zero in any arm.")
+    better = sorted({f"{r['task']} ({r['arm']})" for r in results["table14"]
+                     if r["metric"] == "f1_macro" and r.get("verdict", "").startswith("better")})
+    if better:
+        words += f" Per task, macro-F1 improved (CI above zero) for: {_e(', '.join(better))}."
     if worse:
         words += f" Macro-F1 got worse (CI below zero) for: {_e(', '.join(worse))}."
     n = len(results["seeds"])
