@@ -92,6 +92,8 @@ def _rare_accuracy(predictions: pd.DataFrame, common: set[str], tasks: list[str]
 def rare_combination_table(runs) -> list[dict]:
     """Mean top-1 accuracy over tasks on test images whose glaze x type combination is rare in training."""
     splits = pd.read_csv(runs.split.info["splits"], keep_default_na=False)
+    if not {"glaze", "type"} <= set(splits.columns):  # another taxonomy: no glaze x type combination
+        return []
     train = splits[splits["split"] == "train"]
     counts = (train["glaze"].astype(str) + "|" + train["type"].astype(str)).value_counts()
     common = {k for k, v in counts.items() if v > RARE_MAX}  # rare: the rest, unseen combinations included
