@@ -10,9 +10,10 @@ from celadon.experiment.config import load_experiment
 from celadon.experiment.runner import run_experiment
 
 
-def run_demo(overrides: dict[str, Any] | None = None, settings: list[str] | None = None,
-             progress: bool = True) -> Path:
-    config = load_experiment("demo", overrides, settings)
+def run_study(source: str, overrides: dict[str, Any] | None = None, settings: list[str] | None = None,
+              progress: bool = True) -> Path:
+    """`celadon run SOURCE` (a YAML or a preset name); `celadon demo` is `run_study("demo")`."""
+    config = load_experiment(source, overrides, settings)
     report = run_experiment(config, progress)
     print_summary(Path(config.out))
     print(f"\nreport: {report.resolve()}")

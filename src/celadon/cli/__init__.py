@@ -188,21 +188,16 @@ def _run_overrides(args: argparse.Namespace) -> dict:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from celadon.demo import run_demo
+    from celadon.demo import run_study
 
-    run_demo(_run_overrides(args), args.set, progress=not args.quiet)
+    run_study("demo", _run_overrides(args), args.set, progress=not args.quiet)
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from celadon.demo import print_summary
-    from celadon.experiment.config import load_experiment
-    from celadon.experiment.runner import run_experiment
+    from celadon.demo import run_study
 
-    config = load_experiment(args.config, _run_overrides(args), args.set)
-    report = run_experiment(config, progress=not args.quiet)
-    print_summary(Path(config.out))
-    print(f"\nreport: {report.resolve()}")
+    run_study(args.config, _run_overrides(args), args.set, progress=not args.quiet)
     return 0
 
 

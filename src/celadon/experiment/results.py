@@ -4,8 +4,10 @@ vanilla vs LoRA (Table 6), QC, imbalance before/after (Tables 10-12) and validat
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,6 +15,7 @@ import pandas as pd
 from celadon.evaluate.metrics import compare_confusion_pairs
 from celadon.evaluate.run import load_metrics
 from celadon.evaluate.stats import Interval, bootstrap_ci, paired_difference
+from celadon.experiment.stages import Stage
 
 METRICS = ("f1_macro", "top1", "top5", "f1_weighted")
 RARE_MAX = 10  # a glaze x type combination with at most this many training originals is rare (as in plans)
@@ -33,12 +36,14 @@ def verdict(delta: Interval) -> str:
     return "no clear change (CI includes 0)"
 
 
-def _per_seed(runs, arm: str, value: Callable[[dict], float]) -> dict[int, float]:
-    return {seed: value(load_metrics(stage.path)) for (name, seed), stage in runs.evaluations.items()
-            if name == arm}
+def _per_seed(runs, arm: str, value: Callable[[Stage], float]) -> dict[int, float]:
+    return {seed: value(stage) for (name, seed), stage in runs.evaluations.items() if name == arm}
 
 
-def _rows(runs, baseline: str, label: dict, value: Callable[[dict], float]) -> list[dict]:
+def _rows(runs, label: dict, value: Callable[[Stage], float]) -> list[dict]:
+    """One row per arm: `value` of each of its evaluation stages, mean [CI] over seeds, and the paired
+    difference to the baseline."""
+    baseline = runs.config.baseline
     rows = []
     base = _per_seed(runs, baseline, value)
     for arm in runs.config.arms:
@@ -53,28 +58,37 @@ def _rows(runs, baseline: str, label: dict, value: Callable[[dict], float]) -> l
     return rows
 
 
+def _metric(get: Callable[[dict], float]) -> Callable[[Stage], float]:
+    """A value of an evaluation stage's metrics.json (each file read once)."""
+    return lambda stage: get(_metrics(stage.path))
+
+
+@functools.lru_cache(maxsize=512)
+def _metrics(folder: Path) -> dict:
+    return load_metrics(folder)  # stage folders are content-addressed: a complete one never changes
+
+
+def _tasks(runs) -> list[str]:
+    return list(_metrics(next(iter(runs.evaluations.values())).path)["tasks"])
+
+
 def results_table(runs) -> list[dict]:
     """Table 14: every metric of every task per arm, mean [95% CI] over seeds, and the paired difference."""
-    baseline = runs.config.baseline
-    first = next(iter(runs.evaluations.values()))
-    tasks = list(load_metrics(first.path)["tasks"])
-    rows = _rows(runs, baseline, {"task": "all", "metric": "mean_f1_macro"}, lambda m: m["mean_f1_macro"])
-    for task in tasks:
+    rows = _rows(runs, {"task": "all", "metric": "mean_f1_macro"}, _metric(lambda m: m["mean_f1_macro"]))
+    for task in _tasks(runs):
         for metric in METRICS:
-            rows += _rows(runs, baseline, {"task": task, "metric": metric},
-                          lambda m, t=task, k=metric: m["tasks"][t][k])
+            rows += _rows(runs, {"task": task, "metric": metric},
+                          _metric(lambda m, t=task, k=metric: m["tasks"][t][k]))
     return rows
 
 
 def minority_majority_table(runs) -> list[dict]:
     """Table 15: mean F1 of minority vs majority classes per task and arm."""
-    baseline = runs.config.baseline
-    tasks = list(load_metrics(next(iter(runs.evaluations.values())).path)["tasks"])
     rows = []
-    for task in tasks:
+    for task in _tasks(runs):
         for group in ("minority", "majority"):
-            rows += _rows(runs, baseline, {"task": task, "group": group},
-                          lambda m, t=task, g=group: m["tasks"][t]["minority_majority"][g]["f1_mean"])
+            rows += _rows(runs, {"task": task, "group": group},
+                          _metric(lambda m, t=task, g=group: m["tasks"][t]["minority_majority"][g]["f1_mean"]))
     return rows
 
 
@@ -97,7 +111,6 @@ def rare_combination_table(runs) -> list[dict]:
     train = splits[splits["split"] == "train"]
     counts = (train["glaze"].astype(str) + "|" + train["type"].astype(str)).value_counts()
     common = {k for k, v in counts.items() if v > RARE_MAX}  # rare: the rest, unseen combinations included
-    baseline = runs.config.baseline
     cache: dict = {}
 
     def accuracy(stage, group: str) -> float:
@@ -107,20 +120,9 @@ def rare_combination_table(runs) -> list[dict]:
             cache[stage.path] = _rare_accuracy(predictions, common, tasks)
         return cache[stage.path][group]
 
-    rows = []
-    for group in ("rare", "common"):
-        base = {s: accuracy(st, group) for (a, s), st in runs.evaluations.items() if a == baseline}
-        for arm in runs.config.arms:
-            values = {s: accuracy(st, group) for (a, s), st in runs.evaluations.items() if a == arm.name}
-            if not values or any(np.isnan(v) for v in values.values()):
-                continue
-            row = {"group": f"{group} (≤{RARE_MAX} training images)" if group == "rare" else group,
-                   "arm": arm.name, **_interval(bootstrap_ci(list(values.values())))}
-            if arm.name != baseline:
-                delta = paired_difference(values, base)
-                row |= {"delta": _interval(delta), "verdict": verdict(delta)}
-            rows.append(row)
-    return rows
+    return [row for group in ("rare", "common")
+            for row in _rows(runs, {"group": f"rare (≤{RARE_MAX} training images)" if group == "rare" else group},
+                             lambda stage, g=group: accuracy(stage, g))]
 
 
 def _summed_pairs(runs, arm: str) -> dict:
@@ -129,7 +131,7 @@ def _summed_pairs(runs, arm: str) -> dict:
     for (name, _), stage in runs.evaluations.items():
         if name != arm:
             continue
-        for task, metrics in load_metrics(stage.path)["tasks"].items():
+        for task, metrics in _metrics(stage.path)["tasks"].items():
             for pair in metrics["confusion_pairs_all"]:
                 key = tuple(pair["pair"])
                 tasks.setdefault(task, {})[key] = tasks.setdefault(task, {}).get(key, 0) + pair["count"]
@@ -172,7 +174,7 @@ def collect_results(runs) -> dict:
     compare = runs.config.synthesis.compare_plan
     if compare and f"{compare}/vanilla" in runs.qc:
         table = compare_qc({"vanilla": runs.qc[f"{compare}/vanilla"].path, "lora": runs.qc[f"{compare}/lora"].path})
-        judge = load_metrics(runs.reference_eval.path)["tasks"]
+        judge = _metrics(runs.reference_eval.path)["tasks"]
         results["table6"] = {"plan": compare, "rows": {str(k): v for k, v in table.to_dict("index").items()},
                              # label fidelity is only as good as the judge: its top-1 on real test photos
                              "judge_real_top1": {t: judge[t]["top1"] for t in judge}}

@@ -8,6 +8,7 @@ results tables with bootstrap CIs -> report.html. Each step is a content-address
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from celadon.experiment.config import Arm, ExperimentConfig
 from celadon.experiment.stages import Stage, StageRunner
 from celadon.runinfo import atomic_write_text, write_json, write_run_info
 from celadon.synth.pipeline import model_fingerprint
+from celadon.taxonomy import Taxonomy, load_taxonomy
 
 
 def make(cls, overrides: dict[str, Any], **owned: Any):
@@ -68,6 +70,10 @@ class Experiment:
         self.stages = StageRunner(self.out)
         self.cache_dir = str(self.out / "cache")
 
+    @functools.cached_property
+    def taxonomy(self) -> Taxonomy:
+        return load_taxonomy(self.config.taxonomy)
+
     # -- data ---------------------------------------------------------------------------------------------
     def data(self) -> Stage:
         from celadon.data.embedded import DemoConfig, make_demo
@@ -84,9 +90,7 @@ class Experiment:
 
         if not self.config.taxonomy:
             return {}
-        from celadon.taxonomy import load_taxonomy
-
-        load_taxonomy(self.config.taxonomy)  # a missing or broken file fails here, with its own message
+        self.taxonomy  # noqa: B018 - a missing or broken file fails here, with its own message
         return {"taxonomy": hashlib.sha256(Path(self.config.taxonomy).read_bytes()).hexdigest()}
 
     def _user_manifest(self, manifest: Path) -> Stage:
@@ -94,14 +98,13 @@ class Experiment:
 
         from celadon.data.validate import ValidationConfig, validate_manifest
         from celadon.errors import CeladonError
-        from celadon.taxonomy import load_taxonomy
 
         if not manifest.exists():
             raise CeladonError(f"manifest: {manifest} does not exist; fix the path in the config")
         digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
 
         def work(path: Path) -> dict:
-            report = validate_manifest(manifest, load_taxonomy(self.config.taxonomy),
+            report = validate_manifest(manifest, self.taxonomy,
                                        ValidationConfig(workers=self.config.workers), progress=self.progress)
             if report.errors:
                 raise CeladonError(f"{manifest}: {len(report.errors)} errors, first: {report.errors[0]}; "
@@ -109,27 +112,24 @@ class Experiment:
             return {"manifest": str(manifest.resolve()), "rows": len(report.manifest)}
 
         return self.stages.run("data", {"manifest": str(manifest.resolve()), "sha256": digest} | self._taxonomy_key(),
-                               [], work,
-                               "validate manifest")
+                               [], work, "validate manifest")
 
     def split(self, data: Stage) -> Stage:
         from celadon.data.split import SplitConfig, run_split
-        from celadon.taxonomy import load_taxonomy
 
         config = make(SplitConfig, self.config.split)
         return self.stages.run("split", _settings(config), [data], lambda p: {"splits": str(run_split(
-            data.info["manifest"], load_taxonomy(self.config.taxonomy), p, config,
+            data.info["manifest"], self.taxonomy, p, config,
             progress=self.progress).path)}, "adaptive split + leakage check")
 
     def augment(self, split: Stage) -> Stage:
         from celadon.data.augment import AugmentConfig, augment_manifest
         from celadon.data.manifest import read_manifest
-        from celadon.taxonomy import load_taxonomy
 
         config = make(AugmentConfig, self.config.augment or {})
 
         def work(path: Path) -> dict:
-            manifest = read_manifest(split.info["splits"], load_taxonomy(self.config.taxonomy))
+            manifest = read_manifest(split.info["splits"], self.taxonomy)
             table, plan = augment_manifest(manifest, path, config, progress=self.progress)
             return {"table": str(table), "copies": len(plan)}
 
@@ -140,10 +140,9 @@ class Experiment:
         from celadon.classify.train import load_synthetic
         from celadon.data.imbalance import analyze_manifest
         from celadon.data.manifest import read_manifest
-        from celadon.taxonomy import load_taxonomy
 
         def work(path: Path) -> dict:
-            taxonomy = load_taxonomy(self.config.taxonomy)
+            taxonomy = self.taxonomy
             real = read_manifest(split.info["splits"], taxonomy)
             real = real.subset(real.frame["split"] == "train")
             if qc is None:
@@ -163,7 +162,6 @@ class Experiment:
     def train(self, label: str, overrides: dict, seed: int, inputs: list[Stage], synthetic: Stage | None = None,
               arm: Arm | None = None) -> tuple[Stage, Stage]:
         from celadon.classify.train import TrainConfig, train
-        from celadon.evaluate.run import EvaluateConfig, evaluate_model
 
         config = make(TrainConfig, overrides, splits=str(self.train_table), seed=seed, cache_dir=self.cache_dir,
                       taxonomy=self.config.taxonomy,
@@ -180,16 +178,17 @@ class Experiment:
                 settings["review_rejected"] = rejected
         training = self.stages.run("train", settings, inputs + ([synthetic] if synthetic else []),
                                    lambda p: self._fit(config, p, train), f"train {label} (seed {seed})")
-        evaluation_config = make(EvaluateConfig, self.config.evaluate, model_dir=str(training.path),
-                                 splits=str(self.split_table), cache_dir=self.cache_dir, threads=self.config.threads)
+        return training, self._evaluate(training, "test", f"evaluate {label} (seed {seed})")
 
-        def evaluate(path: Path) -> dict:
-            result = evaluate_model(dataclasses.replace(evaluation_config, out=str(path)), progress=self.progress)
-            return {"mean_f1_macro": result["mean_f1_macro"]}
+    def _evaluate(self, training: Stage, split: str, label: str) -> Stage:
+        from celadon.evaluate.run import EvaluateConfig, evaluate_model
 
-        evaluation = self.stages.run("evaluate", _settings(evaluation_config, "model_dir", "splits"),
-                                     [training, self._split_stage], evaluate, f"evaluate {label} (seed {seed})")
-        return training, evaluation
+        config = make(EvaluateConfig, self.config.evaluate, model_dir=str(training.path), split=split,
+                      splits=str(self.split_table), cache_dir=self.cache_dir, threads=self.config.threads)
+        return self.stages.run("evaluate", _settings(config, "model_dir", "splits"), [training, self.split_stage],
+                               lambda p: {"mean_f1_macro": evaluate_model(dataclasses.replace(config, out=str(p)),
+                                                                          progress=self.progress)["mean_f1_macro"]},
+                               label)
 
     def _fit(self, config, path: Path, train) -> dict:
         state = train(dataclasses.replace(config, out=str(path)), resume=True, progress=self.progress)
@@ -202,14 +201,12 @@ class Experiment:
         from celadon.synth.lora import LoraConfig, train_lora
         from celadon.synth.plan import PlanConfig, run_plan
         from celadon.synth.select import SelectConfig, run_select
-        from celadon.taxonomy import load_taxonomy
 
         s = self.config.synthesis
-        taxonomy = load_taxonomy(self.config.taxonomy)
+        taxonomy = self.taxonomy
         metrics = str(runs.reference_eval.path / "metrics.json")
         select = make(SelectConfig, s.select, metrics=metrics)
-        pool = [runs.split] if self.config.augment is None else [runs.split, self._augment_stage]
-        runs.selection = self.stages.run("select", _settings(select, "metrics"), [*pool, runs.reference_eval],
+        runs.selection = self.stages.run("select", _settings(select, "metrics"), [*self.pool, runs.reference_eval],
                                          lambda p: {"table": str(run_select(read_manifest(self.train_table, taxonomy),
                                                                             p, select)[0])}, "select LoRA training set")
         caption = self.stages.run("caption", {}, [runs.selection], lambda p: {"folder": str(write_lora_folder(
@@ -230,27 +227,30 @@ class Experiment:
                 "plan", _settings(plan, "metrics"), [runs.split, runs.reference_eval],
                 lambda p, plan=plan: {"table": str(run_plan(read_manifest(runs.split.info["splits"], taxonomy), p,
                                                             plan)[0])}, f"plan {name}")
+        # The reference on real validation photos tells QC which classes it can judge (validation, not test, so
+        # no test information steers which synthetic images train).
+        judge = (self._evaluate(runs.reference, "val", "evaluate reference on val (QC judge)")
+                 if s.qc.get("judge_min_recall") else None)
         for name, generator in sorted(wanted):
             key = f"{name}/{generator}"
-            runs.generations[key] = self._generate(key, runs.plans[name], runs.lora if generator == "lora" else None)
-            runs.qc[key] = self._qc(key, runs.generations[key], runs)
+            runs.generations[key] = self._generate(key, runs.plans[name], runs.lora if generator == "lora" else None,
+                                                   model)
+            runs.qc[key] = self._qc(key, runs.generations[key], runs, judge)
 
-    def _generate(self, label: str, plan: Stage, lora: Stage | None) -> Stage:
+    def _generate(self, label: str, plan: Stage, lora: Stage | None, model: dict) -> Stage:
         from celadon.synth.generate import GenerateConfig, generate
 
         s = self.config.synthesis
         config = make(GenerateConfig, s.generate, model=s.model, plan=plan.info["table"],
                       lora=str(lora.path) if lora else None, threads=self.config.threads or 2)
-        settings = _settings(config, "plan", "lora", "shard", "model") | {"model": s.model,
-                                                                         "weights": model_fingerprint(s.model)}
+        settings = _settings(config, "plan", "lora", "shard", "model") | model
         return self.stages.run("generate", settings, [plan] + ([lora] if lora else []), lambda p: {
             "table": str(generate(dataclasses.replace(config, out=str(p)), progress=self.progress))},
             f"generate {label}")
 
-    def _qc(self, label: str, generation: Stage, runs: Runs) -> Stage:
+    def _qc(self, label: str, generation: Stage, runs: Runs, judge: Stage | None) -> Stage:
         from celadon.synth.qc import QCConfig, run_qc
 
-        judge = self._judge_on_val(runs) if self.config.synthesis.qc.get("judge_min_recall") else None
         config = make(QCConfig, self.config.synthesis.qc, table=generation.info["table"],
                       real=runs.split.info["splits"], model_dir=str(runs.reference.path), taxonomy=self.config.taxonomy,
                       judge_metrics=str(judge.path / "metrics.json") if judge else None)
@@ -264,18 +264,6 @@ class Experiment:
                                [generation, runs.split, runs.reference] + ([judge] if judge else []), work,
                                f"QC {label}")
 
-    def _judge_on_val(self, runs: Runs) -> Stage:
-        """The reference classifier on real validation photos: which classes it can tell, for QC's label gate
-        (validation, not test, so no test information steers which synthetic images train)."""
-        from celadon.evaluate.run import EvaluateConfig, evaluate_model
-
-        config = make(EvaluateConfig, self.config.evaluate, model_dir=str(runs.reference.path), split="val",
-                      splits=str(self.split_table), cache_dir=self.cache_dir, threads=self.config.threads)
-        return self.stages.run("evaluate", _settings(config, "model_dir", "splits"), [runs.reference, runs.split],
-                               lambda p: {"mean_f1_macro": evaluate_model(dataclasses.replace(config, out=str(p)),
-                                                                          progress=self.progress)["mean_f1_macro"]},
-                               "evaluate reference on val (QC judge)")
-
     # -- the whole study ----------------------------------------------------------------------------------
     def run(self) -> Runs:
         config = self.config
@@ -284,16 +272,15 @@ class Experiment:
         atomic_write_text(self.out / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False,
                                                                    allow_unicode=True))
         data = self.data()
-        self._split_stage = split = self.split(data)
-        self.split_table = Path(split.info["splits"])
-        self.train_table = self.split_table
-        pool = [split]
+        self.split_stage = split = self.split(data)
+        self.split_table = self.train_table = Path(split.info["splits"])
+        self.pool = [split]  # the stages training data comes from
         if config.augment is not None:
-            self._augment_stage = self.augment(split)
-            self.train_table = Path(self._augment_stage.info["table"])
-            pool.append(self._augment_stage)
+            augmented = self.augment(split)
+            self.train_table = Path(augmented.info["table"])
+            self.pool.append(augmented)
         reference_settings = config.synthesis.reference or config.classifier
-        reference, reference_eval = self.train("reference", reference_settings, config.seeds[0], pool)
+        reference, reference_eval = self.train("reference", reference_settings, config.seeds[0], self.pool)
         runs = Runs(config, self.out, data, split, self.train_table, reference, reference_eval)
         runs.imbalance["real"] = self.imbalance("real", split, None)
         if any(arm.plan for arm in config.arms) or config.synthesis.compare_plan:
@@ -308,7 +295,7 @@ class Experiment:
                 runs.imbalance[arm.plan] = self.imbalance(arm.plan, split, synthetic)
             for seed in config.seeds:
                 runs.trainings[arm.name, seed], runs.evaluations[arm.name, seed] = self.train(
-                    arm.name, config.classifier, seed, pool, synthetic, arm)
+                    arm.name, config.classifier, seed, self.pool, synthetic, arm)
         if runs.qc:
             runs.tsne = self._tsne(runs)
         return runs

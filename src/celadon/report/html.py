@@ -5,6 +5,7 @@ that a researcher can send to a colleague. Sections follow the paper: data (Tabl
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import json
 from pathlib import Path
@@ -194,19 +195,14 @@ def _pivot(rows: list[dict], keys: list[str], results: dict) -> str:
 
 
 def _reproduce_section(runs, results: dict) -> str:
-    config = yaml.safe_dump(json.loads(json.dumps(_asdict(runs.config))), sort_keys=False, allow_unicode=True)
+    config = yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(runs.config))), sort_keys=False,
+                            allow_unicode=True)
     stages = [[_e(s["stage"]), _e(s["folder"]), "reused" if s["reused"] else "ran", f"{s['seconds']:.1f}"]
               for s in results.get("stages", [])]
     return ("<h2>4. Reproduce</h2><p>Run <code>celadon run config.yaml</code> with this config; finished stages "
             "are reused by their content address.</p><h3>Config</h3><pre>" + _e(config) + "</pre><h3>Versions</h3>"
             "<pre>" + _e(yaml.safe_dump(versions(), sort_keys=False)) + "</pre><h3>Stages</h3>"
             + _table(["stage", "folder", "this run", "seconds"], stages, 2))
-
-
-def _asdict(config) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(config)
 
 
 def render_report(runs, results: dict) -> str:
