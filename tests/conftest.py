@@ -49,7 +49,8 @@ def tiny_sd(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("tiny_sd")
     return build_base(BaseConfig(work=str(root / "work"), out=str(root / "model"), images=96, vae_min_steps=2,
-                                 vae_max_steps=2, vae_batch=8, unet_steps=2, unet_batch=8, sample_every=2, threads=1))
+                                 vae_max_steps=2, decoder_steps=2, vae_batch=8, unet_steps=2, unet_batch=8,
+                                 sample_every=2, threads=1))
 
 
 @pytest.fixture(scope="session")

@@ -98,11 +98,31 @@ def test_results_hold_per_arm_intervals_and_paired_differences(study):
     assert overall["A"]["delta"]["n"] == 2 and overall["A"]["verdict"].startswith("2 seed(s)")
     assert {r["metric"] for r in results["table14"]} >= {"f1_macro", "top1", "top5", "f1_weighted"}
     assert {r["group"] for r in results["table15"]} == {"minority", "majority"}
-    assert results["table6"]["rows"]["images"] == {"vanilla": 6, "lora": 6}
+    images = results["table6"]["rows"]["images"]
+    assert images["vanilla"] == images["lora"] == 6 and images["real photos"] >= 0
     assert set(results["qc"]) == {"A/lora", "A/vanilla"}
     assert len(results["validation_curves"]["baseline"]) >= 1
     change = results["imbalance"]["A"]["change"]["glaze+type"]["n_images"]
     assert change["after"] == change["before"] + results["qc"]["A/lora"]["n_pass"]
+
+
+def test_table6_real_column_is_the_judge_on_real_test_photos_of_the_plans_combinations(tmp_path):
+    from types import SimpleNamespace
+
+    from celadon.experiment.results import judge_on_real
+
+    (tmp_path / "predictions.csv").write_text(
+        "path,glaze,pred_glaze,type,pred_type\n"
+        "a.jpg,celadon,celadon,vase,vase\n"      # a planned combination, both right
+        "b.jpg,celadon,celadon,vase,jar\n"       # planned, type wrong
+        "c.jpg,black,celadon,bowl,bowl\n"        # planned, glaze wrong
+        "d.jpg,white,white,plate,plate\n")       # not in the plan: left out
+    plan = tmp_path / "plan.csv"
+    plan.write_text("item_id,glaze,type\ni0,celadon,vase\ni1,black,bowl\ni2,celadon,vase\n")
+    runs = SimpleNamespace(reference_eval=SimpleNamespace(path=tmp_path))
+    real = judge_on_real(runs, plan, ["label fidelity glaze", "label fidelity type", "label fidelity glaze+type"])
+    assert real == {"images": 3.0, "label fidelity glaze": 2 / 3, "label fidelity type": 2 / 3,
+                    "label fidelity glaze+type": 1 / 3}
 
 
 def test_verdicts_follow_the_interval():

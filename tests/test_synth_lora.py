@@ -51,6 +51,19 @@ def test_build_base_exports_a_loadable_pipeline(tiny_sd):
     assert image.size == (64, 64)
 
 
+def test_decoder_refinement_keeps_the_latent_space(tiny_sd):
+    # The decoder-only phase must leave the encoder as it was: cached latents and the UNet trained on them stay valid.
+    work = tiny_sd.parent / "work"
+    _, vae, _ = load_checkpoint(work / "vae")
+    _, refined, _ = load_checkpoint(work / "decoder")
+    encoder = [k for k in vae if k.startswith(("encoder.", "quant_conv."))]
+    decoder = [k for k in vae if k.startswith(("decoder.", "post_quant_conv."))]
+    assert encoder and decoder and len(encoder) + len(decoder) == len(vae)
+    assert all(torch.equal(vae[k], refined[k]) for k in encoder)
+    assert not all(torch.equal(vae[k], refined[k]) for k in decoder)
+    assert json.loads((work / "decoder" / "done.json").read_text()) == {"step": 2}
+
+
 def test_clip_skip_changes_the_text_features(tiny_sd):
     pipe = load_pipeline(str(tiny_sd))
     full, _ = pipe.encode_prompt("a photo of a green vase", "cpu", 1, False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -306,6 +307,8 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):  # the Hugging Face libraries' own bars (loading, saving weights) too
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     start = time.perf_counter()
     try:
         code = args.func(args)

@@ -58,10 +58,11 @@ def _pairs(text: str | None, flag: str = "--pairs") -> tuple[tuple[str, str], ..
 def cmd_build_base(args: argparse.Namespace) -> int:
     from celadon.synth.base import BaseConfig, build_base
 
-    config = BaseConfig(work=args.work, out=args.out or BaseConfig.out, images=args.images,
-                        unet_steps=args.unet_steps, vae_max_steps=args.vae_max_steps, max_minutes=args.max_minutes,
-                        threads=args.threads, seed=args.seed)
-    result = build_base(config)
+    given = {"out": args.out, "images": args.images, "vae_max_steps": args.vae_max_steps,
+             "decoder_steps": args.decoder_steps, "unet_steps": args.unet_steps}  # None: the shipped model's recipe
+    config = BaseConfig(work=args.work, max_minutes=args.max_minutes, threads=args.threads, seed=args.seed,
+                        **{key: value for key, value in given.items() if value is not None})
+    result = build_base(config, progress=not args.quiet)
     if result is None:
         print(f"stopped after {args.max_minutes} min; run the same command again to continue")
         return 0
@@ -225,9 +226,11 @@ def add_parsers(stages, add, bench_verbs) -> None:
     p = add(verbs, "build-base", cmd_build_base, "train the shipped tiny SD model from scratch (resumable)")
     p.add_argument("--work", default=".celadon/base-build", help="resumable training state")
     p.add_argument("--out", help="where the pipeline goes (default: the package's assets/tiny-sd)")
-    p.add_argument("--images", type=int, default=6000)
-    p.add_argument("--vae-max-steps", type=int, default=900)
-    p.add_argument("--unet-steps", type=int, default=1600)
+    # Unset options take the shipped model's recipe (BaseConfig), so the bare command rebuilds it.
+    p.add_argument("--images", type=int)
+    p.add_argument("--vae-max-steps", type=int)
+    p.add_argument("--decoder-steps", type=int, help="decoder-only refinement on the frozen encoder's latents")
+    p.add_argument("--unet-steps", type=int)
     p.add_argument("--max-minutes", type=float, default=0, help="stop resumably after this long (0: run to the end)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)

@@ -33,6 +33,15 @@ def _img(path: Path | bytes, alt: str, width: int | None = None) -> str:
     return f'<img src="data:{mime};base64,{base64.b64encode(data).decode()}" alt="{html.escape(alt)}"{size}>'
 
 
+def _number(value) -> str:
+    """Counts as integers, rates and distances to 4 decimals, a missing value as a dash."""
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.0f}" if value.is_integer() and value > 1 else f"{value:.4f}"
+    return _e(value)
+
+
 def _table(header: list[str], rows: list[list], left: int = 1) -> str:
     head = "".join(f'<th class="{"l" if i < left else ""}">{html.escape(str(h))}</th>' for i, h in enumerate(header))
     body = "".join("<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(row))
@@ -129,9 +138,9 @@ def _synthesis_section(runs, results: dict) -> str:
         out += (f"<h3>Vanilla vs LoRA on the same prompts (plan {_e(plan)}), real training photos of the same "
                 "glaze × type on the right</h3>" + _img(strip, "vanilla vs LoRA vs real"))
         names = list(next(iter(compare["rows"].values())))
-        rows = [[_e(metric)] + [f"{values[n]:.4f}" if isinstance(values[n], float) else _e(values[n]) for n in names]
-                for metric, values in compare["rows"].items()]
-        out += "<h3>Table 6: vanilla vs LoRA</h3>" + _table(["metric", *names], rows)
+        rows = [[_e(metric)] + [_number(values[n]) for n in names] for metric, values in compare["rows"].items()]
+        out += ("<h3>Table 6: vanilla vs LoRA, and the judge on real test photos of the same glaze × type "
+                "combinations</h3>" + _table(["metric", *names], rows))
         judge = ", ".join(f"{t} {v:.0%}" for t, v in compare.get("judge_real_top1", {}).items())
         out += (f"<p>Label fidelity is judged by the reference classifier, whose top-1 accuracy on real test photos "
                 f"is {_e(judge)}: a fidelity near that accuracy means the judge recognises synthetic images as "

@@ -3,7 +3,8 @@
 Stages, each resumable from its last checkpoint (run in chunks with `max_minutes`):
 1. render a balanced set of embedded images with *generic* captions ("a photo of a pale green ceramic vase");
 2. VAE, with the loss weighted onto the vessel and a pooled-colour term (the plain backdrop otherwise dominates
-   and colour is lost); it stops on a colour check of held-out reconstructions, not on a step count;
+   and colour is lost); it stops on a colour check of held-out reconstructions, not on a step count; then the
+   decoder alone on the frozen encoder's latents, which brings back saturated glaze colours;
 3. cache latents (posterior mean) and train the UNet jointly with the text encoder (min-SNR weighting, EMA);
 4. export a StableDiffusionPipeline (fp16 safetensors) with its training logs and sample grids.
 """
@@ -46,6 +47,8 @@ class BaseConfig:
     vae_min_steps: int = 300
     vae_max_steps: int = 900
     colour_tolerance: float = 0.025  # stop when held-out vessel colour error (0..1 RGB) is below this
+    decoder_steps: int = 1500  # then the decoder alone, on the frozen encoder (0: skip)
+    decoder_lr: float = 5e-4
     unet_steps: int = 1600
     unet_batch: int = 64
     unet_lr: float = 6e-4
@@ -68,7 +71,7 @@ def _render(args: tuple[int, tuple[str, str, str, str], int]) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def _dataset(work: Path, config: BaseConfig) -> tuple[np.ndarray, list[str]]:
+def _dataset(work: Path, config: BaseConfig, progress: bool) -> tuple[np.ndarray, list[str]]:
     path = work / "data.npz"
     if not path.exists():
         combos, _ = _all_combinations()
@@ -77,7 +80,7 @@ def _dataset(work: Path, config: BaseConfig) -> tuple[np.ndarray, list[str]]:
         jobs = [(i, combos[c], int(rng.integers(2**62))) for i, c in enumerate(picks)]
         with ProcessPoolExecutor(max_workers=config.threads) as pool:
             images = np.stack(list(tqdm(pool.map(_render, jobs, chunksize=64), total=len(jobs),
-                                        desc="rendering base set")))
+                                        desc="rendering base set", disable=not progress)))
         captions = [tiny.generic_caption(combos[c][2], combos[c][3]) for c in picks]
         tmp = work / "data.tmp.npz"
         np.savez(tmp, images=images, captions=np.array(captions))
@@ -118,30 +121,51 @@ class _Clock:
         return bool(self.config.max_minutes) and time.monotonic() - self.start > self.config.max_minutes * 60
 
 
-def _train_vae(work: Path, images: np.ndarray, vae, config: BaseConfig, clock: _Clock) -> None:
-    folder = work / "vae"
+def _reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, pools: tuple[int, ...]) -> torch.Tensor:
+    """L1 weighted onto the vessel plus pooled-colour terms (mean colour of k x k blocks), so glaze colour survives."""
+    pooled = sum(F.mse_loss(F.avg_pool2d(recon, k), F.avg_pool2d(x, k)) for k in pools)
+    return (_vessel_weight(x) * (recon - x).abs()).mean() + 2 * pooled
+
+
+def _train_autoencoder(work: Path, images: np.ndarray, vae, config: BaseConfig, clock: _Clock, phase: str,
+                       progress: bool) -> None:
+    """phase "vae": encoder + decoder, stopping on the held-out colour check (or `vae_max_steps`);
+    phase "decoder": the decoder alone on the frozen encoder's latents for `decoder_steps`, which sharpens
+    colour and detail without moving the latent space (cached latents and a trained UNet stay valid)."""
+    folder = work / phase
     if (folder / "done.json").exists():
         vae.load_state_dict(load_checkpoint(folder)[1])
         return
+    decoder_only = phase == "decoder"
+    max_steps = config.decoder_steps if decoder_only else config.vae_max_steps
+    vae.requires_grad_(False)
+    trained = [vae.decoder, vae.post_quant_conv] if decoder_only else [vae]
+    for module in trained:
+        module.requires_grad_(True)
+    optimizer = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad],
+                                  lr=config.decoder_lr if decoder_only else config.vae_lr, weight_decay=0.0)
     held_out, train = images[:64], images[64:]
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
-    step, rng = 0, np.random.default_rng(config.seed + 1)
+    step, rng = 0, np.random.default_rng(config.seed + (3 if decoder_only else 1))
     if (found := load_checkpoint(folder)) is not None:
         step, weights, state = found
         vae.load_state_dict(weights)
         optimizer.load_state_dict(state["optimizer"])
         rng.bit_generator.state = state["rng"]
     held = _to_tensor(held_out)
-    bar = tqdm(total=config.vae_max_steps, initial=step, desc="VAE")
-    while step < config.vae_max_steps:
+    bar = tqdm(total=max_steps, initial=step, desc="VAE decoder" if decoder_only else "VAE",
+               disable=not progress)
+    while step < max_steps:
         x = _to_tensor(train[rng.integers(0, len(train), config.vae_batch)])
         if rng.random() < 0.5:
             x = x.flip(3)
-        posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.sample(generator=torch.Generator().manual_seed(int(rng.integers(2**31))))).sample
-        weight = _vessel_weight(x)
-        loss = (weight * (recon - x).abs()).mean() + 2 * F.mse_loss(F.avg_pool2d(recon, 8), F.avg_pool2d(x, 8)) \
-            + 1e-6 * posterior.kl().mean()
+        if decoder_only:
+            with torch.no_grad():
+                z, kl = vae.encode(x).latent_dist.mode(), 0.0
+        else:
+            posterior = vae.encode(x).latent_dist
+            z = posterior.sample(generator=torch.Generator().manual_seed(int(rng.integers(2**31))))
+            kl = 1e-6 * posterior.kl().mean()
+        loss = _reconstruction_loss(vae.decode(z).sample, x, (8, 4) if decoder_only else (8,)) + kl
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -153,17 +177,18 @@ def _train_vae(work: Path, images: np.ndarray, vae, config: BaseConfig, clock: _
                 recon = vae.decode(vae.encode(held).latent_dist.mode()).sample.clamp(-1, 1)
             error = colour_error(held, recon)
             psnr = float(10 * torch.log10(4 / F.mse_loss(recon, held)))
-            append_csv_row(work / "vae_log.csv", {"step": step, "loss": round(float(loss), 5),
-                                                  "colour_error": round(error, 4), "psnr": round(psnr, 2)})
+            append_csv_row(work / f"{phase}_log.csv", {"step": step, "loss": round(float(loss), 5),
+                                                       "colour_error": round(error, 4), "psnr": round(psnr, 2)})
             bar.set_postfix(colour=f"{error:.3f}", psnr=f"{psnr:.1f}")
-            done = step >= config.vae_min_steps and error < config.colour_tolerance
-        if done or step >= config.vae_max_steps or clock.checkpoint_due() or clock.out_of_time():
+            done = not decoder_only and step >= config.vae_min_steps and error < config.colour_tolerance
+        if done or step >= max_steps or clock.checkpoint_due() or clock.out_of_time():
             save_checkpoint(folder, step, vae, {"optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state})
             clock.saved = time.monotonic()
             if done:
                 break
-            if clock.out_of_time():
+            if clock.out_of_time() and step < max_steps:
                 raise _OutOfTime
+    vae.requires_grad_(False)
     with torch.no_grad():
         recon = vae.decode(vae.encode(held[:16]).latent_dist.mode()).sample.clamp(-1, 1)
     pics = [_pil(t) for pair in zip(held[:16], recon, strict=True) for t in pair]
@@ -214,7 +239,7 @@ def _sample(unet, text_encoder, vae, tokenizer, scheduler, scaling_factor: float
 
 
 def _train_unet(work: Path, captions: list[str], latents: torch.Tensor, scaling_factor: float, parts: dict,
-                tokenizer, config: BaseConfig, clock: _Clock) -> torch.nn.ModuleDict:
+                tokenizer, config: BaseConfig, clock: _Clock, progress: bool) -> torch.nn.ModuleDict:
     from diffusers import DDPMScheduler
 
     folder = work / "unet"
@@ -236,7 +261,7 @@ def _train_unet(work: Path, captions: list[str], latents: torch.Tensor, scaling_
     ids = _tokenize(tokenizer, captions)
     empty = _tokenize(tokenizer, [""])[0]
     alphas = noise_scheduler.alphas_cumprod
-    bar = tqdm(total=config.unet_steps, initial=step, desc="UNet + text encoder")
+    bar = tqdm(total=config.unet_steps, initial=step, desc="UNet + text encoder", disable=not progress)
     while step < config.unet_steps:
         lr_scale = min(1.0, (step + 1) / 200)  # warm-up
         for group, base_lr in zip(optimizer.param_groups, (config.unet_lr, config.text_lr), strict=True):
@@ -276,7 +301,7 @@ def _train_unet(work: Path, captions: list[str], latents: torch.Tensor, scaling_
     return ema
 
 
-def build_base(config: BaseConfig) -> Path | None:
+def build_base(config: BaseConfig, progress: bool = True) -> Path | None:
     """Run (or resume) every stage; returns the exported pipeline folder, or None when out of time."""
     from transformers import CLIPTokenizer
 
@@ -287,7 +312,7 @@ def build_base(config: BaseConfig) -> Path | None:
     work = Path(config.work)
     work.mkdir(parents=True, exist_ok=True)
     write_run_info(work, "synth build-base", config, config.seed)
-    images, captions = _dataset(work, config)
+    images, captions = _dataset(work, config, progress)
     taxonomy = load_taxonomy()
     corpus = captions + [DEFAULT_NEGATIVE] + [
         caption({task: code}, taxonomy) + " " + taxonomy.task(task).label(code).prompt
@@ -296,28 +321,34 @@ def build_base(config: BaseConfig) -> Path | None:
     parts = tiny.new_components(len(tokenizer), seed=config.seed)
     clock = _Clock(config)
     try:
-        _train_vae(work, images, parts["vae"], config, clock)
-        parts["vae"].requires_grad_(False)
+        _train_autoencoder(work, images, parts["vae"], config, clock, "vae", progress)
+        _train_autoencoder(work, images, parts["vae"], config, clock, "decoder", progress)
         latents, scaling_factor = _latents(work, images, parts["vae"])
-        ema = _train_unet(work, captions, latents, scaling_factor, parts, tokenizer, config, clock)
+        ema = _train_unet(work, captions, latents, scaling_factor, parts, tokenizer, config, clock, progress)
     except _OutOfTime:
         return None
+    if not progress:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # the text encoder's "Writing model shards" bar
     return _export(work, parts, ema, tokenizer, scaling_factor, config)
 
 
 def _export(work: Path, parts: dict, ema, tokenizer, scaling_factor: float, config: BaseConfig) -> Path:
-    pipe = _pipeline(parts["vae"], ema["text_encoder"], tokenizer, ema["unet"], parts["scheduler"], scaling_factor)
     out = Path(config.out)
     staging = out.with_name(out.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
+    # Samples of the exported weights (the final decoder included), not the last training-time grid.
+    _sample(ema["unet"], ema["text_encoder"], parts["vae"], tokenizer, parts["scheduler"], scaling_factor,
+            staging / "training" / "samples.png")
+    # A fresh tokenizer: one called with padding/truncation keeps that state and saves it in its tokenizer.json.
+    fresh = type(tokenizer).from_pretrained(work / "tokenizer")
+    pipe = _pipeline(parts["vae"], ema["text_encoder"], fresh, ema["unet"], parts["scheduler"], scaling_factor)
     pipe.to(torch.float16).save_pretrained(staging, safe_serialization=True)
     training = staging / "training"
-    training.mkdir()
-    for name in ("vae_log.csv", "unet_log.csv", "vae_reconstructions.png", "run.yaml"):
+    for name in ("vae_log.csv", "decoder_log.csv", "unet_log.csv", "vae_reconstructions.png", "run.yaml"):
         if (work / name).exists():
             shutil.copy(work / name, training / name)
-    last = sorted((work / "samples").glob("step_*.png"))[-1]
-    shutil.copy(last, training / "samples.png")
     atomic_write_text(training / "build.json", json.dumps(asdict(config), indent=1))
     shutil.rmtree(out, ignore_errors=True)
     staging.replace(out)

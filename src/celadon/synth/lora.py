@@ -105,13 +105,13 @@ def _encode_prompts(pipe, texts: list[str], clip_skip: int | None) -> torch.Tens
 class _Batches:
     """Training inputs: cached latents/embeddings, or the recipe's per-step decode + VAE + text encoder."""
 
-    def __init__(self, pipe, records: list[dict], config: LoraConfig, resolution: int):
+    def __init__(self, pipe, records: list[dict], config: LoraConfig, resolution: int, progress: bool = True):
         self.pipe, self.records, self.config, self.resolution = pipe, records, config, resolution
         self.texts = [r["text"] for r in records]
         if config.cache:
             latents = []
             with torch.no_grad():
-                for start in tqdm(range(0, len(records), 32), desc="caching latents"):
+                for start in tqdm(range(0, len(records), 32), desc="caching latents", disable=not progress):
                     x = torch.stack([_pixels(r["path"], resolution) for r in records[start:start + 32]])
                     x = x.to(pipe.device, pipe.vae.dtype)
                     latents.append(torch.stack([pipe.vae.encode(x).latent_dist.mode(),
@@ -247,11 +247,12 @@ def train_lora(config: LoraConfig, progress: bool = True, stop_after: int | None
         generator.set_state(state["generator"])
     if config.clip_skip is None:
         config = replace(config, clip_skip=default_clip_skip(config.model) or None)
-    batches = _Batches(pipe, records, config, resolution) if step < config.steps else None  # done: export only
+    show = progress and accelerator.is_main_process
+    batches = _Batches(pipe, records, config, resolution, show) if step < config.steps else None  # done: export only
     prompts = _validation_prompts(records, config)
     alphas = noise_scheduler.alphas_cumprod
     started, first = time.monotonic(), step
-    bar = tqdm(total=config.steps, initial=step, desc="LoRA", disable=not progress or not accelerator.is_main_process)
+    bar = tqdm(total=config.steps, initial=step, desc="LoRA", disable=not show)
     unet.train()
     while step < config.steps and (stop_after is None or step - first < stop_after):
         step_began = time.monotonic()

@@ -114,6 +114,12 @@ def load_pipeline(model: str, device: str = "cpu"):
     on_gpu = device.startswith("cuda")
     dtype = torch.float16 if (profile.half and on_gpu) else torch.float32
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1":  # set by --quiet; read here, not only at import
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
     try:
         if profile.path.is_dir():
             pipe = StableDiffusionPipeline.from_pretrained(profile.path, dtype=dtype, safety_checker=None,
