@@ -143,8 +143,8 @@ def _synthesis_section(runs, results: dict) -> str:
                 "combinations</h3>" + _table(["metric", *names], rows))
         judge = ", ".join(f"{t} {v:.0%}" for t, v in compare.get("judge_real_top1", {}).items())
         out += (f"<p>Label fidelity is judged by the reference classifier, whose top-1 accuracy on real test photos "
-                f"is {_e(judge)}: a fidelity near that accuracy means the judge recognises synthetic images as "
-                "well as real ones.</p>")
+                f"is {_e(judge)}. The <em>real photos</em> column is that judge on real test photos of the plan's "
+                "glaze × type combinations: synthetic images as convincing as real ones would score about that.</p>")
     qc_rows = []
     for key, summary in results["qc"].items():
         reasons = ", ".join(f"{k} {v}" for k, v in summary["reasons"].items()) or "—"
