@@ -163,7 +163,8 @@ def _json(path) -> dict:
 
 def judge_on_real(runs, plan_table: str | Path, rows: list[str]) -> dict[str, float]:
     """The reference classifier's label fidelity on *real* test photos of the plan's glaze x type combinations:
-    the ceiling for the synthetic columns of Table 6 (a judge that misreads real photos misreads synthetic ones)."""
+    what synthetic images as convincing as real ones would score in Table 6 (a judge that misreads real photos
+    cannot vouch for synthetic ones)."""
     predictions = pd.read_csv(runs.reference_eval.path / "predictions.csv", dtype=str, keep_default_na=False)
     plan = pd.read_csv(plan_table, dtype=str, keep_default_na=False)
     keys = [k for k in ("glaze", "type") if k in plan and k in predictions]  # a custom taxonomy may lack them

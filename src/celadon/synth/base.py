@@ -135,6 +135,7 @@ def _train_autoencoder(work: Path, images: np.ndarray, vae, config: BaseConfig, 
     folder = work / phase
     if (folder / "done.json").exists():
         vae.load_state_dict(load_checkpoint(folder)[1])
+        vae.requires_grad_(False)
         return
     decoder_only = phase == "decoder"
     max_steps = config.decoder_steps if decoder_only else config.vae_max_steps
