@@ -92,6 +92,11 @@ def minority_majority_table(runs) -> list[dict]:
     return rows
 
 
+def _predictions(folder: Path) -> pd.DataFrame:
+    """An evaluate stage's predictions.csv: true and predicted labels as text, "" where a label is unknown."""
+    return pd.read_csv(folder / "predictions.csv", keep_default_na=False, dtype=str)
+
+
 def _rare_accuracy(predictions: pd.DataFrame, common: set[str], tasks: list[str]) -> dict[str, float]:
     key = predictions["glaze"].astype(str) + "|" + predictions["type"].astype(str)
     result = {}
@@ -115,7 +120,7 @@ def rare_combination_table(runs) -> list[dict]:
 
     def accuracy(stage, group: str) -> float:
         if stage.path not in cache:
-            predictions = pd.read_csv(stage.path / "predictions.csv", keep_default_na=False, dtype=str)
+            predictions = _predictions(stage.path)
             tasks = [c for c in predictions.columns if f"pred_{c}" in predictions.columns]
             cache[stage.path] = _rare_accuracy(predictions, common, tasks)
         return cache[stage.path][group]
@@ -165,7 +170,7 @@ def judge_on_real(runs, plan_table: str | Path, rows: list[str]) -> dict[str, fl
     """The reference classifier's label fidelity on *real* test photos of the plan's glaze x type combinations:
     what synthetic images as convincing as real ones would score in Table 6 (a judge that misreads real photos
     cannot vouch for synthetic ones)."""
-    predictions = pd.read_csv(runs.reference_eval.path / "predictions.csv", dtype=str, keep_default_na=False)
+    predictions = _predictions(runs.reference_eval.path)
     plan = pd.read_csv(plan_table, dtype=str, keep_default_na=False)
     keys = [k for k in ("glaze", "type") if k in plan and k in predictions]  # a custom taxonomy may lack them
     combos = set(plan[keys].itertuples(index=False, name=None))
@@ -199,7 +204,6 @@ def collect_results(runs) -> dict:
         real = judge_on_real(runs, runs.plans[compare].info["table"], fidelity)
         for row, values in rows.items():
             values["real photos"] = real.get(row)  # None where it has no meaning (FID, QC pass rate)
-        rows["images"]["real photos"] = real["images"]
         results["table6"] = {"plan": compare, "rows": rows,
                              # label fidelity is only as good as the judge: its top-1 on real test photos
                              "judge_real_top1": {t: judge[t]["top1"] for t in judge}}

@@ -29,7 +29,7 @@ from celadon.data.embedded import _all_combinations
 from celadon.data.embedded.render import Labels, render
 from celadon.runinfo import append_csv_row, atomic_write_text, write_run_info
 from celadon.synth import tiny
-from celadon.synth.pipeline import DEFAULT_NEGATIVE, TINY_PATH, min_snr_weight, save_grid
+from celadon.synth.pipeline import DEFAULT_NEGATIVE, TINY_PATH, min_snr_weight, save_grid, silence_hf_progress_bars
 
 SAMPLE_PROMPTS = [tiny.generic_caption(g, t) for g, t in (
     ("celadon", "vase"), ("black", "teabowl"), ("blue_white", "jar"), ("brown", "ewer"),
@@ -329,9 +329,7 @@ def build_base(config: BaseConfig, progress: bool = True) -> Path | None:
     except _OutOfTime:
         return None
     if not progress:
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()  # the text encoder's "Writing model shards" bar
+        silence_hf_progress_bars()  # e.g. the text encoder's "Writing model shards" bar
     return _export(work, parts, ema, tokenizer, scaling_factor, config)
 
 

@@ -105,6 +105,15 @@ def karras_dpm_scheduler(config: dict):
                                                    use_karras_sigmas=True)
 
 
+def silence_hf_progress_bars() -> None:
+    """diffusers' and transformers' own bars (loading components, writing weight shards)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def load_pipeline(model: str, device: str = "cpu"):
     """A StableDiffusionPipeline with the DPM++ 2M Karras scheduler, offline, safety checker off."""
     import torch
@@ -115,11 +124,7 @@ def load_pipeline(model: str, device: str = "cpu"):
     dtype = torch.float16 if (profile.half and on_gpu) else torch.float32
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1":  # set by --quiet; read here, not only at import
-        from diffusers.utils import logging as diffusers_logging
-        from transformers.utils import logging as transformers_logging
-
-        diffusers_logging.disable_progress_bar()
-        transformers_logging.disable_progress_bar()
+        silence_hf_progress_bars()
     try:
         if profile.path.is_dir():
             pipe = StableDiffusionPipeline.from_pretrained(profile.path, dtype=dtype, safety_checker=None,
