@@ -15,7 +15,7 @@ import torch
 
 from celadon.classify.checkpoint import load_checkpoint, load_tensors
 from celadon.classify.data import MISSING, ImageCache
-from celadon.classify.train import TrainConfig, Trainer, mixed_weights, multitask_loss, train
+from celadon.classify.train import TrainConfig, Trainer, epoch_draws, multitask_loss, train
 from celadon.cli import main
 from celadon.data.embedded import DemoConfig, make_demo
 from celadon.data.sampling import make_sampler
@@ -57,13 +57,18 @@ def test_missing_labels_are_masked_and_tasks_weighted():
     assert "type" not in parts
 
 
-def test_mixing_ratio_is_achieved_in_sampled_batches():
-    real = np.random.default_rng(0).random(500) + 0.1
-    weights = mixed_weights(real, n_synthetic=40, ratio=0.10)
-    drawn = np.array(list(make_sampler(weights, 64 * 300, seed=5))).reshape(300, 64)
-    share = (drawn >= 500).mean()
-    assert share == pytest.approx(0.10, abs=0.01)
-    assert (drawn >= 500).mean(axis=1).std() < 0.06  # every batch is near the ratio, not just the average
+def test_mixing_draws_exactly_the_ratio_and_real_rows_by_their_weights():
+    real = np.zeros(500)
+    real[:100] = 1.0  # only the first 100 real rows may be drawn
+    draws = np.array(epoch_draws(real, n_synthetic=40, ratio=0.10, draws=64 * 300, seed=5))
+    synthetic = draws >= 500
+    assert synthetic.sum() == round(64 * 300 * 0.10)  # exact, not an expected share
+    assert set(draws[synthetic]) == set(range(500, 540))  # every synthetic row, and nothing beyond them
+    assert draws[~synthetic].max() < 100
+    batches = synthetic.reshape(300, 64).mean(axis=1)
+    assert batches.std() < 0.06  # shuffled together: every batch is near the ratio, not just the epoch
+    assert epoch_draws(real, 40, 0.10, 640, seed=5) == epoch_draws(real, 40, 0.10, 640, seed=5)
+    assert epoch_draws(real, 0, 0.10, 640, seed=5) == list(make_sampler(real, 640, seed=5))  # real only: unchanged
 
 
 def test_trainer_mixes_filtered_synthetic_rows_with_task_mask(tiny_splits, tmp_path):
@@ -80,9 +85,36 @@ def test_trainer_mixes_filtered_synthetic_rows_with_task_mask(tiny_splits, tmp_p
     glaze = trainer.tasks.index("glaze")
     assert np.all(trainer.samples.targets[synthetic, glaze] == MISSING)
     assert np.all(trainer.samples.targets[synthetic, trainer.tasks.index("type")] >= 0)
-    assert trainer.weights[synthetic].sum() == pytest.approx(0.25)
     n_real = int((~synthetic).sum())
-    assert trainer.epoch_size == round(n_real / 0.75)
+    assert trainer.epoch_size == n_real  # replace mixing: the same epoch, and so steps, as real-only training
+    real_only = Trainer(tiny_config(tiny_splits, tmp_path / "real"), progress=False)
+    assert trainer.steps_per_epoch == real_only.steps_per_epoch
+    for task in trainer.tasks:  # class weights come from the real training rows alone, as in the baseline
+        assert torch.equal(trainer.class_weights[task], real_only.class_weights[task])
+    paper = Trainer(tiny_config(tiny_splits, tmp_path / "add", synthetic=str(tmp_path / "synthetic.csv"),
+                                synthetic_ratio=0.25, mixing="add"), progress=False)
+    assert paper.epoch_size == round(n_real / 0.75)
+
+
+def test_replace_mixing_trains_every_arm_the_same_steps_and_records_presentations(tiny_splits, tmp_path):
+    rows = []
+    for i in range(4):
+        noise_image(200 + i, 40).save(tmp_path / f"syn{i}.jpg")
+        rows.append({"path": f"syn{i}.jpg", "dynasty": "song", "kiln": "ru", "glaze": "celadon", "type": "vase"})
+    pd.DataFrame(rows).to_csv(tmp_path / "synthetic.csv", index=False)
+    common = {"epochs": 2, "max_steps_per_epoch": 0, "patience": 5}
+    baseline = train(tiny_config(tiny_splits, tmp_path / "base", **common), progress=False)["budget"]
+    mixed = train(tiny_config(tiny_splits, tmp_path / "mixed", synthetic=str(tmp_path / "synthetic.csv"),
+                              synthetic_ratio=0.25, **common), progress=False)["budget"]
+    added = train(tiny_config(tiny_splits, tmp_path / "added", synthetic=str(tmp_path / "synthetic.csv"),
+                              synthetic_ratio=0.25, mixing="add", **common), progress=False)["budget"]
+    assert mixed["optimizer_steps"] == baseline["optimizer_steps"] > 0
+    drawn = baseline["real_presentations"]
+    assert baseline["synthetic_presentations"] == 0
+    assert mixed["real_presentations"] + mixed["synthetic_presentations"] == drawn
+    assert mixed["synthetic_presentations"] == 2 * round(drawn / 2 * 0.25)
+    assert added["optimizer_steps"] > baseline["optimizer_steps"]  # the paper's protocol trains longer
+    assert added["mixing"] == "add" and mixed["mixing"] == "replace"
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_splits, tmp_path):

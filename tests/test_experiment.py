@@ -11,9 +11,8 @@ import yaml
 
 from celadon.cli import main
 from celadon.errors import CeladonError
-from celadon.evaluate.stats import Interval
+from celadon.experiment.comparisons import verdict
 from celadon.experiment.config import load_experiment
-from celadon.experiment.results import verdict
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -60,8 +59,10 @@ def test_every_stage_runs_once_then_is_reused_and_a_classifier_change_reruns_onl
     assert first and not any(s["reused"] for s in first[:12])
     labels = [s["stage"] for s in first]
     for expected in ("render embedded dataset", "train LoRA", "generate A/lora", "generate A/vanilla", "QC A/lora",
-                     "train A (seed 1)", "evaluate baseline (seed 0)", "t-SNE real vs synthetic"):
+                     "train A (seed 1)", "evaluate baseline (seed 0)", "evaluate reference on val (seed 0)",
+                     "t-SNE real vs synthetic"):
         assert expected in labels
+    assert "evaluate reference (seed 0)" not in labels  # the reference is never read on test
 
     assert main(["run", str(study / "study.yaml"), "--quiet"]) == 0
     assert all(s["reused"] for s in _stages(out))
@@ -89,15 +90,40 @@ def test_every_stage_runs_once_then_is_reused_and_a_classifier_change_reruns_onl
     assert str(out) not in (copy / "report.html").read_text()
 
 
-def test_results_hold_per_arm_intervals_and_paired_differences(study):
+def test_results_hold_the_primary_endpoint_and_every_comparison_with_adjusted_p(study):
     results = json.loads((study / "out" / "results.json").read_text())
     overall = {r["arm"]: r for r in results["table14"] if r["task"] == "all"}
     assert set(overall) == {"baseline", "A"}
-    assert overall["baseline"]["n"] == 2 and "delta" not in overall["baseline"]
+    assert overall["baseline"]["n"] == 2 and "comparison" not in overall["baseline"]
     assert overall["A"]["low"] <= overall["A"]["mean"] <= overall["A"]["high"]
-    assert overall["A"]["delta"]["n"] == 2 and overall["A"]["verdict"].startswith("2 seed(s)")
+    values = overall["A"]["values"]
+    assert overall["A"]["mean"] == pytest.approx(sum(values.values()) / 2)
+    primary = results["primary"]
+    assert primary["endpoint"] == "all/mean_f1_macro" and "resample the test images" in primary["covers"]
+    comparison = primary["arms"]["A"]["comparison"]
+    for key in ("difference", "ci_low", "ci_high", "method", "p", "p_adjusted", "verdict", "boot_low", "boot_high",
+                "detectable"):
+        assert key in comparison
+    assert comparison["family"] == "primary" and comparison["family_size"] == 1
+    assert comparison["p_adjusted"] == comparison["p"]  # one arm: nothing to adjust for
+    assert comparison["difference"] == pytest.approx(overall["A"]["mean"] - overall["baseline"]["mean"])
+    secondary = [r["comparison"] for t in ("table14", "table15", "rare_combinations") for r in results[t]
+                 if "comparison" in r and r["measure"] != primary["endpoint"]]
+    assert all(c["family"] == "secondary" for c in secondary)
+    tested = [c for c in secondary if c["p"] == c["p"]]
+    assert all(c["p_adjusted"] >= c["p"] and c["family_size"] == len(tested) for c in tested)
+    mcnemar = [c for c in secondary if c["method"].startswith("exact McNemar")]
+    assert len(mcnemar) == 4  # per-image top-1 of each task
     assert {r["metric"] for r in results["table14"]} >= {"f1_macro", "top1", "top5", "f1_weighted"}
     assert {r["group"] for r in results["table15"]} == {"minority", "majority"}
+    assert results["rare_definition"]["combination"] == "dynasty+kiln+glaze+type"
+    # Equal budgets: the mixed arm trains exactly the baseline's optimizer steps, real draws replaced.
+    budgets = results["budgets"]
+    for seed in ("0", "1"):
+        base, mixed = budgets["baseline"][seed], budgets["A"][seed]
+        assert mixed["optimizer_steps"] == base["optimizer_steps"] > 0
+        assert mixed["real_presentations"] + mixed["synthetic_presentations"] == base["real_presentations"]
+        assert mixed["synthetic_presentations"] > 0 and mixed["mixing"] == "replace"
     images = results["table6"]["rows"]["images"]
     assert images["vanilla"] == images["lora"] == 6 and images["real photos"] >= 0
     assert set(results["qc"]) == {"A/lora", "A/vanilla"}
@@ -106,7 +132,7 @@ def test_results_hold_per_arm_intervals_and_paired_differences(study):
     assert change["after"] == change["before"] + results["qc"]["A/lora"]["n_pass"]
 
 
-def test_table6_real_column_is_the_judge_on_real_test_photos_of_the_plans_combinations(tmp_path):
+def test_table6_real_column_is_the_judge_on_real_photos_of_the_plans_combinations(tmp_path):
     from types import SimpleNamespace
 
     from celadon.experiment.results import judge_on_real
@@ -125,11 +151,15 @@ def test_table6_real_column_is_the_judge_on_real_test_photos_of_the_plans_combin
                     "label fidelity glaze+type": 1 / 3}
 
 
-def test_verdicts_follow_the_interval():
-    assert verdict(Interval(0.02, 0.01, 0.03, 3)).startswith("better")
-    assert verdict(Interval(-0.02, -0.03, -0.01, 3)).startswith("worse")
-    assert verdict(Interval(0.02, -0.01, 0.05, 3)).startswith("no clear change")
-    assert verdict(Interval(0.02, 0.01, 0.03, 2)).startswith("2 seed(s)")
+def test_verdicts_need_the_adjusted_p_and_every_adjusted_interval():
+    clear = {"n": 5, "p_adjusted": 0.01, "adj_low": 0.01, "adj_high": 0.03, "adj_boot_low": 0.005,
+             "adj_boot_high": 0.04}
+    assert verdict(clear, 0.05) == "better"
+    assert verdict(clear | {"adj_low": -0.03, "adj_high": -0.01, "adj_boot_low": -0.04, "adj_boot_high": -0.01},
+                   0.05) == "worse"
+    assert verdict(clear | {"p_adjusted": 0.06}, 0.05) == "no clear change"  # Holm says no
+    assert verdict(clear | {"adj_boot_low": -0.001}, 0.05) == "no clear change"  # test images say maybe not
+    assert verdict(clear | {"n": 1}, 0.05).startswith("1 seed(s)")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is installed by the README's test command")
@@ -190,6 +220,83 @@ def test_presets_load():
     assert demo.manifest is None and len(demo.seeds) >= 3
     assert paper.classifier["backbone"] == "mobilenet_v3_large" and paper.classifier["image_size"] == 224
     assert paper.classifier["epochs"] == 50 and {a.ratio for a in paper.arms} == {0.0, 0.05, 0.10}
+
+
+def _stage_files(out: Path, kinds: tuple[str, ...]) -> dict[str, bytes]:
+    """Every output of the given stage kinds: images, tensors, and tables without their wall times ("seconds"
+    columns) and with the experiment's own folder written out of paths."""
+    import pandas as pd
+
+    files = {}
+    for path in sorted((out / "stages").glob("*/**/*")):
+        stage = path.relative_to(out / "stages").parts[0]
+        if not path.is_file() or stage.split("-")[0] not in kinds:
+            continue
+        if path.suffix == ".csv":
+            table = pd.read_csv(path, dtype=str, keep_default_na=False)
+            data = table.drop(columns=[c for c in table if c == "seconds"]).to_csv(index=False).encode()
+        elif path.suffix == ".safetensors":  # the tensors; peft's metadata lists target modules in set order
+            from safetensors.numpy import load_file
+
+            tensors = load_file(path)
+            data = b"".join(k.encode() + tensors[k].tobytes() for k in sorted(tensors))
+        elif path.suffix == ".png":
+            data = path.read_bytes()
+        else:
+            continue
+        files[str(path.relative_to(out))] = data.replace(str(out).encode(), b"OUT")
+    return files
+
+
+def test_test_labels_change_no_synthetic_image_and_no_trained_weight(tmp_path, monkeypatch):
+    """The rule of evidence: no test information in any decision that shapes training. Two studies differ only
+    in the labels of their test rows; every selection, plan, LoRA, generated image, QC verdict and classifier
+    weight is identical, and only the final test evaluations see the difference."""
+    import pandas as pd
+
+    from celadon.experiment.runner import Experiment
+    from celadon.taxonomy import load_taxonomy
+
+    taxonomy = load_taxonomy()
+    config = SMALL | {"seeds": [0]}
+    honest = tmp_path / "honest"
+    assert main(["run", str(_write(tmp_path / "study.yaml", config)), "--out", str(honest), "--quiet"]) == 0
+
+    split = Experiment.split
+
+    def relabel_test_rows(self, data):
+        stage = split(self, data)
+        frame = pd.read_csv(stage.info["splits"], dtype=str, keep_default_na=False)
+        test = frame["split"] == "test"
+        for task in ("dynasty", "kiln", "glaze", "type"):  # every test label becomes the next class
+            codes = taxonomy.task(task).codes
+            frame.loc[test, task] = [codes[(codes.index(c) + 1) % len(codes)] if c else c
+                                     for c in frame.loc[test, task]]
+        frame.to_csv(stage.info["splits"], index=False)
+        return stage
+
+    monkeypatch.setattr(Experiment, "split", relabel_test_rows)
+    relabelled = tmp_path / "relabelled"
+    assert main(["run", str(tmp_path / "study.yaml"), "--out", str(relabelled), "--quiet"]) == 0
+
+    shaped = ("select", "caption", "lora", "plan", "generate", "qc", "train")
+    before, after = _stage_files(honest, shaped), _stage_files(relabelled, shaped)
+    assert before.keys() == after.keys()  # the same stages, by the same content keys
+    assert {k.split("/")[1].split("-")[0] for k in before} >= {"select", "plan", "generate", "qc", "lora", "train"}
+    assert any(k.endswith(".png") and "/generate-" in k for k in before)
+    assert [k for k in before if before[k] != after[k]] == []
+    # The perturbation was real: the test evaluations read other labels.
+    evaluations = [p.name for p in (honest / "stages").glob("evaluate-*")
+                   if json.loads((p / "stage.json").read_text())["settings"]["split"] == "test"]
+    assert evaluations and any((honest / "stages" / e / "predictions.csv").read_bytes()
+                               != (relabelled / "stages" / e / "predictions.csv").read_bytes() for e in evaluations)
+    # Selection and plans read the reference's validation evaluation, visibly in their stage.json.
+    for kind in ("select", "plan"):
+        for stage in (honest / "stages").glob(f"{kind}-*"):
+            inputs = json.loads((stage / "stage.json").read_text())["inputs"]
+            read = [json.loads((honest / "stages" / i / "stage.json").read_text())["settings"]["split"]
+                    for i in inputs if i.startswith("evaluate-")]
+            assert read == ["val"]
 
 
 def test_model_fingerprint_follows_the_weights(tiny_sd, tmp_path):

@@ -90,7 +90,7 @@ def test_label_fidelity_uses_the_baseline_model(real_splits, tmp_path):
     assert summary["label_fidelity"]["glaze"] == pytest.approx(expected)
 
     # The judge is trusted only for classes it recognises on real validation photos: here only celadon.
-    judge = {"tasks": {"glaze": {"per_class": {"celadon": {"recall": 0.9}, "black": {"recall": 0.1}}},
+    judge = {"split": "val", "tasks": {"glaze": {"per_class": {"celadon": {"recall": 0.9}, "black": {"recall": 0.1}}},
                        "type": {"per_class": {}}}}
     (tmp_path / "judge.json").write_text(json.dumps(judge))
     assert main(["synth", "qc", str(tmp_path / "synthetic.csv"), "--real", str(real_splits), "--out",
@@ -106,6 +106,12 @@ def test_label_fidelity_uses_the_baseline_model(real_splits, tmp_path):
     assert main(["synth", "qc", str(tmp_path / "synthetic.csv"), "--real", str(real_splits), "--out",
                  str(tmp_path / "qc-nojudge"), "--model", str(tmp_path / "model"), "--judge-min-recall", "0.5",
                  "--quiet"]) == 2
+    # A judge calibrated on test photos would let test labels decide which synthetic images train: refused.
+    (tmp_path / "judge-test.json").write_text(json.dumps(judge | {"split": "test"}))
+    assert main(["synth", "qc", str(tmp_path / "synthetic.csv"), "--real", str(real_splits), "--out",
+                 str(tmp_path / "qc-test"), "--model", str(tmp_path / "model"), "--judge-metrics",
+                 str(tmp_path / "judge-test.json"), "--judge-min-recall", "0.5", "--quiet"]) == 2
+    assert not (tmp_path / "qc-test" / "qc.csv").exists()
 
 
 def test_kid_and_fid_separate_distributions():

@@ -65,13 +65,34 @@ def test_budget_is_spent_in_priority_order_and_scaled():
     assert len(selected) == 100
 
 
-def test_confusion_pairs_come_from_baseline_metrics(tmp_path):
-    metrics = {"tasks": {"glaze": {"confusion_pairs": [{"pair": ["celadon", "white"], "count": 9}]}}}
+def test_confusion_pairs_come_from_baseline_metrics_on_validation(tmp_path):
+    metrics = {"split": "val", "tasks": {"glaze": {"confusion_pairs": [{"pair": ["celadon", "white"], "count": 9}]}}}
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
     selected = select_lora_set(_pool(SIZES), SelectConfig(total=500, metrics=str(tmp_path / "metrics.json")))
     pair = selected[selected["tier"] == 3]
     assert set(pair["reason"]) == {"confusion pair celadon vs white"}
     assert set(pair["glaze"]) == {"celadon", "white"}
+
+
+@pytest.mark.parametrize("split, message", [("test", "computed on the test split, which must not steer"),
+                                            (None, "records no split")])
+def test_selection_and_plans_refuse_metrics_not_known_to_be_from_validation(tmp_path, split, message):
+    from celadon.synth.plan import PlanConfig, make_plan
+
+    metrics = {"tasks": {"glaze": {"confusion_pairs": [{"pair": ["celadon", "white"], "count": 9}]}}}
+    if split:
+        metrics["split"] = split
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(metrics))
+    pool = _pool(SIZES)
+    with pytest.raises(CeladonError, match=message):
+        select_lora_set(pool, SelectConfig(total=500, metrics=str(path)))
+    with pytest.raises(CeladonError, match=message):
+        make_plan(pool, PlanConfig(total=20, metrics=str(path)))
+    if split == "test":  # a user who knows why may opt in, explicitly
+        allowed = select_lora_set(pool, SelectConfig(total=500, metrics=str(path), allow_test_metrics=True))
+        assert (allowed["tier"] == 3).any()
+        assert len(make_plan(pool, PlanConfig(total=20, metrics=str(path), allow_test_metrics=True))) == 20
 
 
 def test_captions_follow_the_paper_structure():

@@ -31,10 +31,25 @@ def print_summary(out: Path) -> None:
         print(f"  {stage['stage']:<40}{state:>10}")
     print(f"  {'total':<40}{sum(s['seconds'] for s in results['stages']):7.1f} s")
     rows = [r for r in results.get("table14", []) if r["metric"] == "f1_macro" or r["task"] == "all"]
+    rows += results.get("rare_combinations", [])
     if rows:
-        print(f"\n== macro-F1 on test, mean [95% CI] over seeds {results['seeds']}")
+        print(f"\n== on test, mean [95% t-interval] over seeds {results['seeds']}; vs baseline: difference "
+              "[95% t-interval] (hierarchical bootstrap), Holm-adjusted p, verdict")
         for r in rows:
-            delta = r.get("delta")
-            change = (f"  {delta['mean']:+.3f} [{delta['low']:+.3f}, {delta['high']:+.3f}] {r['verdict']}"
-                      if delta else "")
-            print(f"  {r['task']:<8}{r['arm']:<24}{r['mean']:.3f} [{r['low']:.3f}, {r['high']:.3f}]{change}")
+            c = r.get("comparison")
+            change = ""
+            if c and c["n"] >= 2:
+                boot = f" ({c['boot_low']:+.3f}, {c['boot_high']:+.3f})" if c.get("boot_low") is not None else ""
+                change = (f"  {c['difference']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]{boot} "
+                          f"p_adj {c['p_adjusted']:.3f} {c['verdict']}")
+            name = r["task"] if "task" in r else r["group"]
+            interval = f" [{r['low']:.3f}, {r['high']:.3f}]" if r["n"] >= 2 else ""
+            print(f"  {name[:34]:<35}{r['arm']:<18}{r['mean']:.3f}{interval}{change}")
+    primary = results.get("primary")
+    if primary:
+        for arm, row in primary["arms"].items():
+            c = row.get("comparison")
+            if c and c["n"] >= 2:
+                need = c.get("seeds_needed")
+                print(f"  primary ({primary['endpoint']}) {arm}: {c['verdict']}; smallest detectable effect "
+                      f"±{c['detectable']:.3f}; seeds to detect {c['difference']:+.3f}: {need or 'more than 1000'}")

@@ -36,13 +36,14 @@ from celadon.classify.data import (
 )
 from celadon.classify.models import ModelConfig, MultiTaskNet
 from celadon.data.manifest import Manifest, read_manifest
-from celadon.data.sampling import combination_sample_weights, effective_number_weights, make_sampler
+from celadon.data.sampling import combination_sample_weights, effective_number_weights
 from celadon.errors import CeladonError
 from celadon.evaluate.metrics import mean_macro_f1, task_metrics
 from celadon.runinfo import atomic_write_text, write_run_info
 from celadon.taxonomy import Taxonomy, load_taxonomy
 
 PAPER_TASK_WEIGHTS = {"dynasty": 1.0, "kiln": 1.2, "glaze": 2.0, "type": 1.5}
+BUDGET = ("optimizer_steps", "real_presentations", "synthetic_presentations")  # summed over epochs
 
 
 @dataclass
@@ -71,6 +72,10 @@ class TrainConfig:
     sampler: str = "auto"
     synthetic: str | None = None  # a synthesis run's metadata table (manifest with qc_pass / review)
     synthetic_ratio: float = 0.0  # share of training draws that are synthetic (paper: 0.05 and 0.10)
+    # "replace": synthetic draws take the place of that share of real draws, so every arm trains the same number
+    # of optimizer steps (a fair comparison); "add": the paper's protocol, the epoch grows by 1 / (1 - ratio)
+    # so real presentations stay equal but mixed arms train longer.
+    mixing: str = "replace"
     synthetic_tasks: list[str] | None = None  # tasks synthetic images train; None = all
     seed: int = 0
     threads: int = 0  # torch threads; 0 = one per core
@@ -124,12 +129,22 @@ def sample_weights(manifest: Manifest, samples: Samples, tasks: list[str], schem
     return np.array([1.0 / frequency[v] for v in labels.tolist()])
 
 
-def mixed_weights(real: np.ndarray, n_synthetic: int, ratio: float) -> np.ndarray:
-    """Real weights scaled to total mass 1 - ratio, synthetic (uniform) to `ratio`: the expected share of
-    synthetic draws is exactly `ratio`, through one WeightedRandomSampler."""
-    if n_synthetic == 0 or ratio <= 0:
-        return real / real.sum()
-    return np.concatenate([real / real.sum() * (1 - ratio), np.full(n_synthetic, ratio / n_synthetic)])
+MIXING = ("replace", "add")
+
+
+def epoch_draws(real_weights: np.ndarray, n_synthetic: int, ratio: float, draws: int, seed: int) -> list[int]:
+    """One epoch's sample indices: exactly round(draws * ratio) synthetic ones (uniform over the synthetic
+    rows, which follow the real ones) and the rest real, drawn by `real_weights`, shuffled together. Exact
+    counts, not an expected share, so each arm's real and synthetic presentations are known."""
+    generator = torch.Generator().manual_seed(seed)
+    n_fake = int(round(draws * ratio)) if n_synthetic and ratio > 0 else 0
+    real = torch.multinomial(torch.as_tensor(real_weights, dtype=torch.float64), draws - n_fake, replacement=True,
+                             generator=generator)
+    if n_fake == 0:
+        return real.tolist()
+    fake = len(real_weights) + torch.randint(n_synthetic, (n_fake,), generator=generator)
+    order = torch.randperm(draws, generator=generator)
+    return torch.cat([real, fake])[order].tolist()
 
 
 def multitask_loss(logits: dict[str, torch.Tensor], targets: torch.Tensor, tasks: list[str],
@@ -200,17 +215,21 @@ class Trainer:
                                         synthetic=True, masked_tasks=masked, progress=progress)
             parts.append(synthetic)
             n_synthetic = len(synthetic.rows)
+        if config.mixing not in MIXING:
+            raise CeladonError(f"mixing: {config.mixing!r} is neither 'replace' (equal training budgets) nor 'add' "
+                               "(the paper's longer epochs)")
         self.samples = concat_samples(parts)
-        self.weights = mixed_weights(sample_weights(self.train_manifest, real, self.tasks, config.sampler),
-                                     n_synthetic, config.synthetic_ratio)
-        self.epoch_size = int(round(len(real.rows) / (1 - config.synthetic_ratio))) if n_synthetic else len(real.rows)
+        self.n_real, self.n_synthetic = len(real.rows), n_synthetic
+        self.real_weights = sample_weights(self.train_manifest, real, self.tasks, config.sampler)
+        grow = n_synthetic and config.mixing == "add"
+        self.epoch_size = int(round(len(real.rows) / (1 - config.synthetic_ratio))) if grow else len(real.rows)
         val_samples = prepare_samples(self.val_manifest, self.tasks, cache, progress=progress)
         pixels = cache.array()  # after every image is cached: the memmap's shape is fixed when opened
         self.train_set = CachedDataset(pixels, self.samples, train_transform(config.image_size))
         self.val_set = CachedDataset(pixels, val_samples, eval_transform(config.image_size))
-        self.class_weights = {}
+        self.class_weights = {}  # from the real training counts: the same in every arm of a study
         for j, task in enumerate(self.tasks):
-            labels = self.samples.targets[:, j]
+            labels = real.targets[:, j]
             counts = np.bincount(labels[labels != MISSING], minlength=len(self.taxonomy.task(task).codes))
             self.class_weights[task] = torch.tensor(
                 effective_number_weights(counts, config.class_weight_beta, config.class_weight_cap),
@@ -238,8 +257,9 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
         torch.manual_seed(self._epoch_seed(epoch))
-        sampler = make_sampler(self.weights, self.steps_per_epoch * self.config.batch_size, self._epoch_seed(epoch))
-        loader = DataLoader(self.train_set, batch_size=self.config.batch_size, sampler=sampler,
+        draws = epoch_draws(self.real_weights, self.n_synthetic, self.config.synthetic_ratio,
+                            self.steps_per_epoch * self.config.batch_size, self._epoch_seed(epoch))
+        loader = DataLoader(self.train_set, batch_size=self.config.batch_size, sampler=draws,
                             num_workers=self.config.workers)
         totals: dict[str, float] = {"loss": 0.0}
         batches = 0
@@ -258,7 +278,9 @@ class Trainer:
             for task, part in parts.items():
                 totals[f"loss_{task}"] = totals.get(f"loss_{task}", 0.0) + part
             bar.set_postfix(loss=f"{value:.3f}")
-        return {k: v / max(batches, 1) for k, v in totals.items()}
+        synthetic = sum(1 for i in draws if i >= self.n_real)
+        return {**{k: v / max(batches, 1) for k, v in totals.items()}, "optimizer_steps": batches,
+                "real_presentations": len(draws) - synthetic, "synthetic_presentations": synthetic}
 
     def validate(self) -> dict[str, float]:
         logits = predict_logits(self.model, self.val_set, self.config.batch_size)
@@ -319,6 +341,8 @@ class Trainer:
             print(f"early stop: no improvement for {self.config.patience} epochs; best epoch {state['best_epoch']}")
         if writer is not None:
             writer.close()
+        state["budget"] = {"mixing": self.config.mixing, **{key: int(sum(row.get(key, 0) for row in state["history"]))
+                                                             for key in BUDGET}}
         return state
 
     def _save_best(self) -> None:

@@ -138,6 +138,9 @@ def add_parsers(stages, add):
     p.add_argument("--synthetic", help="synthesis metadata table (manifest with qc_pass/review columns)")
     p.add_argument("--synthetic-ratio", type=float, default=0.0, help="share of synthetic draws, e.g. 0.1")
     p.add_argument("--synthetic-tasks", help="tasks synthetic images train (default: all), e.g. type,dynasty")
+    p.add_argument("--mixing", default="replace", choices=["replace", "add"],
+                   help="replace: synthetic draws replace that share of real ones (equal optimizer steps); "
+                        "add: the paper's longer epochs, N_real / (1 - ratio)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--workers", type=int, default=0)

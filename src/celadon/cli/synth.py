@@ -15,7 +15,8 @@ def cmd_select(args: argparse.Namespace) -> int:
     from celadon.taxonomy import load_taxonomy
 
     config = SelectConfig(total=args.total, key=tuple(args.key.split(",")), confusion_task=args.confusion_task,
-                          pairs=_pairs(args.pairs), metrics=args.metrics, seed=args.seed)
+                          pairs=_pairs(args.pairs), metrics=args.metrics, seed=args.seed,
+                          allow_test_metrics=args.allow_test_metrics)
     taxonomy = load_taxonomy(args.taxonomy)
     for a, b in config.pairs:
         for code in (a, b):
@@ -93,7 +94,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     config = PlanConfig(preset=args.preset, total=args.total, rare_max=args.rare_max,
                         confusion_share=args.confusion_share, confusion_task=args.confusion_task,
                         pairs=_pairs(args.pairs), metrics=args.metrics, max_per_combination=args.max_per_combination,
-                        negative_prompt=args.negative_prompt, seed=args.seed)
+                        negative_prompt=args.negative_prompt, seed=args.seed,
+                        allow_test_metrics=args.allow_test_metrics)
     path, summary = run_plan(read_manifest(args.manifest, load_taxonomy(args.taxonomy)), args.out, config)
     print(summary.to_string(index=False))
     print(f"{int(summary['images'].sum())} images planned; written to {path}")
@@ -145,7 +147,8 @@ def cmd_qc(args: argparse.Namespace) -> int:
     config = QCConfig(table=args.table, real=args.real, out=args.out, model_dir=args.model,
                       fidelity_tasks=tuple(args.fidelity_tasks.split(",")), expected_size=args.expected_size,
                       outlier_z=args.outlier_z, inception=args.inception, taxonomy=args.taxonomy,
-                      judge_metrics=args.judge_metrics, judge_min_recall=args.judge_min_recall)
+                      judge_metrics=args.judge_metrics, judge_min_recall=args.judge_min_recall,
+                      allow_test_metrics=args.allow_test_metrics)
     summary = run_qc(config, progress=not args.quiet)
     print(f"QC: {summary['n_pass']}/{summary['n_images']} pass ({summary['pass_rate']:.1%})")
     for kind, count in summary["reasons"].items():
@@ -198,7 +201,9 @@ def add_parsers(stages, add, bench_verbs) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--total", type=int, default=0, help="images to select (0: 1,000 per 5,068 originals)")
     p.add_argument("--key", default="glaze,type", help="tasks forming the combination")
-    p.add_argument("--metrics", help="a baseline's metrics.json: its most confused pairs form tier 3")
+    p.add_argument("--metrics", help="a baseline's metrics.json on val: its most confused pairs form tier 3")
+    p.add_argument("--allow-test-metrics", action="store_true",
+                   help="accept a metrics.json computed on the test split (test labels then steer training)")
     p.add_argument("--pairs", help="explicit confusion pairs, e.g. white:ivory_white,moon_white:celadon")
     p.add_argument("--confusion-task", default="glaze")
     p.add_argument("--seed", type=int, default=0)
@@ -217,6 +222,8 @@ def add_parsers(stages, add, bench_verbs) -> None:
     p.add_argument("--outlier-z", type=float, default=4.0)
     p.add_argument("--inception", help="local Inception-v3 weights for FID/KID (default: EfficientNet-Lite0)")
     p.add_argument("--judge-metrics", help="the --model's metrics.json on real validation photos")
+    p.add_argument("--allow-test-metrics", action="store_true",
+                   help="accept a metrics.json computed on the test split (test labels then steer training)")
     p.add_argument("--judge-min-recall", type=float, default=0.0,
                    help="fail a wrong label only where the judge's recall of that class is at least this")
     p = add(verbs, "compare", cmd_compare, "Table 6: QC runs side by side (FID, KID, label fidelity, pass rate)")
@@ -262,7 +269,9 @@ def add_parsers(stages, add, bench_verbs) -> None:
     p.add_argument("--confusion-share", type=float, default=0.3)
     p.add_argument("--confusion-task", default="glaze")
     p.add_argument("--pairs", help="explicit confusion pairs, e.g. white:ivory_white")
-    p.add_argument("--metrics", help="a baseline's metrics.json: its most confused pairs")
+    p.add_argument("--metrics", help="a baseline's metrics.json on val: its most confused pairs")
+    p.add_argument("--allow-test-metrics", action="store_true",
+                   help="accept a metrics.json computed on the test split (test labels then steer training)")
     p.add_argument("--max-per-combination", type=int, default=0)
     p.add_argument("--negative-prompt", default=DEFAULT_NEGATIVE)
     p.add_argument("--seed", type=int, default=0)

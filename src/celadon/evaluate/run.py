@@ -103,6 +103,19 @@ def _write_confusion(out: Path, task: str, matrix: np.ndarray, classes: list[str
     plt.close(fig)
 
 
+def load_decision_metrics(path: str | Path, allow_test: bool = False) -> dict:
+    """A metrics.json that may steer training (selection tiers, plans, QC gates): computed on training or
+    validation data, never on test, which is read once at the end (`allow_test` for users who know why)."""
+    metrics = load_metrics(path)
+    split = metrics.get("split")
+    if split is None:
+        raise CeladonError(f"{path}: records no split; re-run `celadon evaluate MODEL SPLITS --split val`")
+    if split == "test" and not allow_test:
+        raise CeladonError(f"{path}: computed on the test split, which must not steer what is trained; evaluate on "
+                           "validation (`celadon evaluate MODEL SPLITS --split val`) or pass --allow-test-metrics")
+    return metrics
+
+
 def load_metrics(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():

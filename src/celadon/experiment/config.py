@@ -44,6 +44,19 @@ class SynthesisConfig:
 
 
 @dataclass
+class StatisticsConfig:
+    """How arms are compared with the baseline (see experiment/comparisons.py)."""
+
+    # The one comparison the study is about: "all/mean_f1_macro" (mean over tasks of macro-F1), "TASK/METRIC"
+    # (f1_macro, top1, top5, f1_weighted, minority, majority) or "rare combinations/rare".
+    primary: str = "all/mean_f1_macro"
+    alpha: float = 0.05  # family-wise error rate (Holm) for the verdicts
+    power: float = 0.8  # for the smallest detectable effect and the seeds a difference would need
+    resamples: int = 10_000  # bootstrap replicates (seeds x test images)
+    seed: int = 0  # of the bootstrap
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     out: str = "runs/experiment"
@@ -58,6 +71,7 @@ class ExperimentConfig:
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     arms: list[Arm] = field(default_factory=lambda: [Arm("baseline"), Arm("A", "A", 0.05), Arm("B", "B", 0.10)])
     baseline: str = "baseline"  # the arm every other arm is compared with
+    statistics: StatisticsConfig = field(default_factory=StatisticsConfig)
     tsne_per_set: int = 300  # images per set (real, each synthetic set) in the t-SNE
     threads: int = 0  # torch threads (0: one per core)
     workers: int = 2  # processes for rendering and decoding
@@ -130,6 +144,32 @@ def check_overrides(config: ExperimentConfig) -> None:
         raise CeladonError(f"synthesis.compare_plan: {s.compare_plan!r} is not in synthesis.plans")
     if not config.seeds:
         raise CeladonError("seeds: give at least one seed (three or more for confidence intervals)")
+    _check_statistics(config)
+
+
+PRIMARY_METRICS = ("f1_macro", "top1", "top5", "f1_weighted", "minority", "majority")
+
+
+def _check_statistics(config: ExperimentConfig) -> None:
+    from celadon.taxonomy import load_taxonomy
+
+    s = config.statistics
+    for name, kind in (("primary", str), ("alpha", float), ("power", float), ("resamples", int), ("seed", int)):
+        value = getattr(s, name)
+        accepted = (int, float) if kind is float else kind  # a YAML 1 is a fine float
+        if isinstance(value, bool) or not isinstance(value, accepted):
+            raise CeladonError(f"statistics.{name}: expected {kind.__name__}, got {value!r}")
+    task, _, metric = s.primary.partition("/")
+    if s.primary not in ("all/mean_f1_macro", "rare combinations/rare"):
+        tasks = load_taxonomy(config.taxonomy).task_names
+        if task not in tasks or metric not in PRIMARY_METRICS:
+            raise CeladonError(f"statistics.primary: {s.primary!r} is not a measure; use all/mean_f1_macro, "
+                               f"rare combinations/rare or TASK/METRIC with TASK in {', '.join(tasks)} and METRIC "
+                               f"in {', '.join(PRIMARY_METRICS)}")
+    if not 0 < s.alpha < 1 or not 0 < s.power < 1:
+        raise CeladonError(f"statistics: alpha and power must be between 0 and 1, got {s.alpha} and {s.power}")
+    if s.resamples < 100:
+        raise CeladonError(f"statistics.resamples: at least 100 (default 10000), got {s.resamples}")
 
 
 def resolve_config_path(name: str) -> Path:
@@ -174,13 +214,14 @@ def load_experiment(source: str | Path, overrides: dict[str, Any] | None = None,
     raw = apply_settings(_mapping(raw, str(path)) | (overrides or {}), settings or [])
     _known(ExperimentConfig, str(path), raw)
     synthesis = _known(SynthesisConfig, f"{path}: synthesis", _mapping(raw.pop("synthesis", None), "synthesis"))
+    statistics = _known(StatisticsConfig, "statistics", _mapping(raw.pop("statistics", None), "statistics"))
     arms = []
     for i, item in enumerate(raw.pop("arms", None) or []):
         item = _mapping(item, f"arms[{i}]")
         if "name" not in item:
             raise CeladonError(f"{path}: arms[{i}] needs a name")
         arms.append(Arm(**_known(Arm, f"arms.{item['name']}", item)))
-    config = ExperimentConfig(**raw, synthesis=SynthesisConfig(**synthesis),
+    config = ExperimentConfig(**raw, synthesis=SynthesisConfig(**synthesis), statistics=StatisticsConfig(**statistics),
                               **({"arms": arms} if arms else {}))
     config.source = str(path)  # type: ignore[attr-defined]
     check_overrides(config)

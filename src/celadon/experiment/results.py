@@ -1,66 +1,26 @@
-"""The study's tables from the stage outputs: per-task results with bootstrap CIs and paired differences
-(paper Table 14), minority/majority (Table 15), rare label combinations, confusion-pair changes (Table 17),
-vanilla vs LoRA (Table 6), QC, imbalance before/after (Tables 10-12) and validation curves (Table 13)."""
+"""The study's tables from the stage outputs: per-task results (paper Table 14), minority/majority (Table 15),
+rare label combinations, each with the arm-vs-baseline statistics of `comparisons.py`; confusion-pair changes
+(Table 17), vanilla vs LoRA (Table 6), QC, imbalance before/after (Tables 10-12) and validation curves
+(Table 13)."""
 
 from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from celadon.evaluate.metrics import compare_confusion_pairs
+from celadon.evaluate.resample import read_predictions
 from celadon.evaluate.run import load_metrics
-from celadon.evaluate.stats import Interval, bootstrap_ci, paired_difference
+from celadon.experiment.comparisons import SEEDS_COVER, Measure, compare_measures
 from celadon.experiment.stages import Stage
 
 METRICS = ("f1_macro", "top1", "top5", "f1_weighted")
-RARE_MAX = 10  # a glaze x type combination with at most this many training originals is rare (as in plans)
-
-
-def _interval(interval: Interval) -> dict:
-    return {"mean": interval.mean, "low": interval.low, "high": interval.high, "n": interval.n}
-
-
-def verdict(delta: Interval) -> str:
-    """Plain words for a paired difference, so the report never claims more than the interval allows."""
-    if delta.n < 3:
-        return f"{delta.n} seed(s): too few for an interval"
-    if delta.low > 0:
-        return "better (CI above 0)"
-    if delta.high < 0:
-        return "worse (CI below 0)"
-    return "no clear change (CI includes 0)"
-
-
-def _per_seed(runs, arm: str, value: Callable[[Stage], float]) -> dict[int, float]:
-    return {seed: value(stage) for (name, seed), stage in runs.evaluations.items() if name == arm}
-
-
-def _rows(runs, label: dict, value: Callable[[Stage], float]) -> list[dict]:
-    """One row per arm: `value` of each of its evaluation stages, mean [CI] over seeds, and the paired
-    difference to the baseline."""
-    baseline = runs.config.baseline
-    rows = []
-    base = _per_seed(runs, baseline, value)
-    for arm in runs.config.arms:
-        values = _per_seed(runs, arm.name, value)
-        if not values or any(np.isnan(v) for v in values.values()):
-            continue
-        row = {**label, "arm": arm.name, **_interval(bootstrap_ci(list(values.values())))}
-        if arm.name != baseline and base:
-            delta = paired_difference(values, base)
-            row |= {"delta": _interval(delta), "verdict": verdict(delta)}
-        rows.append(row)
-    return rows
-
-
-def _metric(get: Callable[[dict], float]) -> Callable[[Stage], float]:
-    """A value of an evaluation stage's metrics.json (each file read once)."""
-    return lambda stage: get(_metrics(stage.path))
+RESAMPLED = ("f1_macro", "top1", "f1_weighted")  # top-5 needs scores, which predictions.csv does not keep
+GROUPS = ("minority", "majority")
 
 
 @functools.lru_cache(maxsize=512)
@@ -72,62 +32,101 @@ def _tasks(runs) -> list[str]:
     return list(_metrics(next(iter(runs.evaluations.values())).path)["tasks"])
 
 
-def results_table(runs) -> list[dict]:
-    """Table 14: every metric of every task per arm, mean [95% CI] over seeds, and the paired difference."""
-    rows = _rows(runs, {"task": "all", "metric": "mean_f1_macro"}, _metric(lambda m: m["mean_f1_macro"]))
-    for task in _tasks(runs):
+def _groups(stage: Stage, task: str) -> dict[str, set[str]]:
+    split = _metrics(stage.path)["tasks"][task].get("minority_majority", {})
+    return {g: set(split.get(g, {}).get("classes", [])) for g in GROUPS}
+
+
+def _task_scores(comparer_cache: dict, stage: Stage, task: str, weights: np.ndarray, predictions) -> dict:
+    key = (stage.path, task, weights.shape)
+    if key not in comparer_cache:
+        comparer_cache[key] = predictions(stage).task_scores(task, weights, _groups(stage, task))
+    return comparer_cache[key]
+
+
+def rare_groups(runs) -> tuple[str, dict[str, set[tuple]], int]:
+    """The plans' definition of rare: a combination of every task's label, counted over the real *training*
+    originals, is rare with 1 to `rare_max` of them (what the plans generate), common above, unseen at 0."""
+    from celadon.data.manifest import read_manifest
+    from celadon.synth.plan import PlanConfig
+    from celadon.taxonomy import load_taxonomy
+
+    plans = [runs.config.synthesis.plans[a.plan] for a in runs.config.arms if a.plan]
+    rare_max = int((plans[0] if plans else {}).get("rare_max", PlanConfig.rare_max))
+    manifest = read_manifest(runs.split.info["splits"], load_taxonomy(runs.config.taxonomy))
+    frame = manifest.frame[(manifest.frame["split"] == "train") & (manifest.augmentation_seeds() < 0)]
+    counts = frame.dropna(subset=manifest.tasks).groupby(manifest.tasks).size()
+    groups = {"rare": {k for k, v in counts.items() if v <= rare_max},
+              "common": {k for k, v in counts.items() if v > rare_max}}
+    return "+".join(manifest.tasks), groups, rare_max
+
+
+def _rare_masks(frame: pd.DataFrame, tasks: list[str], groups: dict[str, set[tuple]]) -> dict[str, np.ndarray]:
+    complete = (frame[tasks] != "").all(axis=1).to_numpy()
+    keys = list(frame[tasks].itertuples(index=False, name=None))
+    rare = np.array([k in groups["rare"] for k in keys]) & complete
+    common = np.array([k in groups["common"] for k in keys]) & complete
+    return {"rare": rare, "common": common, "unseen": complete & ~rare & ~common}
+
+
+def measures(runs, comparer_cache: dict, predictions) -> list[Measure]:
+    """Every measure the results tables compare, in table order."""
+    tasks = _tasks(runs)
+    scores = functools.partial(_task_scores, comparer_cache, predictions=predictions)
+
+    def mean_f1(stage: Stage, weights: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore"):
+            per_task = np.vstack([scores(stage, t, weights)["f1_macro"] for t in tasks])
+            return np.nanmean(np.where(np.isfinite(per_task), per_task, np.nan), axis=0)
+
+    out = [Measure("all/mean_f1_macro", "table14", {"task": "all", "metric": "mean_f1_macro"},
+                   lambda st: _metrics(st.path)["mean_f1_macro"], mean_f1)]
+    for task in tasks:
         for metric in METRICS:
-            rows += _rows(runs, {"task": task, "metric": metric},
-                          _metric(lambda m, t=task, k=metric: m["tasks"][t][k]))
-    return rows
+            out.append(Measure(f"{task}/{metric}", "table14", {"task": task, "metric": metric},
+                               lambda st, t=task, k=metric: _metrics(st.path)["tasks"][t][k],
+                               (lambda st, w, t=task, k=metric: scores(st, t, w)[k]) if metric in RESAMPLED else None,
+                               task if metric == "top1" else None))
+    for task in tasks:
+        for group in GROUPS:
+            out.append(Measure(f"{task}/{group}", "table15", {"task": task, "group": group},
+                               lambda st, t=task, g=group: _metrics(st.path)["tasks"][t]["minority_majority"][g][
+                                   "f1_mean"],
+                               lambda st, w, t=task, g=group: scores(st, t, w)[g]))
+    key, groups, rare_max = rare_groups(runs)
+    names = {"rare": f"rare (1–{rare_max} in training)", "common": f"common (>{rare_max} in training)",
+             "unseen": "unseen in training"}
+    masks: dict = {}
+
+    def accuracy(stage: Stage, weights: np.ndarray, group: str) -> np.ndarray:
+        if stage.path not in masks:
+            frame = read_predictions(stage.path)
+            masks[stage.path] = _rare_masks(frame, [t for t in key.split("+") if t in frame], groups)
+        return predictions(stage).group_accuracy(masks[stage.path][group], weights)
+
+    for group in ("rare", "common", "unseen"):
+        out.append(Measure(f"rare combinations/{group}", "rare_combinations", {"group": names[group]},
+                           lambda st, g=group: float(accuracy(st, np.ones((1, len(read_predictions(st.path)))), g)[0]),
+                           lambda st, w, g=group: accuracy(st, w, g)))
+    return out
 
 
-def minority_majority_table(runs) -> list[dict]:
-    """Table 15: mean F1 of minority vs majority classes per task and arm."""
-    rows = []
-    for task in _tasks(runs):
-        for group in ("minority", "majority"):
-            rows += _rows(runs, {"task": task, "group": group},
-                          _metric(lambda m, t=task, g=group: m["tasks"][t]["minority_majority"][g]["f1_mean"]))
-    return rows
+def comparison_tables(runs) -> dict[str, list[dict]]:
+    """Tables 14, 15 and the rare-combination table, every arm compared with the baseline."""
+    from celadon.experiment.comparisons import Comparer
+
+    s = runs.config.statistics
+    comparer = Comparer(runs, s.resamples, s.seed, s.alpha, s.power)
+    return compare_measures(comparer, measures(runs, {}, comparer.predictions), s.primary)
 
 
-def _predictions(folder: Path) -> pd.DataFrame:
-    """An evaluate stage's predictions.csv: true and predicted labels as text, "" where a label is unknown."""
-    return pd.read_csv(folder / "predictions.csv", keep_default_na=False, dtype=str)
-
-
-def _rare_accuracy(predictions: pd.DataFrame, common: set[str], tasks: list[str]) -> dict[str, float]:
-    key = predictions["glaze"].astype(str) + "|" + predictions["type"].astype(str)
-    result = {}
-    for group, mask in (("rare", ~key.isin(common)), ("common", key.isin(common))):
-        scores = [float((predictions.loc[mask & (predictions[t] != ""), t] ==
-                         predictions.loc[mask & (predictions[t] != ""), f"pred_{t}"]).mean())
-                  for t in tasks if (mask & (predictions[t] != "")).any()]
-        result[group] = float(np.mean(scores)) if scores else float("nan")
-    return result
-
-
-def rare_combination_table(runs) -> list[dict]:
-    """Mean top-1 accuracy over tasks on test images whose glaze x type combination is rare in training."""
-    splits = pd.read_csv(runs.split.info["splits"], keep_default_na=False)
-    if not {"glaze", "type"} <= set(splits.columns):  # another taxonomy: no glaze x type combination
-        return []
-    train = splits[splits["split"] == "train"]
-    counts = (train["glaze"].astype(str) + "|" + train["type"].astype(str)).value_counts()
-    common = {k for k, v in counts.items() if v > RARE_MAX}  # rare: the rest, unseen combinations included
-    cache: dict = {}
-
-    def accuracy(stage, group: str) -> float:
-        if stage.path not in cache:
-            predictions = _predictions(stage.path)
-            tasks = [c for c in predictions.columns if f"pred_{c}" in predictions.columns]
-            cache[stage.path] = _rare_accuracy(predictions, common, tasks)
-        return cache[stage.path][group]
-
-    return [row for group in ("rare", "common")
-            for row in _rows(runs, {"group": f"rare (≤{RARE_MAX} training images)" if group == "rare" else group},
-                             lambda stage, g=group: accuracy(stage, g))]
+def primary_endpoint(runs, tables: dict[str, list[dict]]) -> dict:
+    """The comparison the study is about, per arm, with what the seeds could and could not detect."""
+    s = runs.config.statistics
+    rows = [r for rows in tables.values() for r in rows if r["measure"] == s.primary]
+    return {"endpoint": s.primary, "alpha": s.alpha, "power": s.power, "covers": SEEDS_COVER,
+            "arms": {r["arm"]: {"mean": r["mean"], "low": r["low"], "high": r["high"], "n": r["n"],
+                                **({"comparison": r["comparison"]} if "comparison" in r else {})} for r in rows}}
 
 
 def _summed_pairs(runs, arm: str) -> dict:
@@ -167,10 +166,10 @@ def _json(path) -> dict:
 
 
 def judge_on_real(runs, plan_table: str | Path, rows: list[str]) -> dict[str, float]:
-    """The reference classifier's label fidelity on *real* test photos of the plan's glaze x type combinations:
-    what synthetic images as convincing as real ones would score in Table 6 (a judge that misreads real photos
-    cannot vouch for synthetic ones)."""
-    predictions = _predictions(runs.reference_eval.path)
+    """The reference classifier's label fidelity on *real validation* photos of the plan's glaze x type
+    combinations: what synthetic images as convincing as real ones would score in Table 6 (a judge that misreads
+    real photos cannot vouch for synthetic ones). Validation, like every reading that steers synthesis."""
+    predictions = read_predictions(runs.reference_eval.path)
     plan = pd.read_csv(plan_table, dtype=str, keep_default_na=False)
     keys = [k for k in ("glaze", "type") if k in plan and k in predictions]  # a custom taxonomy may lack them
     combos = set(plan[keys].itertuples(index=False, name=None))
@@ -185,15 +184,28 @@ def judge_on_real(runs, plan_table: str | Path, rows: list[str]) -> dict[str, fl
     return column
 
 
+def training_budgets(runs) -> dict[str, dict]:
+    """Per arm and seed: optimizer steps and the real and synthetic images presented, as trained."""
+    budgets: dict[str, dict] = {}
+    for (arm, seed), stage in sorted(runs.trainings.items()):
+        info = stage.info
+        budgets.setdefault(arm, {})[str(seed)] = {k: info.get(k) for k in (
+            "optimizer_steps", "real_presentations", "synthetic_presentations", "epochs", "best_epoch", "mixing")}
+    return budgets
+
+
 def collect_results(runs) -> dict:
     from celadon.synth.qc import compare_qc
 
     results: dict = {"name": runs.config.name, "seeds": runs.config.seeds, "baseline": runs.config.baseline,
                      "arms": [a.name for a in runs.config.arms], "skipped_arms": runs.skipped}
     if runs.evaluations:
-        results |= {"table14": results_table(runs), "table15": minority_majority_table(runs),
-                    "rare_combinations": rare_combination_table(runs), "table17": confusion_pair_table(runs),
-                    "validation_curves": validation_curves(runs)}
+        tables = comparison_tables(runs)
+        key, _, rare_max = rare_groups(runs)
+        results |= {"primary": primary_endpoint(runs, tables), **tables, "table17": confusion_pair_table(runs),
+                    "rare_definition": {"combination": key, "rare_max": rare_max,
+                                        "counted_on": "real training originals (what the plans count)"},
+                    "validation_curves": validation_curves(runs), "budgets": training_budgets(runs)}
     results["qc"] = {key: _json(stage.path / "qc_summary.json") for key, stage in runs.qc.items()}
     compare = runs.config.synthesis.compare_plan
     if compare and f"{compare}/vanilla" in runs.qc:
@@ -205,7 +217,7 @@ def collect_results(runs) -> dict:
         for row, values in rows.items():
             values["real photos"] = real.get(row)  # None where it has no meaning (FID, QC pass rate)
         results["table6"] = {"plan": compare, "rows": rows,
-                             # label fidelity is only as good as the judge: its top-1 on real test photos
+                             # label fidelity is only as good as the judge: its top-1 on real validation photos
                              "judge_real_top1": {t: judge[t]["top1"] for t in judge}}
     results["imbalance"] = {name: _json(stage.path / "imbalance.json") for name, stage in runs.imbalance.items()}
     return results

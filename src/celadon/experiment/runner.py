@@ -160,7 +160,9 @@ class Experiment:
 
     # -- classifier ---------------------------------------------------------------------------------------
     def train(self, label: str, overrides: dict, seed: int, inputs: list[Stage], synthetic: Stage | None = None,
-              arm: Arm | None = None) -> tuple[Stage, Stage]:
+              arm: Arm | None = None, split: str = "test") -> tuple[Stage, Stage]:
+        """Train (or reuse) one classifier and evaluate it on `split`: test for the arms, read once at the end;
+        validation for the reference, whose evaluation steers selection, plans and QC."""
         from celadon.classify.train import TrainConfig, train
 
         config = make(TrainConfig, overrides, splits=str(self.train_table), seed=seed, cache_dir=self.cache_dir,
@@ -178,7 +180,8 @@ class Experiment:
                 settings["review_rejected"] = rejected
         training = self.stages.run("train", settings, inputs + ([synthetic] if synthetic else []),
                                    lambda p: self._fit(config, p, train), f"train {label} (seed {seed})")
-        return training, self._evaluate(training, "test", f"evaluate {label} (seed {seed})")
+        return training, self._evaluate(training, split, f"evaluate {label} on {split} (seed {seed})"
+                                        if split != "test" else f"evaluate {label} (seed {seed})")
 
     def _evaluate(self, training: Stage, split: str, label: str) -> Stage:
         from celadon.evaluate.run import EvaluateConfig, evaluate_model
@@ -192,7 +195,8 @@ class Experiment:
 
     def _fit(self, config, path: Path, train) -> dict:
         state = train(dataclasses.replace(config, out=str(path)), resume=True, progress=self.progress)
-        return {"best": state["best"], "best_epoch": state["best_epoch"], "epochs": len(state["history"])}
+        return {"best": state["best"], "best_epoch": state["best_epoch"], "epochs": len(state["history"]),
+                **state["budget"]}
 
     # -- synthesis ----------------------------------------------------------------------------------------
     def synthesis(self, runs: Runs) -> None:
@@ -227,10 +231,8 @@ class Experiment:
                 "plan", _settings(plan, "metrics"), [runs.split, runs.reference_eval],
                 lambda p, plan=plan: {"table": str(run_plan(read_manifest(runs.split.info["splits"], taxonomy), p,
                                                             plan)[0])}, f"plan {name}")
-        # The reference on real validation photos tells QC which classes it can judge (validation, not test, so
-        # no test information steers which synthetic images train).
-        judge = (self._evaluate(runs.reference, "val", "evaluate reference on val (QC judge)")
-                 if s.qc.get("judge_min_recall") else None)
+        # The same validation evaluation tells QC which classes the judge can tell apart.
+        judge = runs.reference_eval if s.qc.get("judge_min_recall") else None
         for name, generator in sorted(wanted):
             key = f"{name}/{generator}"
             runs.generations[key] = self._generate(key, runs.plans[name], runs.lora if generator == "lora" else None,
@@ -280,7 +282,10 @@ class Experiment:
             self.train_table = Path(augmented.info["table"])
             self.pool.append(augmented)
         reference_settings = config.synthesis.reference or config.classifier
-        reference, reference_eval = self.train("reference", reference_settings, config.seeds[0], self.pool)
+        # Evaluated on validation: its confusion pairs steer selection and plans and it judges QC, so no test
+        # label reaches any decision that shapes training.
+        reference, reference_eval = self.train("reference", reference_settings, config.seeds[0], self.pool,
+                                               split="val")
         runs = Runs(config, self.out, data, split, self.train_table, reference, reference_eval)
         runs.imbalance["real"] = self.imbalance("real", split, None)
         if any(arm.plan for arm in config.arms) or config.synthesis.compare_plan:

@@ -50,16 +50,37 @@ def _table(header: list[str], rows: list[list], left: int = 1) -> str:
 
 
 def _ci(row: dict) -> str:
+    if row["n"] < 2:
+        return f"{row['mean']:.3f}"
     return f"{row['mean']:.3f} [{row['low']:.3f}, {row['high']:.3f}]"
 
 
-def _delta(row: dict) -> str:
-    if "delta" not in row:
+def _p(value: float) -> str:
+    return "—" if value is None or value != value else (f"{value:.3f}" if value >= 0.001 else f"{value:.0e}")
+
+
+def _delta(row: dict, full: bool = False) -> str:
+    """The paired difference, its 95% t-interval, p adjusted (Holm) and the verdict; `full` adds the bootstrap
+    interval, the unadjusted p and the detectable effect."""
+    c = row.get("comparison")
+    if c is None:
         return "—"
-    css = {"b": "better", "w": "worse"}.get(row["verdict"][0], "same")
-    d = row["delta"]
-    return (f'<span class="{css}">{d["mean"]:+.3f} [{d["low"]:+.3f}, {d["high"]:+.3f}]</span> '
-            f'{html.escape(row["verdict"])}')
+    css = {"better": "better", "worse": "worse"}.get(c["verdict"], "same")
+    text = f'<span class="{css}">{c["difference"]:+.3f}'
+    if c["n"] >= 2:
+        text += f' [{c["ci_low"]:+.3f}, {c["ci_high"]:+.3f}]'
+    text += f'</span> p<sub>adj</sub> {_p(c.get("p_adjusted"))}: {html.escape(c["verdict"])}'
+    if full and c["n"] >= 2:
+        if c.get("boot_low") is not None:
+            text += f'; bootstrap over seeds × test images [{c["boot_low"]:+.3f}, {c["boot_high"]:+.3f}]'
+        text += f'; p {_p(c["p"])} ({html.escape(c["method"])}, Holm over {c["family_size"]})'
+        if c.get("detectable") == c.get("detectable"):
+            text += f'; smallest detectable effect ±{c["detectable"]:.3f}'
+        if c["verdict"] == "no clear change":
+            need = c.get("seeds_needed")
+            text += (f"; about {need} seeds would detect a true difference of {c['difference']:+.3f}" if need
+                     else "; no feasible number of seeds would detect a difference this small")
+    return text
 
 
 def _e(value) -> str:
@@ -67,31 +88,57 @@ def _e(value) -> str:
 
 
 def _headline(results: dict) -> str:
-    rows = [r for r in results.get("table14", []) if r["task"] == "all"]
-    if not rows:
+    primary = results.get("primary")
+    if not primary:
         return "<p>No classifier was trained.</p>"
     parts = []
-    for row in rows:
-        text = f"<b>{_e(row['arm'])}</b>: mean macro-F1 {_ci(row)}"
-        if "delta" in row:
-            text += f", vs {_e(results['baseline'])}: {_delta(row)}"
+    for arm, row in primary["arms"].items():
+        text = f"<b>{_e(arm)}</b>: {_ci(row)}"
+        if "comparison" in row:
+            text += f"; vs {_e(results['baseline'])}: {_delta(row, full=True)}"
         parts.append(f"<li>{text}</li>")
-    worse = sorted({f"{r['task']} ({r['arm']})" for r in results["table14"]
-                    if r["metric"] == "f1_macro" and r.get("verdict", "").startswith("worse")})
-    helped = sorted({r["arm"] for r in rows if r.get("verdict", "").startswith("better")})
-    words = (f"Synthetic data improved the mean macro-F1 with a 95% CI above zero for: {', '.join(helped)}."
-             if helped else "Synthetic data did <b>not</b> improve the mean macro-F1 with a CI above zero in any arm.")
-    better = sorted({f"{r['task']} ({r['arm']})" for r in results["table14"]
-                     if r["metric"] == "f1_macro" and r.get("verdict", "").startswith("better")})
-    if better:
-        words += f" Per task, macro-F1 improved (CI above zero) for: {_e(', '.join(better))}."
-    if worse:
-        words += f" Macro-F1 got worse (CI below zero) for: {_e(', '.join(worse))}."
+    verdicts = {arm: row["comparison"]["verdict"] for arm, row in primary["arms"].items() if "comparison" in row}
+    helped = [a for a, v in verdicts.items() if v == "better"]
+    hurt = [a for a, v in verdicts.items() if v == "worse"]
+    words = (f"On the primary endpoint, synthetic data <b>helped</b> in: {_e(', '.join(helped))}. " if helped else
+             "On the primary endpoint, no arm is clearly better than the baseline: <b>no clear change</b>. ")
+    if hurt:
+        words += f"It <b>hurt</b> in: {_e(', '.join(hurt))}. "
+    secondary = [(r, t) for t in ("table14", "table15", "rare_combinations") for r in results.get(t, [])
+                 if r.get("comparison", {}).get("family") == "secondary" and r["verdict"] in ("better", "worse")]
+    if secondary:
+        words += "Secondary comparisons that survive Holm's correction: " + _e("; ".join(
+            f"{r['arm']} {r['measure']} {r['verdict']}" for r, _ in secondary)) + ". "
+    else:
+        words += "No secondary comparison (per task, per class group, rare combinations) survives Holm's correction. "
     n = len(results["seeds"])
-    caveat = (" With this few seeds an interval can only span the values observed, so treat it as rough; "
-              "more seeds (<code>--seeds</code>) give firmer intervals." if n < 10 else "")
-    return (f"<ul>{''.join(parts)}</ul><p class='note'>{words} Means over {n} seed(s); intervals are 95% "
-            f"percentile-bootstrap intervals over seeds, differences are paired by seed.{caveat}</p>")
+    return (f"<h2>Primary endpoint: {_e(primary['endpoint'])} on test</h2><ul>{''.join(parts)}</ul>"
+            f"<p class='note'>{words}Means over {n} seed(s) with 95% Student-t intervals; differences are paired by "
+            f"seed; a verdict says better or worse only when the Holm-adjusted p is below {primary['alpha']} and the "
+            f"intervals at the matching adjusted level exclude zero. {_e(primary['covers'])}</p>")
+
+
+def _budget_section(results: dict) -> str:
+    budgets = results.get("budgets", {})
+    rows = []
+    for arm, seeds in budgets.items():
+        values = list(seeds.values())
+
+        def span(key: str, vals=values) -> str:
+            numbers = sorted({v.get(key) for v in vals if v.get(key) is not None})
+            if not numbers:
+                return "—"
+            return f"{numbers[0]:,}" if len(numbers) == 1 else f"{numbers[0]:,}–{numbers[-1]:,}"
+
+        rows.append([_e(arm), _e(values[0].get("mixing") or "—"), span("optimizer_steps"),
+                     span("real_presentations"), span("synthetic_presentations"), span("epochs")])
+    if not rows:
+        return ""
+    return ("<h3>Training budget per arm (over seeds)</h3>" + _table(
+        ["arm", "mixing", "optimizer steps", "real images presented", "synthetic images presented", "epochs"], rows)
+        + "<p>In <em>replace</em> mixing every arm trains the same number of optimizer steps and synthetic images "
+          "take the place of that share of real draws; <em>add</em> is the paper's protocol, in which mixed arms "
+          "train longer.</p>")
 
 
 def _data_section(runs) -> str:
@@ -139,12 +186,13 @@ def _synthesis_section(runs, results: dict) -> str:
                 "glaze × type on the right</h3>" + _img(strip, "vanilla vs LoRA vs real"))
         names = list(next(iter(compare["rows"].values())))
         rows = [[_e(metric)] + [_number(values[n]) for n in names] for metric, values in compare["rows"].items()]
-        out += ("<h3>Table 6: vanilla vs LoRA, and the judge on real test photos of the same glaze × type "
+        out += ("<h3>Table 6: vanilla vs LoRA, and the judge on real validation photos of the same glaze × type "
                 "combinations</h3>" + _table(["metric", *names], rows))
         judge = ", ".join(f"{t} {v:.0%}" for t, v in compare.get("judge_real_top1", {}).items())
-        out += (f"<p>Label fidelity is judged by the reference classifier, whose top-1 accuracy on real test photos "
-                f"is {_e(judge)}. The <em>real photos</em> column is that judge on real test photos of the plan's "
-                "glaze × type combinations: synthetic images as convincing as real ones would score about that.</p>")
+        out += (f"<p>Label fidelity is judged by the reference classifier, whose top-1 accuracy on real validation "
+                f"photos is {_e(judge)}. The <em>real photos</em> column is that judge on real validation photos of "
+                "the plan's glaze × type combinations: synthetic images as convincing as real ones would score about "
+                "that. The reference is read on validation only: no test label steers selection, plans or QC.</p>")
     qc_rows = []
     for key, summary in results["qc"].items():
         reasons = ", ".join(f"{k} {v}" for k, v in summary["reasons"].items()) or "—"
@@ -168,12 +216,18 @@ def _results_section(runs, results: dict) -> str:
     if "table14" not in results:
         return ""
     out = "<h2>3. Classification results</h2>"
-    out += ("<h3>Per task (Table 14): mean [95% CI] over seeds; each arm's paired difference to the baseline "
-            "below its value</h3>" + _pivot(results["table14"], ["task", "metric"], results))
+    out += _budget_section(results)
+    out += ("<h3>Per task (Table 14): mean [95% t-interval] over seeds; each arm's paired difference to the "
+            "baseline below its value, with its Holm-adjusted p and verdict</h3>"
+            + _pivot(results["table14"], ["task", "metric"], results))
     out += "<h3>Minority vs majority classes (Table 15): mean class F1</h3>" + _pivot(
         results["table15"], ["task", "group"], results)
-    out += ("<h3>Test images of rare (≤10 training images, unseen included) vs common glaze × type combinations: "
-            "top-1 accuracy averaged over tasks</h3>" + _pivot(results["rare_combinations"], ["group"], results))
+    rare = results.get("rare_definition", {})
+    out += ("<h3>Test images by how rare their label combination is among the training images: top-1 accuracy "
+            "averaged over tasks</h3><p>Rare is the plans' own definition: the combination "
+            f"{_e(rare.get('combination', ''))} has 1 to {_e(rare.get('rare_max', ''))} real training originals "
+            "(these are what the plans generate more of).</p>"
+            + _pivot(results["rare_combinations"], ["group"], results))
     for arm, tasks in results["table17"].items():
         rows = [[_e(t), _e(" ↔ ".join(p["pair"])), p["before"], p["after"], f"{p['change']:+d}"]
                 for t, pairs in tasks.items() for p in pairs[:5]]

@@ -36,7 +36,8 @@ class PlanConfig:
     confusion_pairs: int = 3
     confusion_task: str = "glaze"
     pairs: tuple[tuple[str, str], ...] = ()  # explicit pairs; override the metrics
-    metrics: str | None = None  # a baseline's metrics.json
+    metrics: str | None = None  # a baseline's metrics.json on validation (celadon evaluate --split val)
+    allow_test_metrics: bool = False  # accept a test-split metrics.json (test labels then steer the plan)
     max_per_combination: int = 0  # 0: no cap
     negative_prompt: str = DEFAULT_NEGATIVE
     seed: int = 0
@@ -82,7 +83,8 @@ def make_plan(manifest: Manifest, config: PlanConfig) -> pd.DataFrame:
         if config.preset not in PRESETS:
             raise CeladonError(f"preset {config.preset!r} is unknown; use one of {', '.join(PRESETS)} or --total")
         total = max(1, round(len(originals) * PRESETS[config.preset]))
-    pairs = config.pairs or (pairs_from_metrics(config.metrics, config.confusion_task, config.confusion_pairs)
+    pairs = config.pairs or (pairs_from_metrics(config.metrics, config.confusion_task, config.confusion_pairs,
+                                                config.allow_test_metrics)
                              if config.metrics else ())
     in_pair = counts[config.confusion_task].isin({c for pair in pairs for c in pair}) if pairs else None
     n_confusion = round(total * config.confusion_share) if in_pair is not None and in_pair.any() else 0

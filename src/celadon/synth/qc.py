@@ -37,6 +37,7 @@ class QCConfig:
     # failed for a wrong label only when the judge's recall of the intended class is at least this (0: always).
     judge_metrics: str | None = None
     judge_min_recall: float = 0.0
+    allow_test_metrics: bool = False  # accept a test-split judge_metrics (test labels then gate training images)
     fidelity_tasks: tuple[str, ...] = ("glaze", "type")
     expected_size: int | None = None  # required width and height; None accepts any
     min_contrast: float = 2.0  # grey-level std below which an image is blank
@@ -179,9 +180,9 @@ def _judge_recall(config: QCConfig, tasks: list[str]) -> dict[str, dict[str, flo
         raise CeladonError(f"judge_min_recall {config.judge_min_recall} needs the judge's metrics.json on real "
                            "validation photos (`celadon evaluate MODEL SPLITS --split val`); "
                            f"got {config.judge_metrics}")
-    import json
+    from celadon.evaluate.run import load_decision_metrics
 
-    metrics = json.loads(Path(config.judge_metrics).read_text(encoding="utf-8"))["tasks"]
+    metrics = load_decision_metrics(config.judge_metrics, config.allow_test_metrics)["tasks"]
     return {t: {c: v["recall"] for c, v in metrics[t]["per_class"].items()} for t in tasks if t in metrics}
 
 

@@ -31,7 +31,8 @@ class SelectConfig:
     confusion_task: str = "glaze"
     confusion_pairs: int = 4  # most confused pairs taken from the baseline metrics
     pairs: tuple[tuple[str, str], ...] = ()  # explicit pairs (codes of confusion_task); override metrics
-    metrics: str | None = None  # a baseline's metrics.json (celadon evaluate)
+    metrics: str | None = None  # a baseline's metrics.json on validation (celadon evaluate --split val)
+    allow_test_metrics: bool = False  # accept a test-split metrics.json (test labels then steer the selection)
     seed: int = 0
     extreme_target: int = 30  # per combination, at 1,000 images
     very_rare_target: int = 25
@@ -41,10 +42,11 @@ class SelectConfig:
     glaze_min: int = 100
 
 
-def pairs_from_metrics(path: str, task: str, n: int) -> tuple[tuple[str, str], ...]:
-    from celadon.evaluate.run import load_metrics
+def pairs_from_metrics(path: str, task: str, n: int, allow_test: bool = False) -> tuple[tuple[str, str], ...]:
+    """The n most confused pairs of `task` in a validation metrics.json (test metrics are refused)."""
+    from celadon.evaluate.run import load_decision_metrics
 
-    metrics = load_metrics(path)
+    metrics = load_decision_metrics(path, allow_test)
     if task not in metrics.get("tasks", {}):
         raise CeladonError(f"{path}: no metrics for task {task!r}; evaluate a model that has it")
     return tuple(tuple(p["pair"]) for p in metrics["tasks"][task]["confusion_pairs"][:n])
@@ -118,7 +120,8 @@ def select_lora_set(manifest: Manifest, config: SelectConfig) -> pd.DataFrame:
 
 
 def _confusion_tier(picker: _Picker, pool: pd.DataFrame, config: SelectConfig, per_pair: int) -> None:
-    pairs = config.pairs or (pairs_from_metrics(config.metrics, config.confusion_task, config.confusion_pairs)
+    pairs = config.pairs or (pairs_from_metrics(config.metrics, config.confusion_task, config.confusion_pairs,
+                                                config.allow_test_metrics)
                              if config.metrics else ())
     task = config.confusion_task
     for a, b in pairs:
