@@ -205,6 +205,41 @@ def test_config_mistakes_are_one_line_errors(tmp_path):
         load_experiment(tmp_path / "bad.yaml")
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"seeds": "0,1"}, r"^seeds: expected a list of \(a whole number\), got '0,1'$"),
+    ({"seeds": 3}, r"^seeds: expected a list of \(a whole number\), got 3$"),
+    ({"classifier": {"epochs": "three"}}, r"^classifier.epochs: expected a whole number, got 'three'$"),
+    ({"classifier": [1, 2]}, r"^classifier: expected a mapping of settings, got \[1, 2\]$"),
+    ({"synthesis": {"lora": {"steps": "many"}}}, r"^synthesis.lora.steps: expected a whole number, got 'many'$"),
+    ({"embedded": {"n": "lots"}}, r"^embedded.n: expected a whole number, got 'lots'$"),
+    ({"arms": [{"name": "baseline"}, {"name": "B", "plan": "B", "ratio": "0.1"}]},
+     r"^arms.B.ratio: expected a number, got '0.1'$"),
+    ({"arms": []}, r"^arms: the list is empty"),
+    ({"arms": [{"name": "baseline", "ratio": -0.1}]}, r"^arms.baseline: ratio and tasks apply to arms with a plan"),
+    ({"arms": [{"name": "baseline"}, {"name": "B", "plan": "B", "ratio": 0.1, "tasks": ["glaz"]}]},
+     r"^arms.B.tasks: glaz not a task of the taxonomy"),
+    ({"statistics": {"alpha": "0.05"}}, r"^statistics.alpha: expected a number, got '0.05'$"),
+    ({"statistics": {"primary": "glaze/recall"}}, r"^statistics.primary: 'glaze/recall' is not a measure"),
+])
+def test_wrong_types_and_values_are_one_line_errors_before_any_work(tmp_path, change, message):
+    with pytest.raises(CeladonError, match=message):
+        load_experiment(_write(tmp_path / "x.yaml", {"out": str(tmp_path / "out")} | change))
+    assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_synthetic_tasks_unknown_to_the_taxonomy_are_refused_by_train(tmp_path):
+    from celadon.classify.train import TrainConfig, Trainer
+    from celadon.data.embedded import DemoConfig, make_demo
+    from celadon.data.split import SplitConfig, run_split
+    from celadon.taxonomy import load_taxonomy
+
+    manifest = make_demo(tmp_path / "data", DemoConfig(n=60, size=32, seed=1, workers=1), progress=False)
+    splits = run_split(manifest, load_taxonomy(), tmp_path / "split", SplitConfig(seed=0), progress=False).path
+    with pytest.raises(CeladonError, match="synthetic_tasks: glaz not among the trained tasks"):
+        Trainer(TrainConfig(splits=str(splits), out=str(tmp_path / "t"), synthetic_tasks=["glaz"], weights="none",
+                            cache_dir=str(tmp_path / "cache")), progress=False)
+
+
 def test_set_overrides_nested_settings_with_yaml_values(tmp_path):
     config = load_experiment("demo", settings=["classifier.epochs=9", "seeds=[4, 5, 6]", "synthesis.lora.steps=7"])
     assert config.classifier["epochs"] == 9 and config.seeds == [4, 5, 6] and config.synthesis.lora["steps"] == 7

@@ -1,9 +1,9 @@
 """The review web UI: a real server on a free port, driven by headless Chromium; durability, concurrency,
 path traversal, CSRF and access token; rejected images never reach training."""
 
+import json
 import os
 import shutil
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +29,7 @@ def run_dir(tmp_path) -> Path:
     for i, (glaze, kind) in enumerate([("white", "bowl"), ("ivory_white", "bowl"), ("celadon", "vase")] * 2):
         noise_image(i, 32).save(run / "images" / f"i{i:05d}.png")
         rows.append({"path": f"images/i{i:05d}.png", "item_id": f"i{i:05d}", "dynasty": "song", "kiln": "ding",
-                     "glaze": glaze, "type": kind, "source": "rare" if i % 2 else "confusion",
+                     "glaze": glaze, "type": kind, "purpose": "rare" if i % 2 else "confusion",
                      "prompt": f"Song dynasty, <b>{glaze}</b> {kind}", "seed": 100 + i})
     pd.DataFrame(rows).to_csv(run / "generated.csv", index=False)
     qc = pd.DataFrame(rows).assign(qc_pass=[True, False] * 3, qc_reasons=["", "glaze looks like white"] * 3)
@@ -42,28 +42,27 @@ def run_dir(tmp_path) -> Path:
     return run
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(run_dir):
-    """The real app on uvicorn in a thread; yields (base URL, csrf token getter)."""
+    """The real app on uvicorn in a thread, bound to port 0 (the OS picks a free one, nothing can take it
+    first); returns its base URL once it answers."""
     started = []
 
-    def start(token: str | None = None):
-        app = create_app(load_run(run_dir, real=run_dir.parent / "splits.csv"), token=token)
-        port = _free_port()
-        instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    def start(token: str | None = None, allowed_hosts: tuple[str, ...] = ()):
+        app = create_app(load_run(run_dir, real=run_dir.parent / "splits.csv"), token=token,
+                         allowed_hosts=allowed_hosts)
+        instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
         thread = threading.Thread(target=instance.run, daemon=True)
         thread.start()
-        deadline = time.time() + 20
-        while not instance.started and time.time() < deadline:
-            time.sleep(0.02)
         started.append((instance, thread))
-        return f"http://127.0.0.1:{port}"
+        deadline = time.time() + 20
+        while not instance.started and thread.is_alive() and time.time() < deadline:
+            time.sleep(0.02)
+        assert instance.started, "the review server did not start"
+        port = instance.servers[0].sockets[0].getsockname()[1]
+        base = f"http://127.0.0.1:{port}"
+        assert httpx.get(base + "/", params={} if token is None else {"token": token}).status_code in (200, 303)
+        return base
 
     yield start
     for instance, thread in started:
@@ -216,3 +215,111 @@ def test_serve_without_a_generation_run_is_a_clear_error(tmp_path):
 
     assert main(["review", "serve", str(tmp_path)]) == 2
     assert os.path.exists(tmp_path)
+
+
+ROUTES = [("GET", "/"), ("GET", "/api/state"), ("GET", "/export.csv"), ("GET", "/image/synthetic/i00000"),
+          ("GET", "/image/real/0"), ("POST", "/api/decide")]
+
+
+def test_a_foreign_host_name_is_refused_on_every_route(server):
+    """DNS rebinding: a page on attacker.example whose name now points at 127.0.0.1 sends its own Host."""
+    base = server(allowed_hosts=("review.lab.example",))
+    with httpx.Client() as client:
+        csrf = _csrf(base, client)
+        body = {"items": ["i00000"], "decision": "accepted", "reviewer": "eve"}
+        for method, route in ROUTES:
+            response = client.request(method, base + route, headers={"Host": "attacker.example", "X-CSRF-Token": csrf},
+                                      json=body if method == "POST" else None)
+            assert response.status_code == 400 and "host name" in response.text, route
+            assert csrf not in response.text
+        port = base.rsplit(":", 1)[1]
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}", "[::1]", "review.lab.example:8080"):
+            assert client.get(base + "/", headers={"Host": host}).status_code == 200, host
+        assert client.get(base + "/", headers={"Host": "[::1"}).status_code == 400  # malformed: refused, no 500
+
+
+def test_a_post_from_a_foreign_origin_is_refused_even_with_the_token(server, run_dir):
+    base = server()
+    body = {"items": ["i00000"], "decision": "accepted", "reviewer": "eve"}
+    with httpx.Client() as client:
+        csrf = _csrf(base, client)
+        for header in ({"Origin": "http://attacker.example"}, {"Referer": "http://attacker.example/page"}):
+            response = client.post(base + "/api/decide", json=body, headers={"X-CSRF-Token": csrf, **header})
+            assert response.status_code == 403, header
+        assert ReviewStore(run_dir).current() == {}
+        same = client.post(base + "/api/decide", json=body, headers={"X-CSRF-Token": csrf, "Origin": base})
+        assert same.status_code == 200
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"items": 5}, "items"),
+    ({"note": {}}, "note"),
+    ({"note": []}, "note"),
+    ({"reviewer": None}, "reviewer"),
+    ({"items": []}, "items"),
+    ({"decision": "maybe"}, "decision"),
+    ({"extra": 1}, "extra"),
+])
+def test_malformed_bodies_are_400s_naming_the_field(server, run_dir, body, field):
+    base = server()
+    good = {"items": ["i00000"], "decision": "accepted", "reviewer": "ann"}
+    with httpx.Client() as client:
+        response = client.post(base + "/api/decide", json=good | body, headers={"X-CSRF-Token": _csrf(base, client)})
+    assert response.status_code == 400 and response.json()["detail"].startswith(field)
+    assert ReviewStore(run_dir).history() == []
+
+
+def test_nan_deep_huge_and_non_ascii_requests_are_4xx_not_500(server, run_dir):
+    base = server()
+    with httpx.Client() as client:
+        csrf = {"X-CSRF-Token": _csrf(base, client)}
+        nan = b'{"items": ["i00000"], "decision": "accepted", "reviewer": "ann", "note": NaN}'
+        assert client.post(base + "/api/decide", content=nan, headers=csrf).status_code == 400
+        deep = b"[" * 100_000 + b"]" * 100_000
+        assert client.post(base + "/api/decide", content=deep[:60_000], headers=csrf).status_code == 400
+        huge = json.dumps({"items": ["i00000"], "decision": "accepted", "reviewer": "ann",
+                           "note": "x" * 30_000_000}).encode()
+        assert client.post(base + "/api/decide", content=huge, headers=csrf).status_code == 413
+        assert client.post(base + "/api/decide", json={}, headers={"X-CSRF-Token": "töken".encode()}).status_code == 403
+    assert ReviewStore(run_dir).history() == []
+    gated = server(token="s3cret")
+    assert httpx.get(gated + "/?token=t%C3%B6ken").status_code == 401
+
+
+def test_only_image_files_the_run_lists_are_served_and_a_missing_one_is_404(server, run_dir):
+    table = pd.read_csv(run_dir / "generated.csv")
+    (run_dir / "images" / "disguised.png").symlink_to(run_dir / "generated.csv")  # inside the run, not an image
+    extra = pd.DataFrame([{**table.iloc[0].to_dict(), "item_id": "csv", "path": "generated.csv"},
+                          {**table.iloc[0].to_dict(), "item_id": "link", "path": "images/disguised.png"},
+                          {**table.iloc[0].to_dict(), "item_id": "db", "path": "review.sqlite"},
+                          {**table.iloc[0].to_dict(), "item_id": "gone", "path": "images/missing.png"}])
+    pd.concat([table, extra]).to_csv(run_dir / "generated.csv", index=False)
+    base = server()
+    assert httpx.get(base + "/image/synthetic/csv").status_code == 403
+    assert httpx.get(base + "/image/synthetic/db").status_code == 403
+    assert httpx.get(base + "/image/synthetic/link").status_code == 403
+    assert httpx.get(base + "/image/synthetic/gone").status_code == 404
+
+
+def test_binding_beyond_localhost_needs_a_token(run_dir):
+    from celadon.cli import main
+    from celadon.errors import CeladonError
+    from celadon.review.app import serve
+
+    with pytest.raises(CeladonError, match="--token"):
+        serve(load_run(run_dir), host="0.0.0.0", port=1)
+    assert main(["review", "serve", str(run_dir), "--host", "0.0.0.0"]) == 2
+
+
+def test_a_corrupt_review_database_is_a_one_line_error(run_dir, capsys):
+    from celadon.classify.train import load_synthetic
+    from celadon.cli import main
+    from celadon.errors import CeladonError
+    from celadon.taxonomy import load_taxonomy
+
+    (run_dir / "review.sqlite").write_bytes(b"this is not sqlite" * 100)
+    assert main(["review", "export", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "review.sqlite: not a readable review database" in err[0] and "move it aside" in err[0]
+    with pytest.raises(CeladonError, match="not a readable review database"):
+        load_synthetic(str(run_dir / "qc.csv"), load_taxonomy())

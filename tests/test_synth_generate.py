@@ -63,7 +63,7 @@ def test_plan_spends_the_budget_on_rare_combinations_rarest_first(training_manif
 
 def test_plan_confusion_pairs_presets_and_caps(training_manifest):
     plan = make_plan(training_manifest, PlanConfig(total=20, pairs=(("white", "ivory_white"),), confusion_share=0.5))
-    confusion = plan[plan["source"] == "confusion"]
+    confusion = plan[plan["purpose"] == "confusion"]
     assert len(confusion) == 10 and set(confusion["glaze"]) == {"white", "ivory_white"}
     assert (confusion["reason"] == "confusion pair white vs ivory_white").all()
     originals = len(training_manifest)

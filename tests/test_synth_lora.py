@@ -152,3 +152,20 @@ def test_sd15_config_describes_stable_diffusion_15_offline(tmp_path):
     text_ = "Yuan dynasty, Jun kiln produced, Chinese porcelain <lora:glazetype:0.4>"
     assert tokenizer(text_).input_ids == [49406, *SimpleTokenizer().encode(text_), 49407]
     assert len(tokenizer) == 49408
+
+
+def test_a_kill_between_checkpoint_log_and_samples_resumes_to_an_exact_log_and_every_grid(
+        tiny_sd, caption_folder, tmp_path):
+    config = _config(tiny_sd, caption_folder, tmp_path / "run")
+    train_lora(config, progress=False, stop_after=2)  # checkpoint, log row and grid of step 2
+    log = tmp_path / "run" / "train_log.csv"
+    header, row = log.read_text().splitlines()
+    # As a kill leaves them: the step-2 row missing (killed right after the checkpoint), a row of an
+    # uncheckpointed step 3 from an older layout, and the step-2 sample grid never drawn.
+    log.write_text(f"{header}\n{row.replace('2,', '3,', 1)}\n")
+    (tmp_path / "run" / "samples" / "step_00002.png").unlink()
+    train_lora(config, progress=False)
+    steps = [line.split(",")[0] for line in log.read_text().splitlines()[1:]]
+    assert steps == ["2", "4", "6"]
+    assert sorted(p.name for p in (tmp_path / "run" / "samples").glob("step_*.png")) == [
+        "step_00002.png", "step_00004.png", "step_00006.png"]

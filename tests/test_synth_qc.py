@@ -33,7 +33,8 @@ def test_qc_flags_each_crafted_problem(real_splits, tmp_path):
             path.write_bytes(raw)
         else:
             img.save(path)
-        rows.append({"path": name, **labels, "prompt": "p", "seed": len(rows)})
+        rows.append({"path": name, **labels, "prompt": "p", "seed": len(rows), "purpose": "rare",
+                     "reason": "rare: 1 training image(s)"})
 
     for i in range(6):
         add(f"good{i}.png", render(Labels(**LABELS), 40, np.random.default_rng(100 + i)))
@@ -66,6 +67,13 @@ def test_qc_flags_each_crafted_problem(real_splits, tmp_path):
     assert summary["n_pass"] == 6 and summary["pass_rate"] == pytest.approx(6 / 12)
     assert summary["reasons"]["memorised"] == 1 and summary["reasons"]["unreadable"] == 1
     assert summary["distances"]["features"] == LITE0_LABEL and summary["distances"]["fid"] > 0
+    # The plan's own columns come through as they were (not rebased like paths).
+    assert set(qc["purpose"]) == {"rare"} and set(qc["reason"]) == {"rare: 1 training image(s)"}
+    # KID subsets are drawn from a fixed seed: a re-run (or a resumed study) gives the same figures.
+    assert main(["synth", "qc", str(tmp_path / "synthetic.csv"), "--real", str(real_splits), "--out",
+                 str(tmp_path / "qc2"), "--expected-size", "40", "--quiet"]) == 0
+    again = json.loads((tmp_path / "qc2" / "qc_summary.json").read_text())
+    assert again["distances"] == summary["distances"]
 
 
 def test_label_fidelity_uses_the_baseline_model(real_splits, tmp_path):

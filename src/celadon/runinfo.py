@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import glob
 import json
 import os
 import platform
@@ -16,17 +17,43 @@ from typing import Any
 import yaml
 
 import celadon
+from celadon.errors import CeladonError
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 _TRACKED_PACKAGES = ("numpy", "pillow", "pandas", "torch", "torchvision", "scikit-learn", "diffusers", "peft")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(path: Path, names: str | None = None) -> None:
+    """Delete the temporary files that killed writers of `path` left (`.NAME.PID.*.tmp` whose process is gone);
+    only this writer's pattern (or the file names matching the glob `names`, for writers of numbered files
+    such as checkpoints), only in its folder, never a live writer's."""
+    for stale in path.parent.glob(f".{names or glob.escape(path.name)}.*.tmp"):
+        pid = stale.name.removesuffix(".tmp").rsplit(".", 2)[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            stale.unlink(missing_ok=True)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder, then rename: a kill never leaves a half file."""
+    """Write via a temporary file in the same folder, then rename: a kill never leaves a half file (and the
+    next write of the same file removes what a killed one left)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temps(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    except OSError as exc:
+        raise CeladonError(f"{path}: cannot write ({exc.strerror or exc})") from None
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would make reports unreadable to colleagues
         with os.fdopen(fd, "wb") as handle:
@@ -34,6 +61,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise CeladonError(f"{path}: cannot write ({exc.strerror or exc}); free space or fix permissions, then "
+                           "re-run: finished work is kept") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

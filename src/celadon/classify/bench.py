@@ -90,7 +90,7 @@ def _timed(model, optimizer, batches, tasks, class_weights, steps: int, prepare)
 
 
 def bench_train(config: BenchConfig, progress: bool = True) -> dict:
-    set_threads(config.threads)
+    threads = set_threads(config.threads)
     # A fixed set of photos (batches are drawn from it with replacement), so other settings reuse it.
     manifest_path = make_demo(config.data, DemoConfig(n=640, size=config.source_size, seed=7), progress=progress)
     taxonomy = load_taxonomy()
@@ -103,7 +103,9 @@ def bench_train(config: BenchConfig, progress: bool = True) -> dict:
     cache = ImageCache(config.cache_dir, cache_resolution(config.image_size))
     samples = prepare_samples(manifest, tasks, cache, progress=progress)  # one-time decode, not timed
     sampler_size = (config.steps + WARMUP) * config.batch_size
-    results = {}
+    from celadon.cpu import usable_cores
+
+    results = {"threads": threads, "usable_cores": usable_cores()}  # threads 0 -> the cores others leave free
     generator = torch.Generator().manual_seed(0)
     fixed = torch.randint(0, 256, (config.batch_size, 3, config.image_size, config.image_size),
                           dtype=torch.uint8, generator=generator)

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load, save
 
 from celadon.errors import CeladonError
-from celadon.runinfo import atomic_write_bytes, atomic_write_text
+from celadon.runinfo import atomic_write_bytes, atomic_write_text, remove_stale_temps
 
 _TENSOR = "__tensor__"
 
@@ -77,6 +77,7 @@ def save_checkpoint(folder: Path, epoch: int, model: torch.nn.Module | dict[str,
     for old in folder.glob(f"{kind}_*"):
         if not old.name.startswith(stem + "."):
             old.unlink(missing_ok=True)
+    remove_stale_temps(folder / stem, f"{kind}_*")  # a killed write of an older checkpoint's files
 
 
 def load_checkpoint(folder: Path) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]] | None:

@@ -35,6 +35,7 @@ from celadon.classify.data import (
     train_transform,
 )
 from celadon.classify.models import ModelConfig, MultiTaskNet
+from celadon.cpu import set_threads
 from celadon.data.manifest import Manifest, read_manifest
 from celadon.data.sampling import combination_sample_weights, effective_number_weights
 from celadon.errors import CeladonError
@@ -87,10 +88,6 @@ class TrainConfig:
 
 def default_cache_dir(config_dir: str | None) -> Path:
     return Path(config_dir or os.environ.get("CELADON_CACHE") or Path.home() / ".cache" / "celadon")
-
-
-def set_threads(threads: int) -> None:
-    torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
 
 
 def load_synthetic(path: str, taxonomy: Taxonomy) -> Manifest:
@@ -197,6 +194,10 @@ class Trainer:
         self.tasks = config.tasks or self.taxonomy.task_names
         for task in self.tasks:
             self.taxonomy.task(task)
+        unknown = [t for t in config.synthetic_tasks or [] if t not in self.tasks]
+        if unknown:
+            raise CeladonError(f"synthetic_tasks: {', '.join(unknown)} not among the trained tasks "
+                               f"({', '.join(self.tasks)}); synthetic images would train nothing for it")
         manifest = read_manifest(config.splits, self.taxonomy)
         if "split" not in manifest.frame:
             raise CeladonError(f"{config.splits}: no 'split' column; run `celadon data split` first")

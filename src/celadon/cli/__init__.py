@@ -319,7 +319,9 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; re-run the same command to continue (train: add --resume)", file=sys.stderr)
         return 130
     except OSError as exc:  # permissions, full disk: the user can fix these, a traceback does not help
-        print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}; free space or fix permissions, then re-run the same command",
+              file=sys.stderr)
         return 2
     if not getattr(args, "quiet", False) and args.stage != "demo":
         print(f"({time.perf_counter() - start:.1f} s)", file=sys.stderr)

@@ -142,7 +142,7 @@ def add_parsers(stages, add):
                    help="replace: synthetic draws replace that share of real ones (equal optimizer steps); "
                         "add: the paper's longer epochs, N_real / (1 - ratio)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: the free cores)")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--cache-dir")
     p.add_argument("--max-steps-per-epoch", type=int, default=0)
@@ -172,7 +172,7 @@ def add_parsers(stages, add):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--source-size", type=int, default=1024, help="pixel size of the rendered source photos")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: the free cores)")
     p.add_argument("--data", default="runs/bench-data")
     p.add_argument("--cache-dir", default="runs/bench-cache")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers for both pipelines")

@@ -8,7 +8,8 @@ import argparse
 def cmd_serve(args: argparse.Namespace) -> int:
     from celadon.review.app import load_run, serve
 
-    serve(load_run(args.run_dir, qc=args.qc, real=args.real), host=args.host, port=args.port, token=args.token)
+    serve(load_run(args.run_dir, qc=args.qc, real=args.real), host=args.host, port=args.port, token=args.token,
+          allowed_hosts=tuple(args.allowed_host or ()))
     return 0
 
 
@@ -37,7 +38,9 @@ def add_parsers(stages, add) -> None:
     p.add_argument("--real", help="the real splits.csv: reference photos of each combination beside the images")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
     p.add_argument("--port", type=int, default=8765)
-    p.add_argument("--token", help="shared secret every request must carry (use when binding beyond localhost)")
+    p.add_argument("--token", help="shared secret every request must carry (required when binding beyond localhost)")
+    p.add_argument("--allowed-host", action="append", metavar="NAME",
+                   help="a host name browsers may use to reach the server besides localhost (repeatable)")
     p = add(verbs, "export", cmd_export, "current decisions as CSV (item_id, review, reason, reviewer, time)")
     p.add_argument("run_dir")
     p.add_argument("--out", help="default: RUN_DIR/review.csv")

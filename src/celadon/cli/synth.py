@@ -190,7 +190,7 @@ def _generation_arguments(p) -> None:
     p.add_argument("--clip-skip", type=int, help="diffusers clip_skip (default: 1 for SD 1.5, 0 for tiny)")
     p.add_argument("--resolution", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: the free cores)")
 
 
 def add_parsers(stages, add, bench_verbs) -> None:
@@ -239,7 +239,7 @@ def add_parsers(stages, add, bench_verbs) -> None:
     p.add_argument("--decoder-steps", type=int, help="decoder-only refinement on the frozen encoder's latents")
     p.add_argument("--unet-steps", type=int)
     p.add_argument("--max-minutes", type=float, default=0, help="stop resumably after this long (0: run to the end)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: the free cores)")
     p.add_argument("--seed", type=int, default=0)
 
     p = add(verbs, "train-lora", cmd_train_lora, "LoRA fine-tuning (diffusers + peft), resumable")
@@ -258,7 +258,7 @@ def add_parsers(stages, add, bench_verbs) -> None:
     p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: the free cores)")
 
     p = add(verbs, "plan", cmd_plan, "what to generate: rare combinations and confusion pairs (Datasets A/B)")
     p.add_argument("manifest", help="splits.csv (the training originals are counted)")
@@ -286,7 +286,7 @@ def add_parsers(stages, add, bench_verbs) -> None:
     p.add_argument("--model", default="tiny")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: the free cores)")
 
     p = add(bench_verbs, "generate", cmd_bench_generate, "images/s: celadon generate vs a plain pipeline loop")
     _generation_arguments(p)

@@ -57,8 +57,9 @@ class Distances:
 
 
 def image_distances(real: np.ndarray, synthetic: np.ndarray, inception: str | None = None,
-                    batch_size: int = 32) -> Distances:
-    """FID and KID of two uint8 NHWC arrays of the same size."""
+                    batch_size: int = 32, seed: int = 0) -> Distances:
+    """FID and KID of two uint8 NHWC arrays of the same size. KID's random subsets come from `seed`, so the same
+    images always give the same figures (a resumed study's results equal an uninterrupted one's)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -85,5 +86,7 @@ def image_distances(real: np.ndarray, synthetic: np.ndarray, inception: str | No
             batch = torch.from_numpy(np.ascontiguousarray(array[start:start + batch_size])).permute(0, 3, 1, 2)
             fid.update(batch, real=is_real)
             kid.update(batch, real=is_real)
-    kid_mean, kid_std = kid.compute()
+    with torch.random.fork_rng():  # torchmetrics draws KID's subsets from torch's global generator
+        torch.manual_seed(seed)
+        kid_mean, kid_std = kid.compute()
     return Distances(float(fid.compute()), float(kid_mean), float(kid_std), label, len(real), len(synthetic))

@@ -15,6 +15,8 @@ from typing import Any
 import yaml
 
 from celadon.errors import CeladonError
+from celadon.settings import check_types
+from celadon.taxonomy import load_taxonomy
 
 PRESETS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -123,7 +125,8 @@ def check_overrides(config: ExperimentConfig) -> None:
     sections += [(PlanConfig, f"synthesis.plans.{name}", _mapping(plan, f"synthesis.plans.{name}"), ("metrics",))
                  for name, plan in s.plans.items()]
     for cls, name, values, owned in sections:
-        _known(cls, name, values)
+        _known(cls, name, _mapping(values, name))
+        check_types(cls, values, name)
         for key in owned:
             if key in values:
                 raise CeladonError(f"{name}.{key}: set by the experiment runner, not in the config; remove it")
@@ -132,7 +135,15 @@ def check_overrides(config: ExperimentConfig) -> None:
         raise CeladonError(f"arms: names must be unique, got {names}")
     if config.baseline not in names:
         raise CeladonError(f"baseline: {config.baseline!r} is not an arm ({', '.join(names)})")
+    tasks = load_taxonomy(config.taxonomy).task_names
     for arm in config.arms:
+        if arm.plan is None and (arm.ratio or arm.tasks is not None):
+            raise CeladonError(f"arms.{arm.name}: ratio and tasks apply to arms with a plan (synthetic images); "
+                               "remove them or give the arm a plan")
+        unknown = [t for t in arm.tasks or [] if t not in tasks]
+        if unknown:
+            raise CeladonError(f"arms.{arm.name}.tasks: {', '.join(unknown)} not a task of the taxonomy "
+                               f"({', '.join(tasks)})")
         if arm.plan is not None and arm.plan not in s.plans:
             raise CeladonError(f"arms.{arm.name}.plan: {arm.plan!r} is not in synthesis.plans "
                                f"({', '.join(s.plans) or 'none'})")
@@ -151,14 +162,7 @@ PRIMARY_METRICS = ("f1_macro", "top1", "top5", "f1_weighted", "minority", "major
 
 
 def _check_statistics(config: ExperimentConfig) -> None:
-    from celadon.taxonomy import load_taxonomy
-
     s = config.statistics
-    for name, kind in (("primary", str), ("alpha", float), ("power", float), ("resamples", int), ("seed", int)):
-        value = getattr(s, name)
-        accepted = (int, float) if kind is float else kind  # a YAML 1 is a fine float
-        if isinstance(value, bool) or not isinstance(value, accepted):
-            raise CeladonError(f"statistics.{name}: expected {kind.__name__}, got {value!r}")
     task, _, metric = s.primary.partition("/")
     if s.primary not in ("all/mean_f1_macro", "rare combinations/rare"):
         tasks = load_taxonomy(config.taxonomy).task_names
@@ -213,14 +217,22 @@ def load_experiment(source: str | Path, overrides: dict[str, Any] | None = None,
         raise CeladonError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     raw = apply_settings(_mapping(raw, str(path)) | (overrides or {}), settings or [])
     _known(ExperimentConfig, str(path), raw)
+    check_types(ExperimentConfig, {k: v for k, v in raw.items() if k not in ("synthesis", "statistics", "arms")}, "")
     synthesis = _known(SynthesisConfig, f"{path}: synthesis", _mapping(raw.pop("synthesis", None), "synthesis"))
+    check_types(SynthesisConfig, synthesis, "synthesis")
     statistics = _known(StatisticsConfig, "statistics", _mapping(raw.pop("statistics", None), "statistics"))
+    check_types(StatisticsConfig, statistics, "statistics")
     arms = []
+    if "arms" in raw and not isinstance(raw["arms"], list):
+        raise CeladonError(f"arms: expected a list of arms, got {raw['arms']!r}")
+    if "arms" in raw and not raw["arms"]:
+        raise CeladonError("arms: the list is empty; give at least the baseline, e.g. [{name: baseline}]")
     for i, item in enumerate(raw.pop("arms", None) or []):
         item = _mapping(item, f"arms[{i}]")
         if "name" not in item:
             raise CeladonError(f"{path}: arms[{i}] needs a name")
-        arms.append(Arm(**_known(Arm, f"arms.{item['name']}", item)))
+        check_types(Arm, _known(Arm, f"arms.{item['name']}", item), f"arms.{item['name']}")
+        arms.append(Arm(**item))
     config = ExperimentConfig(**raw, synthesis=SynthesisConfig(**synthesis), statistics=StatisticsConfig(**statistics),
                               **({"arms": arms} if arms else {}))
     config.source = str(path)  # type: ignore[attr-defined]

@@ -216,7 +216,7 @@ class Experiment:
         caption = self.stages.run("caption", {}, [runs.selection], lambda p: {"folder": str(write_lora_folder(
             read_manifest(runs.selection.info["table"], taxonomy), p, progress=self.progress).parent)},
             "caption LoRA training set")
-        lora = make(LoraConfig, s.lora, model=s.model, threads=self.config.threads or 2)
+        lora = make(LoraConfig, s.lora, model=s.model, threads=self.config.threads)
         model = {"model": s.model, "weights": model_fingerprint(s.model)}  # a rebuilt model redoes synthesis
         runs.lora = self.stages.run("lora", _settings(lora, "data", "model") | model, [caption],
                                     lambda p: {"folder": str(train_lora(dataclasses.replace(
@@ -244,7 +244,7 @@ class Experiment:
 
         s = self.config.synthesis
         config = make(GenerateConfig, s.generate, model=s.model, plan=plan.info["table"],
-                      lora=str(lora.path) if lora else None, threads=self.config.threads or 2)
+                      lora=str(lora.path) if lora else None, threads=self.config.threads)
         settings = _settings(config, "plan", "lora", "shard", "model") | model
         return self.stages.run("generate", settings, [plan] + ([lora] if lora else []), lambda p: {
             "table": str(generate(dataclasses.replace(config, out=str(p)), progress=self.progress))},

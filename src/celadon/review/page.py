@@ -121,8 +121,8 @@ def _filter(items: pd.DataFrame, current: dict[str, Decision], filters: dict[str
     keep = pd.Series(True, index=items.index)
     if filters["combo"]:
         keep &= items["combination"] == filters["combo"]
-    if filters["source"]:
-        keep &= items["source"].astype(str) == filters["source"]
+    if filters["purpose"]:
+        keep &= items["purpose"].astype(str) == filters["purpose"]
     if filters["qc"]:
         passed = items["qc_pass"].astype(str).str.lower().isin(["true", "1"])
         keep &= passed if filters["qc"] == "pass" else ~passed
@@ -150,7 +150,7 @@ def _card(row: dict, decision: Decision | None, references: list[int]) -> str:
 <div><label><input type="checkbox" class="pick"> <b>{item}</b></label> <span class="badge">{escape(badge)}</span></div>
 <div class="meta">{labels}</div>
 <div class="meta" title="prompt">{escape(str(row.get("prompt", "")))}</div>
-<div class="meta">seed {escape(str(row.get("seed", "")))} · {escape(str(row.get("source") or ""))}</div>{qc}
+<div class="meta">seed {escape(str(row.get("seed", "")))} · {escape(str(row.get("purpose") or ""))}</div>{qc}
 <div class="refs">{refs}</div>
 <div class="actions"><button class="accept">accept (a)</button><select class="reason">{_options(REASONS, "", "reason…")}
 </select><button class="reject">reject (r)</button><input class="note" placeholder="note (for other)" size="14"
@@ -167,14 +167,14 @@ def render_page(review, current: dict[str, Decision], stats: dict, csrf: str, fi
         for c, s in stats["combinations"].items())
     cards = "".join(_card(row, current.get(row["item_id"]), review.references_by_combo.get(row["combination"], []))
                     for row in shown.to_dict("records"))
-    sources = sorted(str(s) for s in items["source"].dropna().unique())
+    sources = sorted(str(s) for s in items["purpose"].dropna().unique())
     combinations = sorted(items["combination"].unique())
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>celadon review</title>
 <meta name="csrf" content="{escape(csrf)}"><link rel="icon" href="data:,"><style>{_CSS}</style></head><body>
 <header><div class="bar"><input id="reviewer" placeholder="your name" size="12" aria-label="reviewer">
 <span id="progress">{stats['reviewed']} / {stats['total']} reviewed{rate}</span></div>
 <form method="get"><select name="combo">{_options(combinations, filters['combo'], 'all combinations')}</select>
-<select name="source">{_options(sources, filters['source'], 'all tiers')}</select>
+<select name="purpose">{_options(sources, filters['purpose'], 'all purposes')}</select>
 <select name="qc">{_options(['pass', 'fail'], filters['qc'], 'any QC')}</select>
 <select name="decision">{_options(['pending', 'accepted', 'rejected'], filters['decision'], 'any decision')}</select>
 <button>filter</button></form>

@@ -5,6 +5,7 @@ image is its current decision. Concurrent reviewers never lose a write: each dec
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import sqlite3
 from dataclasses import dataclass
@@ -41,7 +42,22 @@ class Decision:
     at: str
 
 
+def _readable(method):
+    """A damaged or foreign review.sqlite becomes one line naming the file and what to do, not a traceback."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            raise CeladonError(f"{self.path}: not a readable review database ({exc}); move it aside to start the "
+                               "review afresh, or restore it from a backup") from None
+
+    return wrapper
+
+
 class ReviewStore:
+    @_readable
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / DB_NAME
         with self._connect() as db:
@@ -53,6 +69,7 @@ class ReviewStore:
         db.execute("PRAGMA busy_timeout=30000")
         return db
 
+    @_readable
     def decide(self, items: list[str], decision: str, reviewer: str, reason: str | None = None,
                note: str | None = None) -> list[Decision]:
         if decision not in DECISIONS:
@@ -74,6 +91,7 @@ class ReviewStore:
             db.close()
         return rows
 
+    @_readable
     def current(self) -> dict[str, Decision]:
         """The latest decision per image (last write wins)."""
         with self._connect() as db:
@@ -81,6 +99,7 @@ class ReviewStore:
                               "(SELECT MAX(id) FROM decisions WHERE item_id = d.item_id)").fetchall()
         return {r[0]: Decision(*r) for r in rows if r[1] != "pending"}
 
+    @_readable
     def history(self, item_id: str | None = None) -> list[Decision]:
         query = "SELECT item_id, decision, reason, note, reviewer, at FROM decisions"
         with self._connect() as db:

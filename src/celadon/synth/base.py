@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from celadon.classify.checkpoint import load_checkpoint, save_checkpoint
+from celadon.cpu import set_threads
 from celadon.data.embedded import _all_combinations
 from celadon.data.embedded.render import Labels, render
 from celadon.runinfo import append_csv_row, atomic_write_text, write_run_info
@@ -309,7 +310,7 @@ def build_base(config: BaseConfig, progress: bool = True) -> Path | None:
     from celadon.synth.captions import caption
     from celadon.taxonomy import load_taxonomy
 
-    torch.set_num_threads(config.threads)
+    set_threads(config.threads)
     work = Path(config.work)
     work.mkdir(parents=True, exist_ok=True)
     write_run_info(work, "synth build-base", config, config.seed)

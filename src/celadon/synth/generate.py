@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from celadon.cpu import set_threads
 from celadon.data.manifest import PATH_COLUMN
 from celadon.errors import CeladonError
 from celadon.runinfo import atomic_write_bytes, atomic_write_text, write_run_info
@@ -41,7 +42,7 @@ class GenerateConfig:
     batch_size: int = 8
     shard: str = "0/1"
     device: str = "auto"
-    threads: int = 2
+    threads: int = 0  # 0: the cores other processes leave free
 
 
 def read_plan(path: str | Path) -> pd.DataFrame:
@@ -102,7 +103,7 @@ def _call_kwargs(config: GenerateConfig) -> dict:
 
 def generate(config: GenerateConfig, progress: bool = True) -> Path:
     """Generate every pending item of this shard; returns the metadata table (`generated.csv`)."""
-    torch.set_num_threads(config.threads)
+    set_threads(config.threads)
     plan = read_plan(config.plan)
     index, count = parse_shard(config.shard)
     out = Path(config.out)

@@ -21,9 +21,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from celadon.classify.checkpoint import load_checkpoint, save_checkpoint, save_tensors
+from celadon.cpu import set_threads
 from celadon.data.images import load_image
 from celadon.errors import CeladonError
-from celadon.runinfo import append_csv_row, write_json, write_run_info
+from celadon.runinfo import append_csv_row, atomic_write_text, write_json, write_run_info
 from celadon.synth.pipeline import (
     default_clip_skip,
     load_pipeline,
@@ -61,7 +62,7 @@ class LoraConfig:
     gradient_checkpointing: bool = False
     device: str = "auto"
     seed: int = 0
-    threads: int = 2
+    threads: int = 0  # 0: the cores other processes leave free
 
 
 def read_caption_folder(folder: str | Path) -> list[dict]:
@@ -213,6 +214,18 @@ def _sample_grid(pipe, prompts: list[str], resolution: int, config: LoraConfig, 
     save_grid(images, path, columns=len(prompts))
 
 
+def _repair_log(path: Path, step: int, row: dict | None) -> None:
+    """Make the training log end exactly at the checkpoint being resumed: rows of later steps (written by a run
+    killed before its next checkpoint) go, and the checkpoint's own row is there once."""
+    import pandas as pd
+
+    log = pd.read_csv(path) if path.exists() and path.stat().st_size else pd.DataFrame(columns=["step"])
+    log = log[log["step"] < step].drop_duplicates("step", keep="last")
+    if row is not None:
+        log = pd.concat([log, pd.DataFrame([row])], ignore_index=True)
+    atomic_write_text(path, log.to_csv(index=False))
+
+
 def train_lora(config: LoraConfig, progress: bool = True, stop_after: int | None = None,
                step_times: list[float] | None = None) -> Path:
     """Train (or resume) to `config.steps`; returns the exported LoRA folder. `stop_after` ends the run early
@@ -221,7 +234,7 @@ def train_lora(config: LoraConfig, progress: bool = True, stop_after: int | None
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
 
-    torch.set_num_threads(config.threads)
+    set_threads(config.threads)
     device = resolve_device(config.device)
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=device == "cpu")
     records = read_caption_folder(config.data)
@@ -238,18 +251,24 @@ def train_lora(config: LoraConfig, progress: bool = True, stop_after: int | None
                                  num_training_steps=config.steps)
     unet, optimizer, lr_scheduler = accelerator.prepare(pipe.unet, optimizer, lr_scheduler)
     generator = torch.Generator().manual_seed(config.seed + accelerator.process_index)
-    step = 0
+    step, log_row = 0, None
     if (found := load_checkpoint(out / "ckpt")) is not None:
         step, weights, state = found
         _restore_lora(pipe, weights, config)
         optimizer.load_state_dict(state["optimizer"])
         lr_scheduler.load_state_dict(state["lr_scheduler"])
         generator.set_state(state["generator"])
+        log_row = state.get("log_row")
     if config.clip_skip is None:
         config = replace(config, clip_skip=default_clip_skip(config.model) or None)
     show = progress and accelerator.is_main_process
     batches = _Batches(pipe, records, config, resolution, show) if step < config.steps else None  # done: export only
     prompts = _validation_prompts(records, config)
+    if step and accelerator.is_main_process:
+        _repair_log(out / "train_log.csv", step, log_row)
+        grid = out / "samples" / f"step_{step:05d}.png"
+        if not grid.exists():  # killed between the checkpoint and its sample grid
+            _sample_grid(pipe, prompts, resolution, config, grid)
     alphas = noise_scheduler.alphas_cumprod
     started, first = time.monotonic(), step
     bar = tqdm(total=config.steps, initial=step, desc="LoRA", disable=not show)
@@ -278,12 +297,14 @@ def train_lora(config: LoraConfig, progress: bool = True, stop_after: int | None
         bar.update()
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if accelerator.is_main_process and (step % config.checkpoint_every == 0 or step == config.steps):
-            append_csv_row(out / "train_log.csv", {"step": step, "loss": round(loss.item(), 5),
-                                                   "lr": lr_scheduler.get_last_lr()[0],
-                                                   "seconds": round(time.monotonic() - started, 1)})
+            row = {"step": step, "loss": round(loss.item(), 5), "lr": lr_scheduler.get_last_lr()[0],
+                   "seconds": round(time.monotonic() - started, 1)}
+            # The checkpoint first, holding its own log row: a kill at any point leaves a log that the next
+            # run can make exact (no row twice, none missing) and a sample grid it can redraw.
             save_checkpoint(out / "ckpt", step, _lora_state(pipe, config),
                             {"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
-                             "generator": generator.get_state()}, kind="step")
+                             "generator": generator.get_state(), "log_row": row}, kind="step")
+            append_csv_row(out / "train_log.csv", row)
             _sample_grid(pipe, prompts, resolution, config, out / "samples" / f"step_{step:05d}.png")
     bar.close()
     if step < config.steps:

@@ -1,6 +1,8 @@
 """`celadon synth plan`: what to generate, derived from the data (paper §3.2.2, Datasets A and B).
 
-A plan is one row per image to generate: item id, the four labels, prompt, negative prompt, seed, and why.
+A plan is one row per image to generate: item id, the four labels, prompt, negative prompt, seed, and why
+(`purpose`: rare or confusion, and a `reason` in words; `source` is left to manifests, where it names the
+image a derived row came from, and is rebased as a path when a manifest is written elsewhere).
 Only label combinations that exist among the real training images are generated (no invented, historically
 implausible pairings). Two sources share the budget: rare combinations (fewest training originals, each
 weighted 1/sqrt(n) so the rarest get most) and confusion pairs (combinations holding either class of a
@@ -101,12 +103,12 @@ def make_plan(manifest: Manifest, config: PlanConfig) -> pd.DataFrame:
         labels = {t: getattr(combo, t) for t in tasks}
         prompt = caption(labels, manifest.taxonomy)
         key = "+".join(str(labels[t]) for t in tasks)
-        for source in ("rare", "confusion"):
-            for k in range(getattr(combo, source)):
-                item = f"{key}#{source}#{k}"
-                reason = (f"rare: {combo.train_images} training image(s)" if source == "rare"
+        for purpose in ("rare", "confusion"):
+            for k in range(getattr(combo, purpose)):
+                item = f"{key}#{purpose}#{k}"
+                reason = (f"rare: {combo.train_images} training image(s)" if purpose == "rare"
                           else f"confusion pair {pair_names[labels[config.confusion_task]]}")
-                rows.append({"item_id": "", "key": item, **labels, "source": source, "reason": reason,
+                rows.append({"item_id": "", "key": item, **labels, "purpose": purpose, "reason": reason,
                              "train_images": combo.train_images, "prompt": prompt,
                              "negative_prompt": config.negative_prompt, "seed": _item_seed(config.seed, item)})
     plan = pd.DataFrame(rows)
@@ -121,6 +123,6 @@ def run_plan(manifest: Manifest, out_dir: str | Path, config: PlanConfig) -> tup
     path = out_dir / "plan.csv"
     atomic_write_text(path, plan.to_csv(index=False, lineterminator="\n"))
     write_run_info(out_dir, "synth plan", asdict(config), config.seed)
-    summary = plan.groupby("source").agg(images=("item_id", "size"),
+    summary = plan.groupby("purpose").agg(images=("item_id", "size"),
                                          combinations=("prompt", "nunique")).reset_index()
     return path, summary

@@ -198,7 +198,7 @@ def _summary(table: pd.DataFrame, reasons: list[list[tuple[str, str]]], fidelity
     size = 128
     real = np.stack([resize_square(img, size) for img in real_images])
     fake = np.stack([resize_square(images[i], size) for i in sorted(images)]) if images else np.zeros((0,))
-    distances = asdict(image_distances(real, fake, config.inception)) if len(fake) >= 2 else None
+    distances = asdict(image_distances(real, fake, config.inception, seed=config.seed)) if len(fake) >= 2 else None
     return {"n_images": len(table), "n_pass": int(table["qc_pass"].sum()),
             "pass_rate": float(table["qc_pass"].mean()), "reasons": dict(sorted(counts.items())),
             "label_fidelity": fidelity, "distances": distances, "real_reference": len(real_images)}
