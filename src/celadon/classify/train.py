@@ -79,7 +79,7 @@ class TrainConfig:
     mixing: str = "replace"
     synthetic_tasks: list[str] | None = None  # tasks synthetic images train; None = all
     seed: int = 0
-    threads: int = 0  # torch threads; 0 = one per core
+    threads: int = 0  # torch threads; 0 = the cores other processes leave free (celadon.cpu)
     workers: int = 0  # DataLoader workers; 0 keeps decoding-free loading in the training process
     cache_dir: str | None = None  # default $CELADON_CACHE or ~/.cache/celadon
     max_steps_per_epoch: int = 0  # 0 = one pass over the training draws
@@ -194,6 +194,9 @@ class Trainer:
         self.tasks = config.tasks or self.taxonomy.task_names
         for task in self.tasks:
             self.taxonomy.task(task)
+        if config.mixing not in MIXING:
+            raise CeladonError(f"mixing: {config.mixing!r} is neither 'replace' (equal training budgets) nor 'add' "
+                               "(the paper's longer epochs)")
         unknown = [t for t in config.synthetic_tasks or [] if t not in self.tasks]
         if unknown:
             raise CeladonError(f"synthetic_tasks: {', '.join(unknown)} not among the trained tasks "
@@ -216,9 +219,6 @@ class Trainer:
                                         synthetic=True, masked_tasks=masked, progress=progress)
             parts.append(synthetic)
             n_synthetic = len(synthetic.rows)
-        if config.mixing not in MIXING:
-            raise CeladonError(f"mixing: {config.mixing!r} is neither 'replace' (equal training budgets) nor 'add' "
-                               "(the paper's longer epochs)")
         self.samples = concat_samples(parts)
         self.n_real, self.n_synthetic = len(real.rows), n_synthetic
         self.real_weights = sample_weights(self.train_manifest, real, self.tasks, config.sampler)

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from celadon.errors import CeladonError
 from celadon.evaluate.resample import ResampledPredictions
+from celadon.evaluate.run import load_metrics
 from celadon.evaluate.stats import (
     adjusted_level,
     detectable_effect,
@@ -71,19 +73,13 @@ class Comparer:
         self._predictions: dict = {}
         self._replicates: dict = {}
         first = next(iter(runs.evaluations.values()))
-        self.tasks = self.predictions(first).tasks
         self.weights = image_weights(len(self.predictions(first).paths), resamples, seed)
-        self.ones = np.ones((1, self.weights.shape[1]))
 
     def predictions(self, stage: Stage) -> ResampledPredictions:
+        """An evaluation's predictions, read once; every arm must have been evaluated on the same images."""
         if stage.path not in self._predictions:
-            from celadon.evaluate.run import load_metrics
-
-            tasks = list(load_metrics(stage.path)["tasks"])
-            loaded = ResampledPredictions.load(stage.path, tasks)
+            loaded = ResampledPredictions.load(stage.path, list(load_metrics(stage.path)["tasks"]))
             if self._predictions and loaded.paths != next(iter(self._predictions.values())).paths:
-                from celadon.errors import CeladonError
-
                 raise CeladonError(f"{stage.path}: evaluated on other images than the other arms; "
                                    "arms are compared on the same test images")
             self._predictions[stage.path] = loaded

@@ -75,7 +75,7 @@ class ExperimentConfig:
     baseline: str = "baseline"  # the arm every other arm is compared with
     statistics: StatisticsConfig = field(default_factory=StatisticsConfig)
     tsne_per_set: int = 300  # images per set (real, each synthetic set) in the t-SNE
-    threads: int = 0  # torch threads (0: one per core)
+    threads: int = 0  # torch threads (0: the cores other processes leave free)
     workers: int = 2  # processes for rendering and decoding
 
 

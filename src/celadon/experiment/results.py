@@ -52,7 +52,7 @@ def rare_groups(runs) -> tuple[str, dict[str, set[tuple]], int]:
     from celadon.taxonomy import load_taxonomy
 
     plans = [runs.config.synthesis.plans[a.plan] for a in runs.config.arms if a.plan]
-    rare_max = int((plans[0] if plans else {}).get("rare_max", PlanConfig.rare_max))
+    rare_max = int(((plans[0] if plans else None) or {}).get("rare_max", PlanConfig.rare_max))
     manifest = read_manifest(runs.split.info["splits"], load_taxonomy(runs.config.taxonomy))
     frame = manifest.frame[(manifest.frame["split"] == "train") & (manifest.augmentation_seeds() < 0)]
     counts = frame.dropna(subset=manifest.tasks).groupby(manifest.tasks).size()
