@@ -134,7 +134,8 @@ class Comparer:
         strictest = self.alpha / max(m, 1)  # Holm's first step: what the detectable effect is computed at
         for (comparison, replicates), p_adjusted in zip(comparisons, adjusted, strict=True):
             level = adjusted_level(comparison["p"], p_adjusted, self.alpha)
-            comparison |= {"p_adjusted": float(p_adjusted), "family_size": m, "adj_level": level}
+            comparison |= {"p_adjusted": float(p_adjusted), "family_size": m, "adj_level": level,
+                           "alpha": self.alpha}
             low, high = _t_bounds(comparison, level) if comparison["n"] >= 2 else (float("nan"), float("nan"))
             comparison |= {"adj_low": low, "adj_high": high}
             if replicates is not None:

@@ -70,6 +70,8 @@ def _delta(row: dict, full: bool = False) -> str:
     if c["n"] >= 2:
         text += f' [{c["ci_low"]:+.3f}, {c["ci_high"]:+.3f}]'
     text += f'</span> p<sub>adj</sub> {_p(c.get("p_adjusted"))}: {html.escape(c["verdict"])}'
+    if c["verdict"] == "no clear change" and c.get("p_adjusted", 1) < c.get("alpha", 0.05):
+        text += " (an adjusted interval includes 0)"  # the test alone would say more than the intervals allow
     if full and c["n"] >= 2:
         if c.get("boot_low") is not None:
             text += f'; bootstrap over seeds × test images [{c["boot_low"]:+.3f}, {c["boot_high"]:+.3f}]'
