@@ -152,6 +152,11 @@ def test_cli_exit_codes_and_one_line_errors(tmp_path, write_images, capsys):
     assert main(["data", "split", str(tmp_path / "nothing.csv"), "--out", str(tmp_path / "s"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not exist" in err
+    # A label the taxonomy does not know: one line, one "error:" prefix (it used to read "error: error: ...").
+    unknown = write_manifest_csv(tmp_path / "unknown.csv", [{"path": paths[0], **LABELS, "glaze": "plaid"}])
+    assert main(["data", "split", str(unknown), "--out", str(tmp_path / "u"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and err.count("error:") == 1 and "plaid" in err
 
 
 def test_parquet_manifest_reads_like_csv(tmp_path, write_images):

@@ -89,7 +89,7 @@ def import_label_csv(
     problems: list = []
     text = decode_text(csv_path.read_bytes(), str(csv_path), None, problems)
     if text is None:
-        raise CeladonError(str(problems[0]))
+        raise CeladonError(problems[0].detail)
     rows = [row for row in csv.reader(text.splitlines()) if any(cell.strip() for cell in row)]
     mapping = load_class_mapping(classes) if classes else {}
     if rows and len(rows[0]) >= 2 and not _is_label(rows[0][1], mapping, taxonomy, task):

@@ -40,10 +40,15 @@ class Problem:
     path: str = ""
     severity: str = "error"
 
-    def __str__(self) -> str:
+    @property
+    def detail(self) -> str:
+        """The problem without its severity, for messages that carry their own ("error: " from the CLI)."""
         place = f"{self.source}:{self.where}" if self.where else self.source
         subject = f" {self.path!r}" if self.path else ""
-        return f"{self.severity}: {place}:{subject} [{self.field}] {self.message}"
+        return f"{place}:{subject} [{self.field}] {self.message}"
+
+    def __str__(self) -> str:
+        return f"{self.severity}: {self.detail}"
 
 
 @dataclass
@@ -238,7 +243,7 @@ def read_manifest(path: str | Path, taxonomy: Taxonomy, encoding: str | None = N
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise CeladonError(f"{errors[0]}{more}; run `celadon data validate {path}` to list every problem")
+        raise CeladonError(f"{errors[0].detail}{more}; run `celadon data validate {path}` to list every problem")
     return manifest
 
 

@@ -107,7 +107,7 @@ class Experiment:
             report = validate_manifest(manifest, self.taxonomy,
                                        ValidationConfig(workers=self.config.workers), progress=self.progress)
             if report.errors:
-                raise CeladonError(f"{manifest}: {len(report.errors)} errors, first: {report.errors[0]}; "
+                raise CeladonError(f"{manifest}: {len(report.errors)} errors, first: {report.errors[0].detail}; "
                                    "run `celadon data validate` for the full list")
             return {"manifest": str(manifest.resolve()), "rows": len(report.manifest)}
 
