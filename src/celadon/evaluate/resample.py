@@ -46,6 +46,10 @@ class ResampledPredictions:
                                "re-run `celadon evaluate`")
         return cls(frame, tasks)
 
+    def labels(self, task: str) -> list[str]:
+        """Per image, the true label of `task` as text ("" where unknown)."""
+        return [self.classes[task][t] if t >= 0 else "" for t in self.truth[task]]
+
     def labelled(self, task: str) -> np.ndarray:
         return self.truth[task] >= 0
 

@@ -42,17 +42,21 @@ def _finite(values: Sequence[float], what: str) -> np.ndarray:
     return data
 
 
+def t_bounds(mean: float, sd: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of a mean from its sample sd and count (NaN with one value; a point when sd is 0)."""
+    if n < 2:
+        return float("nan"), float("nan")
+    if sd == 0:
+        return mean, mean
+    low, high = stats.t.interval(level, n - 1, loc=mean, scale=sd / np.sqrt(n))
+    return float(low), float(high)
+
+
 def t_interval(values: Sequence[float], level: float = 0.95) -> Interval:
     """Mean and Student-t interval of the mean (NaN bounds with one value; a point when all values agree)."""
     data = _finite(values, "a t-interval")
-    mean = float(data.mean())
-    if data.size < 2:
-        return Interval(mean, float("nan"), float("nan"), 1)
-    sem = stats.sem(data)
-    if sem == 0:
-        return Interval(mean, mean, mean, int(data.size))
-    low, high = stats.t.interval(level, data.size - 1, loc=mean, scale=sem)
-    return Interval(mean, float(low), float(high), int(data.size))
+    sd = float(data.std(ddof=1)) if data.size > 1 else float("nan")
+    return Interval(float(data.mean()), *t_bounds(float(data.mean()), sd, int(data.size), level), int(data.size))
 
 
 @dataclass(frozen=True)

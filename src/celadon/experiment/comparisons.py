@@ -28,6 +28,7 @@ from celadon.evaluate.stats import (
     paired_t,
     percentile_interval,
     seeds_needed,
+    t_bounds,
     t_interval,
 )
 from celadon.experiment.stages import Stage
@@ -136,7 +137,7 @@ class Comparer:
             level = adjusted_level(comparison["p"], p_adjusted, self.alpha)
             comparison |= {"p_adjusted": float(p_adjusted), "family_size": m, "adj_level": level,
                            "alpha": self.alpha}
-            low, high = _t_bounds(comparison, level) if comparison["n"] >= 2 else (float("nan"), float("nan"))
+            low, high = t_bounds(comparison["difference"], comparison["sd"], comparison["n"], level)
             comparison |= {"adj_low": low, "adj_high": high}
             if replicates is not None:
                 comparison["adj_boot_low"], comparison["adj_boot_high"] = percentile_interval(replicates, level)
@@ -144,16 +145,6 @@ class Comparer:
             comparison["seeds_needed"] = seeds_needed(comparison["difference"], comparison["sd"], strictest,
                                                       self.power)
             comparison["verdict"] = verdict(comparison, self.alpha)
-
-
-def _t_bounds(comparison: dict, level: float) -> tuple[float, float]:
-    from scipy import stats
-
-    n, sd, mean = comparison["n"], comparison["sd"], comparison["difference"]
-    if sd == 0:
-        return mean, mean
-    low, high = stats.t.interval(level, n - 1, loc=mean, scale=sd / np.sqrt(n))
-    return float(low), float(high)
 
 
 def compare_measures(comparer: Comparer, measures: list[Measure], primary: str) -> dict[str, list[dict]]:

@@ -61,16 +61,17 @@ def rare_groups(runs) -> tuple[str, dict[str, set[tuple]], int]:
     return "+".join(manifest.tasks), groups, rare_max
 
 
-def _rare_masks(frame: pd.DataFrame, tasks: list[str], groups: dict[str, set[tuple]]) -> dict[str, np.ndarray]:
-    complete = (frame[tasks] != "").all(axis=1).to_numpy()
-    keys = list(frame[tasks].itertuples(index=False, name=None))
+def _rare_masks(predictions, tasks: list[str], groups: dict[str, set[tuple]]) -> dict[str, np.ndarray]:
+    """Per group (rare, common, unseen), which evaluated images carry a combination of that group."""
+    keys = list(zip(*(predictions.labels(t) for t in tasks), strict=True))
+    complete = np.array([all(key) for key in keys])
     rare = np.array([k in groups["rare"] for k in keys]) & complete
     common = np.array([k in groups["common"] for k in keys]) & complete
     return {"rare": rare, "common": common, "unseen": complete & ~rare & ~common}
 
 
-def measures(runs, comparer_cache: dict, predictions) -> list[Measure]:
-    """Every measure the results tables compare, in table order."""
+def measures(runs, comparer_cache: dict, predictions, rare: tuple) -> list[Measure]:
+    """Every measure the results tables compare, in table order; `rare` is `rare_groups(runs)`."""
     tasks = _tasks(runs)
     scores = functools.partial(_task_scores, comparer_cache, predictions=predictions)
 
@@ -93,31 +94,31 @@ def measures(runs, comparer_cache: dict, predictions) -> list[Measure]:
                                lambda st, t=task, g=group: _metrics(st.path)["tasks"][t]["minority_majority"][g][
                                    "f1_mean"],
                                lambda st, w, t=task, g=group: scores(st, t, w)[g]))
-    key, groups, rare_max = rare_groups(runs)
+    key, groups, rare_max = rare
     names = {"rare": f"rare (1–{rare_max} in training)", "common": f"common (>{rare_max} in training)",
              "unseen": "unseen in training"}
     masks: dict = {}
 
     def accuracy(stage: Stage, weights: np.ndarray, group: str) -> np.ndarray:
+        loaded = predictions(stage)
         if stage.path not in masks:
-            frame = read_predictions(stage.path)
-            masks[stage.path] = _rare_masks(frame, [t for t in key.split("+") if t in frame], groups)
-        return predictions(stage).group_accuracy(masks[stage.path][group], weights)
+            masks[stage.path] = _rare_masks(loaded, [t for t in key.split("+") if t in loaded.tasks], groups)
+        return loaded.group_accuracy(masks[stage.path][group], weights)
 
     for group in ("rare", "common", "unseen"):
         out.append(Measure(f"rare combinations/{group}", "rare_combinations", {"group": names[group]},
-                           lambda st, g=group: float(accuracy(st, np.ones((1, len(read_predictions(st.path)))), g)[0]),
+                           lambda st, g=group: float(accuracy(st, np.ones((1, len(predictions(st).paths))), g)[0]),
                            lambda st, w, g=group: accuracy(st, w, g)))
     return out
 
 
-def comparison_tables(runs) -> dict[str, list[dict]]:
+def comparison_tables(runs, rare: tuple) -> dict[str, list[dict]]:
     """Tables 14, 15 and the rare-combination table, every arm compared with the baseline."""
     from celadon.experiment.comparisons import Comparer
 
     s = runs.config.statistics
     comparer = Comparer(runs, s.resamples, s.seed, s.alpha, s.power)
-    return compare_measures(comparer, measures(runs, {}, comparer.predictions), s.primary)
+    return compare_measures(comparer, measures(runs, {}, comparer.predictions, rare), s.primary)
 
 
 def primary_endpoint(runs, tables: dict[str, list[dict]]) -> dict:
@@ -200,8 +201,9 @@ def collect_results(runs) -> dict:
     results: dict = {"name": runs.config.name, "seeds": runs.config.seeds, "baseline": runs.config.baseline,
                      "arms": [a.name for a in runs.config.arms], "skipped_arms": runs.skipped}
     if runs.evaluations:
-        tables = comparison_tables(runs)
-        key, _, rare_max = rare_groups(runs)
+        rare = rare_groups(runs)
+        tables = comparison_tables(runs, rare)
+        key, _, rare_max = rare
         results |= {"primary": primary_endpoint(runs, tables), **tables, "table17": confusion_pair_table(runs),
                     "rare_definition": {"combination": key, "rare_max": rare_max,
                                         "counted_on": "real training originals (what the plans count)"},
