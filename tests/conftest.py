@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,8 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Caches (decoded pixels, image checks) of this test session stay in a temporary folder, not ~/.cache.
+os.environ["CELADON_CACHE"] = tempfile.mkdtemp(prefix="celadon-test-cache-")
 
 
 def noise_image(seed: int, size: int = 64) -> Image.Image:

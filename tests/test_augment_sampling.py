@@ -146,5 +146,8 @@ def test_validate_accepts_virtual_rows_but_still_finds_real_duplicates(tmp_path,
     frame.loc[len(frame)] = {**frame.iloc[0].to_dict(), "path": "images/copy.jpg"}
     path, _ = augment_manifest(manifest.with_frame(frame), tmp_path / "aug", AugmentConfig(threshold=5, target=5),
                                progress=False)
-    report = validate_manifest(path, TAXONOMY, ValidationConfig(), progress=False)
+    # augmented.csv lives in aug/ and points back to the images: they are inside the dataset's folder, the root.
+    report = validate_manifest(path, TAXONOMY, ValidationConfig(root=str(tmp_path)), progress=False)
     assert [p.kind for p in report.problems] == ["exact_duplicate"]  # the copy, not the 2 virtual rows
+    outside = validate_manifest(path, TAXONOMY, ValidationConfig(), progress=False)
+    assert {p.kind for p in outside.errors} == {"outside_root"}

@@ -34,9 +34,16 @@ def test_exact_near_and_conflicting_duplicates(tmp_path, write_images):
                                progress=False)
     by_kind = {p.kind: p for p in report.problems}
     assert sorted(by_kind) == ["conflicting_duplicate", "exact_duplicate", "near_duplicate"]
-    assert by_kind["exact_duplicate"].path == "images/copy.jpg" and paths[0] in by_kind["exact_duplicate"].message
-    assert by_kind["conflicting_duplicate"].severity == "error" and by_kind["conflicting_duplicate"].field == "glaze"
-    assert by_kind["near_duplicate"].path == "images/near.jpg" and paths[2] in by_kind["near_duplicate"].message
+    # One problem per group of copies, naming every file and row of the group.
+    assert by_kind["exact_duplicate"].message.startswith("group 1: 2 identical files: ")
+    assert f"{paths[0]!r} (line 2)" in by_kind["exact_duplicate"].message
+    assert "'images/copy.jpg' (line 8)" in by_kind["exact_duplicate"].message
+    conflict = by_kind["conflicting_duplicate"]
+    assert conflict.severity == "error" and conflict.field == "glaze"
+    assert "line 3: glaze=tianqing; line 9: glaze=celadon" in conflict.message
+    near = by_kind["near_duplicate"].message
+    assert "'images/near.jpg' (line 10)" in near and paths[2] in near
+    assert (report.duplicate_groups, report.duplicate_files) == (3, 6)
     # Distinct images are never reported, and -1 turns the near search off.
     report = validate_manifest(tmp_path / "m.csv", load_taxonomy(), ValidationConfig(near_distance=-1),
                                progress=False)

@@ -145,7 +145,7 @@ def test_table6_real_column_is_the_judge_on_real_photos_of_the_plans_combination
         "d.jpg,white,white,plate,plate\n")       # not in the plan: left out
     plan = tmp_path / "plan.csv"
     plan.write_text("item_id,glaze,type\ni0,celadon,vase\ni1,black,bowl\ni2,celadon,vase\n")
-    runs = SimpleNamespace(reference_eval=SimpleNamespace(path=tmp_path))
+    runs = SimpleNamespace(reference_eval=SimpleNamespace(path=tmp_path), config=SimpleNamespace(taxonomy=None))
     real = judge_on_real(runs, plan, ["label fidelity glaze", "label fidelity type", "label fidelity glaze+type"])
     assert real == {"images": 3.0, "label fidelity glaze": 2 / 3, "label fidelity type": 2 / 3,
                     "label fidelity glaze+type": 1 / 3}

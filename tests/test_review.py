@@ -166,7 +166,7 @@ def test_review_by_keyboard_and_click_in_chromium(server, run_dir, tmp_path):
         page.keyboard.press("a")  # accept the first
         page.wait_for_selector("#item-i00000.accepted")
         page.keyboard.press("ArrowRight")
-        page.keyboard.press("2")  # reason 2: wrong type
+        page.keyboard.press("4")  # reason 4: wrong type (wrong dynasty, kiln, glaze, type, then general flaws)
         page.keyboard.press("r")
         page.wait_for_selector("#item-i00001.rejected")
         page.locator("#item-i00004 .reason").select_option("other")  # by click, with a note

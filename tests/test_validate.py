@@ -152,11 +152,14 @@ def test_cli_exit_codes_and_one_line_errors(tmp_path, write_images, capsys):
     assert main(["data", "split", str(tmp_path / "nothing.csv"), "--out", str(tmp_path / "s"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not exist" in err
-    # A label the taxonomy does not know: one line, one "error:" prefix (it used to read "error: error: ...").
+    # A label the taxonomy does not know is a data problem (exit 1): the row's line, then what to do, each with
+    # one "error:" prefix (it used to read "error: error: ...").
     unknown = write_manifest_csv(tmp_path / "unknown.csv", [{"path": paths[0], **LABELS, "glaze": "plaid"}])
-    assert main(["data", "split", str(unknown), "--out", str(tmp_path / "u"), "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: ") and err.count("error:") == 1 and "plaid" in err
+    assert main(["data", "split", str(unknown), "--out", str(tmp_path / "u"), "--quiet"]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and all(line.startswith("error: ") and line.count("error:") == 1 for line in lines)
+    assert "line 2" in lines[0] and "plaid" in lines[0] and "nothing was written" in lines[1]
+    assert not (tmp_path / "u" / "splits.csv").exists()
 
 
 def test_parquet_manifest_reads_like_csv(tmp_path, write_images):

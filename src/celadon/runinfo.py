@@ -24,6 +24,11 @@ os.umask(_UMASK)
 _TRACKED_PACKAGES = ("numpy", "pillow", "pandas", "torch", "torchvision", "scikit-learn", "diffusers", "peft")
 
 
+def default_cache_dir(config_dir: str | None = None) -> Path:
+    """Where caches live (decoded pixels, image checks): the given folder, $CELADON_CACHE or ~/.cache/celadon."""
+    return Path(config_dir or os.environ.get("CELADON_CACHE") or Path.home() / ".cache" / "celadon")
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,11 +36,12 @@ from celadon.classify.data import (
 )
 from celadon.classify.models import ModelConfig, MultiTaskNet
 from celadon.cpu import set_threads
+from celadon.data.check import check_split_manifest
 from celadon.data.manifest import Manifest, read_manifest
 from celadon.data.sampling import combination_sample_weights, effective_number_weights
 from celadon.errors import CeladonError
 from celadon.evaluate.metrics import mean_macro_f1, task_metrics
-from celadon.runinfo import atomic_write_text, write_run_info
+from celadon.runinfo import atomic_write_text, default_cache_dir, write_run_info
 from celadon.taxonomy import Taxonomy, load_taxonomy
 
 PAPER_TASK_WEIGHTS = {"dynasty": 1.0, "kiln": 1.2, "glaze": 2.0, "type": 1.5}
@@ -68,8 +69,8 @@ class TrainConfig:
     task_weights: dict[str, float] = field(default_factory=lambda: dict(PAPER_TASK_WEIGHTS))
     class_weight_beta: float = 0.999
     class_weight_cap: float = 10.0
-    # "auto" (the paper's glaze sampler when there is a glaze task, else hierarchical), a task name (inverse
-    # class frequency), "hierarchical" (1/sqrt(n) per label combination) or "none"
+    # "auto" (inverse class frequency of the taxonomy's confusion task: the paper's glaze sampler; hierarchical
+    # when that task is not trained), a task name, "hierarchical" (1/sqrt(n) per label combination) or "none"
     sampler: str = "auto"
     synthetic: str | None = None  # a synthesis run's metadata table (manifest with qc_pass / review)
     synthetic_ratio: float = 0.0  # share of training draws that are synthetic (paper: 0.05 and 0.10)
@@ -83,11 +84,8 @@ class TrainConfig:
     workers: int = 0  # DataLoader workers; 0 keeps decoding-free loading in the training process
     cache_dir: str | None = None  # default $CELADON_CACHE or ~/.cache/celadon
     max_steps_per_epoch: int = 0  # 0 = one pass over the training draws
+    allow_leakage: bool = False  # train although copies of one image sit in two splits (stated, not silent)
     log_tensorboard: bool = True
-
-
-def default_cache_dir(config_dir: str | None) -> Path:
-    return Path(config_dir or os.environ.get("CELADON_CACHE") or Path.home() / ".cache" / "celadon")
 
 
 def load_synthetic(path: str, taxonomy: Taxonomy) -> Manifest:
@@ -113,7 +111,8 @@ def load_synthetic(path: str, taxonomy: Taxonomy) -> Manifest:
 def sample_weights(manifest: Manifest, samples: Samples, tasks: list[str], scheme: str) -> np.ndarray:
     """Per-sample draw weights for the real training rows."""
     if scheme == "auto":
-        scheme = "glaze" if "glaze" in tasks else "hierarchical"
+        confusion = manifest.taxonomy.confusion
+        scheme = confusion if confusion in tasks else "hierarchical"
     if scheme == "none":
         return np.ones(len(samples.rows))
     if scheme == "hierarchical":
@@ -204,6 +203,9 @@ class Trainer:
         manifest = read_manifest(config.splits, self.taxonomy)
         if "split" not in manifest.frame:
             raise CeladonError(f"{config.splits}: no 'split' column; run `celadon data split` first")
+        leaks = check_split_manifest(manifest, config.allow_leakage, progress=progress)
+        if leaks:
+            print(f"warning: training with {leaks} pairs of copies across splits (--allow-leakage)", file=sys.stderr)
         self.train_manifest = manifest.subset(manifest.frame["split"] == "train")
         self.val_manifest = manifest.subset(manifest.frame["split"] == "val")
         if len(self.train_manifest) == 0 or len(self.val_manifest) == 0:

@@ -57,9 +57,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"{'task':<10}{'n':>6}{'top1':>8}{'top5':>8}{'F1 mac':>8}{'F1 wt':>8}{'F1 min':>8}{'F1 maj':>8}")
     for task, m in result["tasks"].items():
         mm = m.get("minority_majority", {})
-        print(f"{task:<10}{m['n']:>6}{m['top1']:>8.3f}{m['top5']:>8.3f}{m['f1_macro']:>8.3f}{m['f1_weighted']:>8.3f}"
-              f"{mm.get('minority', {}).get('f1_mean', float('nan')):>8.3f}"
-              f"{mm.get('majority', {}).get('f1_mean', float('nan')):>8.3f}")
+        values = [m["top1"], m["top5"], m["f1_macro"], m["f1_weighted"],
+                  mm.get("minority", {}).get("f1_mean"), mm.get("majority", {}).get("f1_mean")]
+        print(f"{task:<10}{m['n']:>6}" + "".join(f"{'—' if v is None else f'{v:.3f}':>8}" for v in values))
+    print("(— : undefined: top-5 of a task with 5 classes or fewer, or no classes in that group)")
     print(f"mean macro-F1 over tasks: {result['mean_f1_macro']:.4f}  (backbone: {result['pretrained']})")
     if args.compare:
         changes = compare_confusion_pairs(load_metrics(args.compare), result)
@@ -134,7 +135,8 @@ def add_parsers(stages, add):
     p.add_argument("--lr-heads", type=float, default=1e-3)
     p.add_argument("--task-weights", help="e.g. dynasty=1,kiln=1.2,glaze=2,type=1.5 (the default)")
     p.add_argument("--sampler", default="auto",
-                   help="'auto' (glaze if present, else hierarchical), a task name, 'hierarchical' or 'none'")
+                   help="'auto' (the taxonomy's confusion task, e.g. glaze; else hierarchical), a task name, "
+                        "'hierarchical' or 'none'")
     p.add_argument("--synthetic", help="synthesis metadata table (manifest with qc_pass/review columns)")
     p.add_argument("--synthetic-ratio", type=float, default=0.0, help="share of synthetic draws, e.g. 0.1")
     p.add_argument("--synthetic-tasks", help="tasks synthetic images train (default: all), e.g. type,dynasty")
@@ -146,6 +148,8 @@ def add_parsers(stages, add):
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--cache-dir")
     p.add_argument("--max-steps-per-epoch", type=int, default=0)
+    p.add_argument("--allow-leakage", action="store_true",
+                   help="train although copies of one image sit in two splits (refused by default)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
 
     p = add(stages, "evaluate", cmd_evaluate, "metrics of a trained model on a split")

@@ -7,9 +7,10 @@ import argparse
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from celadon.review.app import load_run, serve
+    from celadon.taxonomy import load_taxonomy
 
-    serve(load_run(args.run_dir, qc=args.qc, real=args.real), host=args.host, port=args.port, token=args.token,
-          allowed_hosts=tuple(args.allowed_host or ()))
+    review = load_run(args.run_dir, qc=args.qc, real=args.real, taxonomy=load_taxonomy(args.taxonomy))
+    serve(review, host=args.host, port=args.port, token=args.token, allowed_hosts=tuple(args.allowed_host or ()))
     return 0
 
 

@@ -11,13 +11,14 @@ from celadon.synth.pipeline import DEFAULT_NEGATIVE
 def cmd_select(args: argparse.Namespace) -> int:
     from celadon.data.manifest import read_manifest
     from celadon.errors import CeladonError
-    from celadon.synth.select import SelectConfig, run_select
+    from celadon.synth.select import SelectConfig, run_select, with_roles
     from celadon.taxonomy import load_taxonomy
 
-    config = SelectConfig(total=args.total, key=tuple(args.key.split(",")), confusion_task=args.confusion_task,
-                          pairs=_pairs(args.pairs), metrics=args.metrics, seed=args.seed,
-                          allow_test_metrics=args.allow_test_metrics)
     taxonomy = load_taxonomy(args.taxonomy)
+    config = SelectConfig(total=args.total, key=tuple(args.key.split(",")) if args.key else None,
+                          confusion_task=args.confusion_task, pairs=_pairs(args.pairs), metrics=args.metrics,
+                          seed=args.seed, allow_test_metrics=args.allow_test_metrics)
+    config = with_roles(config, taxonomy)
     for a, b in config.pairs:
         for code in (a, b):
             config_task = taxonomy.task(config.confusion_task)
@@ -144,8 +145,9 @@ def cmd_bench_generate(args: argparse.Namespace) -> int:
 def cmd_qc(args: argparse.Namespace) -> int:
     from celadon.synth.qc import QCConfig, run_qc
 
+    fidelity = tuple(args.fidelity_tasks.split(",")) if args.fidelity_tasks else None
     config = QCConfig(table=args.table, real=args.real, out=args.out, model_dir=args.model,
-                      fidelity_tasks=tuple(args.fidelity_tasks.split(",")), expected_size=args.expected_size,
+                      fidelity_tasks=fidelity, expected_size=args.expected_size,
                       outlier_z=args.outlier_z, inception=args.inception, taxonomy=args.taxonomy,
                       judge_metrics=args.judge_metrics, judge_min_recall=args.judge_min_recall,
                       allow_test_metrics=args.allow_test_metrics)
@@ -200,12 +202,12 @@ def add_parsers(stages, add, bench_verbs) -> None:
     p.add_argument("manifest", help="augmented.csv (or splits.csv): the training rows are the pool")
     p.add_argument("--out", required=True)
     p.add_argument("--total", type=int, default=0, help="images to select (0: 1,000 per 5,068 originals)")
-    p.add_argument("--key", default="glaze,type", help="tasks forming the combination")
+    p.add_argument("--key", help="tasks forming the combination (default: the taxonomy's combination role)")
     p.add_argument("--metrics", help="a baseline's metrics.json on val: its most confused pairs form tier 3")
     p.add_argument("--allow-test-metrics", action="store_true",
                    help="accept a metrics.json computed on the test split (test labels then steer training)")
     p.add_argument("--pairs", help="explicit confusion pairs, e.g. white:ivory_white,moon_white:celadon")
-    p.add_argument("--confusion-task", default="glaze")
+    p.add_argument("--confusion-task", help="task of the confusion pairs (default: the taxonomy's confusion role)")
     p.add_argument("--seed", type=int, default=0)
 
     p = add(verbs, "caption", cmd_caption, "write the LoRA folder: images, metadata.jsonl, .txt captions")
@@ -217,7 +219,7 @@ def add_parsers(stages, add, bench_verbs) -> None:
     p.add_argument("--real", required=True, help="the real splits.csv (training rows are the reference)")
     p.add_argument("--out", required=True)
     p.add_argument("--model", help="a baseline model folder (celadon train) for label fidelity")
-    p.add_argument("--fidelity-tasks", default="glaze,type")
+    p.add_argument("--fidelity-tasks", help="tasks the judge checks (default: the taxonomy's combination role)")
     p.add_argument("--expected-size", type=int, help="required image side in pixels")
     p.add_argument("--outlier-z", type=float, default=4.0)
     p.add_argument("--inception", help="local Inception-v3 weights for FID/KID (default: EfficientNet-Lite0)")
@@ -267,7 +269,7 @@ def add_parsers(stages, add, bench_verbs) -> None:
     p.add_argument("--total", type=int, default=0, help="images (overrides the preset)")
     p.add_argument("--rare-max", type=int, default=10)
     p.add_argument("--confusion-share", type=float, default=0.3)
-    p.add_argument("--confusion-task", default="glaze")
+    p.add_argument("--confusion-task", help="task of the confusion pairs (default: the taxonomy's confusion role)")
     p.add_argument("--pairs", help="explicit confusion pairs, e.g. white:ivory_white")
     p.add_argument("--metrics", help="a baseline's metrics.json on val: its most confused pairs")
     p.add_argument("--allow-test-metrics", action="store_true",

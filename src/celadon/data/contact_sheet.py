@@ -13,7 +13,7 @@ from celadon.runinfo import atomic_write_bytes
 
 
 def contact_sheet(manifest: Manifest, out: str | Path, n: int = 48, columns: int = 8, cell: int = 128,
-                  seed: int = 0, label_tasks: tuple[str, ...] = ("glaze", "type")) -> Path:
+                  seed: int = 0, label_tasks: tuple[str, ...] | None = None) -> Path:
     """Sample `n` rows spread over label combinations and write a labelled grid PNG to `out`."""
     rng = np.random.default_rng(seed)
     keys = manifest.combination_keys()
@@ -22,7 +22,7 @@ def contact_sheet(manifest: Manifest, out: str | Path, n: int = 48, columns: int
     rng.shuffle(firsts)
     rest = np.setdiff1d(np.arange(len(manifest)), firsts)
     chosen = np.concatenate([firsts, rng.permutation(rest)])[:n]
-    tasks = [t for t in label_tasks if t in manifest.tasks] or manifest.tasks[:2]
+    tasks = list(label_tasks or manifest.taxonomy.combination)  # default: the combination role (glaze type)
     rows = (len(chosen) + columns - 1) // columns
     caption = 14
     sheet = Image.new("RGB", (columns * cell, rows * (cell + caption)), (255, 255, 255))

@@ -7,14 +7,11 @@ of a training image into test inflates every metric, so the split stage runs `fi
 from __future__ import annotations
 
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm import tqdm
 
-from celadon.data.images import ImageInfo, ImageReadError, inspect_image
-from celadon.data.manifest import Manifest
+from celadon.data.images import ImageInfo
 
 # A pair is a near duplicate when its 64-bit pHashes differ in at most DEFAULT_NEAR_DISTANCE bits AND its
 # 16x16 thumbnails differ by at most DEFAULT_THUMBNAIL_DIFF grey levels on average. pHash alone confuses
@@ -22,20 +19,6 @@ from celadon.data.manifest import Manifest
 # within 4 bits); re-encodes and resizes stay under 1 grey level, a 1.5% crop around 6.
 DEFAULT_NEAR_DISTANCE = 6
 DEFAULT_THUMBNAIL_DIFF = 5.0
-
-
-def scan_images(manifest: Manifest, workers: int = 2, progress: bool = True) -> list[ImageInfo | ImageReadError]:
-    """Decode and hash every image once (threads: PIL releases the GIL while decoding)."""
-
-    def one(index: int) -> ImageInfo | ImageReadError:
-        try:
-            return inspect_image(manifest.image_path(index))
-        except ImageReadError as exc:
-            return exc
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = pool.map(one, range(len(manifest)))
-        return list(tqdm(results, total=len(manifest), desc="reading images", disable=not progress, leave=False))
 
 
 @dataclass(frozen=True)
@@ -86,3 +69,19 @@ def find_duplicates(infos: list[ImageInfo | None], max_distance: int = DEFAULT_N
 def find_leakage(pairs: list[DuplicatePair], splits: list[str]) -> list[DuplicatePair]:
     """The duplicate pairs whose two images sit in different splits."""
     return [p for p in pairs if splits[p.first] != splits[p.second]]
+
+
+def duplicate_groups(n: int, pairs: list[DuplicatePair]) -> np.ndarray:
+    """Group id per row (the smallest row index of its group): duplicates chain into one group."""
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for pair in pairs:
+        a, b = root(pair.first), root(pair.second)
+        parent[max(a, b)] = min(a, b)
+    return np.array([root(i) for i in range(n)])

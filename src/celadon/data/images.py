@@ -6,8 +6,12 @@ orientation; they are converted here, not rejected. Only modes with no meaningfu
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import os
+import stat
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +21,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from celadon.errors import CeladonError
 
-Image.MAX_IMAGE_PIXELS = 200_000_000  # large museum scans are legitimate; refuse only absurd sizes
+# Large museum scans are legitimate, decompression bombs (a 76 KB PNG declaring 625 megapixels) are not:
+# every decode checks the declared size against this limit before it allocates anything. Pillow's own
+# guard is off because celadon's limit replaces it (one setting, `--max-pixels`, one message).
+DEFAULT_MAX_PIXELS = 100_000_000
+_limits = {"max_pixels": DEFAULT_MAX_PIXELS}
+Image.MAX_IMAGE_PIXELS = None
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 THUMBNAIL = 16
@@ -34,6 +43,17 @@ class ImageReadError(CeladonError):
         super().__init__(f"{path}: {detail}")
         self.kind = kind
         self.detail = detail
+
+
+def set_max_pixels(limit: int) -> None:
+    """The largest image (width x height) any command decodes; larger files are row errors."""
+    if int(limit) <= 0:
+        raise CeladonError(f"--max-pixels {limit}: give a positive number of pixels, e.g. 100000000")
+    _limits["max_pixels"] = int(limit)
+
+
+def max_pixels() -> int:
+    return _limits["max_pixels"]
 
 
 def _to_rgb(img: Image.Image, path: str | Path) -> Image.Image:
@@ -58,10 +78,27 @@ def load_image(path: str | Path) -> Image.Image:
 
 
 def _read_bytes(path: str | Path) -> bytes:
+    """The file's bytes, refusing what is not a regular file before anything blocks (a FIFO) or loops."""
     path = Path(path)
-    if not path.exists():
-        raise ImageReadError(path, "missing_file", "file does not exist")
-    data = path.read_bytes()
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageReadError(path, "symlink_loop", "symbolic link loop (the link points back at itself); "
+                                 "replace it with the image file") from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            dangling = os.path.islink(path)
+            what = "symbolic link points to a file that does not exist" if dangling else "file does not exist"
+            raise ImageReadError(path, "missing_file", what) from None
+        raise ImageReadError(path, "unreadable", f"cannot be read ({exc.strerror}); fix its permissions") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageReadError(path, "not_a_file", "is a folder, not an image file; list the images inside it")
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageReadError(path, "not_a_file", "is a special file (device, pipe or socket), not an image")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageReadError(path, "unreadable", f"cannot be read ({exc.strerror}); fix its permissions") from None
     if not data:
         raise ImageReadError(path, "zero_size", "file is empty (0 bytes)")
     return data
@@ -69,7 +106,13 @@ def _read_bytes(path: str | Path) -> bytes:
 
 def _decode(path: str | Path, data: bytes) -> tuple[Image.Image, str]:
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as img:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if img.width * img.height > max_pixels():
+                raise ImageReadError(path, "too_large", (
+                    f"image declares {img.width}x{img.height} = {img.width * img.height / 1e6:.0f} megapixels, "
+                    f"over the {max_pixels() / 1e6:.0f} MP limit (a decompression bomb or an oversized scan); "
+                    "downscale it, or raise --max-pixels if it is genuine"))
             img.load()
             mode = img.mode
             img = ImageOps.exif_transpose(img)
@@ -78,7 +121,7 @@ def _decode(path: str | Path, data: bytes) -> tuple[Image.Image, str]:
         raise
     except UnidentifiedImageError:
         raise ImageReadError(path, "corrupt", "not a readable image (unknown or corrupt format)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, MemoryError) as exc:
         message = str(exc)
         kind = "truncated" if "truncated" in message.lower() else "corrupt"
         detail = f"image cannot be decoded ({message}); re-export or replace the file"

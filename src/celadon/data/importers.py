@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -30,7 +31,8 @@ def _resolve_all(taxonomy: Taxonomy, task: str, names: list[str], where: str) ->
         except KeyError:
             unknown.append(f"{name!r} (closest: {', '.join(taxonomy.suggest(task, name))})")
     if unknown:
-        raise CeladonError(f"{where}: unknown {task} label(s) {'; '.join(unknown)}; rename them or extend the taxonomy")
+        raise CeladonError(f"{where}: unknown {task} label(s) {'; '.join(unknown)}; rename them, or pass --taxonomy "
+                           "FILE with your own labels (see README \"Your own collection\")")
     return resolved
 
 
@@ -78,12 +80,12 @@ def load_class_mapping(path: str | Path) -> dict[str, str]:
     return {str(i): name for i, name in enumerate(lines)}
 
 
-def import_label_csv(
-    csv_path: str | Path, task: str, taxonomy: Taxonomy, out: str | Path,
-    images: str | Path | None = None, classes: str | Path | None = None,
-) -> Path:
-    """`filename,label` rows (header optional) -> manifest; images relative to `images` (default: CSV folder)."""
-    csv_path = Path(csv_path).resolve()
+SPLIT_COLUMN = "source_split"  # the dataset's own split, kept by `celadon data split --keep-split source_split`
+
+
+def _read_label_csv(csv_path: Path, task: str, taxonomy: Taxonomy, mapping: dict[str, str],
+                    classes: str | Path | None) -> tuple[list[str], list[str]]:
+    """(filenames, label names) of one `filename,label` CSV (header optional)."""
     if not csv_path.is_file():
         raise CeladonError(f"{csv_path} does not exist")
     problems: list = []
@@ -91,21 +93,47 @@ def import_label_csv(
     if text is None:
         raise CeladonError(problems[0].detail)
     rows = [row for row in csv.reader(text.splitlines()) if any(cell.strip() for cell in row)]
-    mapping = load_class_mapping(classes) if classes else {}
     if rows and len(rows[0]) >= 2 and not _is_label(rows[0][1], mapping, taxonomy, task):
         rows = rows[1:]  # a header such as "filename,label"
     bad = [f"line {i + 1}" for i, row in enumerate(rows) if len(row) < 2 or not row[0].strip()]
     if bad:
         raise CeladonError(f"{csv_path}: {', '.join(bad[:5])} need 'filename,label'")
     raw = [row[1].strip() for row in rows]
-    unmapped = sorted({r for r in raw if r.isdigit() and mapping and r not in mapping})
+    indices = sorted({r for r in raw if r.isdigit()}, key=int)
+    if indices and not mapping:
+        raise CeladonError(f"{csv_path}: labels {', '.join(indices[:6])}{' …' if len(indices) > 6 else ''} look like "
+                           "class indices; pass --classes FILE (one class name per line, in index order)")
+    unmapped = [r for r in indices if r not in mapping]
     if unmapped:
         raise CeladonError(f"{csv_path}: class indices {unmapped} are not in the class mapping {classes}")
-    names = [mapping.get(r, r) for r in raw]
-    codes = _resolve_all(taxonomy, task, sorted(set(names)), str(csv_path))
-    base = Path(images).resolve() if images else csv_path.parent
-    paths = [str(base / row[0].strip()) for row in rows]
-    return write_manifest(Manifest(_frame(taxonomy, task, paths, [codes[n] for n in names]), base, taxonomy), out)
+    return [row[0].strip() for row in rows], [mapping.get(r, r) for r in raw]
+
+
+def import_label_csv(
+    csv_paths: str | Path | list, task: str, taxonomy: Taxonomy, out: str | Path,
+    images: str | Path | None = None, classes: str | Path | None = None, splits: dict[str, str | Path] | None = None,
+) -> Path:
+    """`filename,label` rows (header optional) from one or more CSVs -> one manifest; images relative to
+    `images` (default: each CSV's folder). `splits` maps a split name to its CSV (a dataset's train.csv and
+    val.csv): the rows keep it in a `source_split` column."""
+    sources = [(None, Path(p).resolve()) for p in ([csv_paths] if isinstance(csv_paths, str | Path) else csv_paths)]
+    sources += [(name, Path(p).resolve()) for name, p in (splits or {}).items()]
+    if not sources:
+        raise CeladonError("import-csv: give at least one CSV, or --split-from NAME=CSV")
+    mapping = load_class_mapping(classes) if classes else {}
+    paths, names, split_of = [], [], []
+    for split, csv_path in sources:
+        files, labels = _read_label_csv(csv_path, task, taxonomy, mapping, classes)
+        base = Path(images).resolve() if images else csv_path.parent
+        paths += [str(base / f) for f in files]
+        names += labels
+        split_of += [split] * len(files)
+    codes = _resolve_all(taxonomy, task, sorted(set(names)), ", ".join(str(p) for _, p in sources))
+    frame = _frame(taxonomy, task, paths, [codes[n] for n in names])
+    if splits:
+        frame[SPLIT_COLUMN] = split_of
+    root = Path(images).resolve() if images else Path(os.path.commonpath([str(p.parent) for _, p in sources]))
+    return write_manifest(Manifest(frame, root, taxonomy), out)
 
 
 def _is_label(value: str, mapping: dict[str, str], taxonomy: Taxonomy, task: str) -> bool:

@@ -12,6 +12,7 @@ import csv
 import difflib
 import io
 import os
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from celadon.errors import CeladonError
+from celadon.errors import CeladonError, DataProblems
 from celadon.taxonomy import Taxonomy
 
 PATH_COLUMN = "path"
@@ -148,10 +149,16 @@ def _read_table(path: Path, encoding: str | None, problems: list[Problem]) -> tu
     return (rows[0] if rows else []), rows[1:], "line"
 
 
+def clean_cell(value: str) -> str:
+    """Unicode NFKC (full-width 'Ｓｏｎｇ' -> 'Song') and runs of whitespace (non-breaking too) -> one space."""
+    return " ".join(unicodedata.normalize("NFKC", value).split())
+
+
 def parse_manifest(
-    path: str | Path, taxonomy: Taxonomy, encoding: str | None = None
+    path: str | Path, taxonomy: Taxonomy, encoding: str | None = None, allow_unlabelled: bool = False
 ) -> tuple[Manifest, list[Problem]]:
-    """Parse and normalise a manifest, returning every row/field problem instead of stopping at the first."""
+    """Parse and normalise a manifest, returning every row/field problem instead of stopping at the first.
+    A row without any label is an error unless `allow_unlabelled` (manifests of images to predict)."""
     path = Path(path)
     source, problems = str(path), []
     empty = Manifest(pd.DataFrame(columns=[PATH_COLUMN, *taxonomy.task_names]), path.parent, taxonomy, source)
@@ -195,7 +202,8 @@ def parse_manifest(
             problems.append(Problem(source, where, "row", "bad_row",
                                     f"has {len(row)} fields, header has {len(header)}; check quoting and delimiters"))
             continue
-        cells = {h: cell.strip() for h, cell in zip(header, row, strict=True)}
+        cells = {h: clean_cell(cell) if h in taxonomy.task_names else cell.strip()
+                 for h, cell in zip(header, row, strict=True)}
         image = cells[PATH_COLUMN]
         if not image:
             problems.append(Problem(source, where, PATH_COLUMN, "empty_path", "path is empty"))
@@ -217,6 +225,11 @@ def parse_manifest(
                 problems.append(Problem(source, where, column, "unknown_label",
                                         f"unknown {column} label {value!r}; closest valid: {options}", path=image))
                 record[column] = None
+        if not allow_unlabelled and not any(cells.get(t) for t in taxonomy.task_names):
+            problems.append(Problem(source, where, ",".join(t for t in taxonomy.task_names if t in header) or "labels",
+                                    "unlabelled", "row has no label at all; label it, drop it, or pass "
+                                    "--allow-unlabelled for prediction-only use", path=image))
+            continue
         # A row is identified by the image it yields: a virtual augmentation (same file, own seed) is not a repeat.
         key = (os.path.normpath(image), cells.get(AUG_SEED_COLUMN, ""))
         if key in seen:
@@ -237,13 +250,20 @@ def parse_manifest(
     return Manifest(frame.drop(columns="_where", errors="ignore"), path.parent, taxonomy, source, where), problems
 
 
-def read_manifest(path: str | Path, taxonomy: Taxonomy, encoding: str | None = None) -> Manifest:
-    """Parse a manifest and refuse it, in one line, if it has errors (warnings are fine)."""
-    manifest, problems = parse_manifest(path, taxonomy, encoding)
-    errors = [p for p in problems if p.severity == "error"]
-    if errors:
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise CeladonError(f"{errors[0].detail}{more}; run `celadon data validate {path}` to list every problem")
+def refuse_missing(problems: list[Problem]) -> None:
+    """A manifest that does not exist is a usage error (one line, exit 2), not a data problem."""
+    for problem in problems:
+        if problem.kind == "missing_manifest":
+            raise CeladonError(f"{problem.detail}; check the path")
+
+
+def read_manifest(path: str | Path, taxonomy: Taxonomy, encoding: str | None = None,
+                  allow_unlabelled: bool = False) -> Manifest:
+    """Parse a manifest and refuse it, listing every error, if it has any (warnings are fine)."""
+    manifest, problems = parse_manifest(path, taxonomy, encoding, allow_unlabelled)
+    refuse_missing(problems)
+    if any(p.severity == "error" for p in problems):
+        raise DataProblems(problems, str(path))
     return manifest
 
 

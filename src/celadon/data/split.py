@@ -15,9 +15,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from celadon.data.duplicates import DEFAULT_NEAR_DISTANCE, DuplicatePair, find_duplicates, find_leakage, scan_images
-from celadon.data.images import ImageInfo
-from celadon.data.manifest import Manifest, read_manifest, write_manifest
+from celadon.data.check import ImageCheckConfig, originals, read_checked, require_no_errors
+from celadon.data.duplicates import (
+    DEFAULT_NEAR_DISTANCE,
+    DuplicatePair,
+    duplicate_groups,
+    find_duplicates,
+    find_leakage,
+)
+from celadon.data.manifest import Manifest, Problem, write_manifest
+from celadon.data.validate import duplicate_problems
 from celadon.errors import CeladonError
 from celadon.runinfo import atomic_write_text, write_run_info
 from celadon.taxonomy import Taxonomy
@@ -101,22 +108,6 @@ class SplitResult:
     duplicate_pairs: int = 0
 
 
-def duplicate_groups(n: int, pairs: list[DuplicatePair]) -> np.ndarray:
-    """Group id per row (the smallest row index of its group): duplicates chain into one group."""
-    parent = list(range(n))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for pair in pairs:
-        a, b = root(pair.first), root(pair.second)
-        parent[max(a, b)] = min(a, b)
-    return np.array([root(i) for i in range(n)])
-
-
 def grouped_split(manifest: Manifest, config: SplitConfig, groups: np.ndarray) -> pd.Series:
     """Split one representative per duplicate group; the other copies follow it into the same split,
     so a re-exported copy of a training photo can never land in test."""
@@ -126,20 +117,38 @@ def grouped_split(manifest: Manifest, config: SplitConfig, groups: np.ndarray) -
     return pd.Series([by_group[g] for g in groups.tolist()], index=manifest.frame.index, name="split")
 
 
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "test": "test"}
+
+
+def kept_split(manifest: Manifest, column: str) -> pd.Series:
+    """The user's own split from `column` (train/val/test; 'valid', 'validation', 'dev' read as val);
+    every row without a usable value is an error."""
+    if column not in manifest.frame:
+        raise CeladonError(f"{manifest.source}: --keep-split {column!r}: no such column; columns are "
+                           f"{', '.join(map(str, manifest.frame.columns))}")
+    values = [SPLIT_NAMES.get(str(v).strip().lower()) if v is not None else None for v in manifest.frame[column]]
+    problems = [Problem(manifest.source, manifest.row_name(i), column, "bad_split",
+                        f"split {manifest.frame[column].iat[i]!r} is not train, val or test",
+                        manifest.frame["path"].iat[i]) for i, v in enumerate(values) if v is None]
+    require_no_errors(problems, manifest.source)
+    return pd.Series(values, index=manifest.frame.index, name="split")
+
+
 def run_split(manifest_path: str | Path, taxonomy: Taxonomy, out_dir: str | Path, config: SplitConfig,
               near_distance: int = DEFAULT_NEAR_DISTANCE, check_leakage: bool = True,
-              group_duplicates: bool = True, progress: bool = True) -> SplitResult:
-    """Split (duplicate groups kept together unless `group_duplicates` is off), write `splits.csv` +
+              group_duplicates: bool = True, progress: bool = True, check: ImageCheckConfig | None = None,
+              keep_split: str | None = None) -> SplitResult:
+    """Check every image (errors stop the split, all listed), split (duplicate groups kept together unless
+    `group_duplicates` is off; or keep the user's split from column `keep_split`), write `splits.csv` +
     `split_summary.csv`, and report any duplicates that still cross splits."""
     out_dir = Path(out_dir)
-    manifest = read_manifest(manifest_path, taxonomy)
-    if len(manifest) == 0:
-        raise CeladonError(f"{manifest_path}: manifest has no rows to split")
-    pairs: list[DuplicatePair] = []
-    if check_leakage or group_duplicates:
-        infos = [i if isinstance(i, ImageInfo) else None for i in scan_images(manifest, progress=progress)]
-        pairs = find_duplicates(infos, near_distance)
-    if group_duplicates and pairs:
+    manifest, infos, problems = read_checked(manifest_path, taxonomy, check, progress)
+    pairs = find_duplicates(originals(manifest, infos), near_distance)
+    problems += [p for p in duplicate_problems(manifest, infos, pairs)[0] if p.severity == "error"]
+    require_no_errors(problems, str(manifest_path))
+    if keep_split:
+        splits = kept_split(manifest, keep_split)
+    elif group_duplicates and pairs:
         splits = grouped_split(manifest, config, duplicate_groups(len(manifest), pairs))
     else:
         splits = adaptive_split(manifest, config)
@@ -161,8 +170,7 @@ def run_split(manifest_path: str | Path, taxonomy: Taxonomy, out_dir: str | Path
               "second_split": splits.iat[p.second], "exact": p.exact, "distance": p.distance} for p in leaks],
             columns=["first", "first_split", "second", "second_split", "exact", "distance"],
         ).to_csv(index=False))
-    write_run_info(out_dir, "data split", {**asdict(config), "near_distance": near_distance,
-                                            "check_leakage": check_leakage, "group_duplicates": group_duplicates,
-                                            "duplicate_pairs": len(pairs), "manifest": str(manifest_path)},
-                   config.seed)
+    settings = {**asdict(config), "near_distance": near_distance, "check_leakage": check_leakage,
+                "group_duplicates": group_duplicates, "duplicate_pairs": len(pairs), "manifest": str(manifest_path)}
+    write_run_info(out_dir, "data split", settings | ({"keep_split": keep_split} if keep_split else {}), config.seed)
     return SplitResult(path, summary, leaks, lines, len(pairs))

@@ -48,12 +48,14 @@ def image_features(manifest: Manifest, batch_size: int = 32) -> np.ndarray:
 
 def tsne_real_vs_synthetic(splits: str | Path, synthetic: dict[str, str | Path], out_dir: str | Path,
                            per_set: int = 300, seed: int = 0, taxonomy: str | None = None,
-                           label_task: str = "glaze") -> Path:
+                           label_task: str | None = None) -> Path:
     """Embed up to `per_set` real training images and as many of each synthetic set; write `tsne.csv` and
-    `tsne.png` (left: by set; right: by `label_task`, real as dots and synthetic as crosses)."""
+    `tsne.png` (left: by set; right: by `label_task`, default the taxonomy's confusion role, real as dots and
+    synthetic as crosses)."""
     from sklearn.manifold import TSNE
 
     tax = load_taxonomy(taxonomy)
+    label_task = label_task or tax.confusion
     real = read_manifest(splits, tax)
     real = real.subset((real.frame["split"] == "train").to_numpy() & (real.augmentation_seeds() < 0))
     sets = {"real": _sample(real, per_set, seed)}

@@ -30,12 +30,12 @@ def task_metrics(y_true: np.ndarray, logits: np.ndarray, classes: Sequence[str],
     y, scores = y_true[labelled], np.asarray(logits)[labelled]
     n_classes = len(classes)
     if len(y) == 0:
-        return {"n": 0, "top1": float("nan"), "top5": float("nan"), "f1_macro": float("nan"),
+        return {"n": 0, "top1": float("nan"), "top5": None, "f1_macro": float("nan"),
                 "f1_weighted": float("nan"), "per_class": {}, "confusion": [], "confusion_pairs": []}
     pred = scores.argmax(axis=1)
     present = sorted(set(y.tolist()))
-    k = min(5, n_classes)
-    top5 = 1.0 if k >= n_classes else top_k_accuracy_score(y, scores, k=k, labels=np.arange(n_classes))
+    # With 5 classes or fewer every label is in the top 5: a constant 1.0 says nothing, so it is left out.
+    top5 = None if n_classes <= 5 else float(top_k_accuracy_score(y, scores, k=5, labels=np.arange(n_classes)))
     shown = sorted(set(present) | set(pred.tolist()))
     precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=shown, zero_division=0)
     per_class = {classes[c]: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
@@ -44,7 +44,7 @@ def task_metrics(y_true: np.ndarray, logits: np.ndarray, classes: Sequence[str],
     result = {
         "n": int(len(y)),
         "top1": float(accuracy_score(y, pred)),
-        "top5": float(top5),
+        "top5": top5,
         "f1_macro": float(f1_score(y, pred, labels=present, average="macro", zero_division=0)),
         "f1_weighted": float(f1_score(y, pred, labels=present, average="weighted", zero_division=0)),
         "per_class": per_class,
@@ -102,3 +102,15 @@ def compare_confusion_pairs(before: Mapping, after: Mapping, top: int = 10) -> d
         result[task] = [{"pair": list(k), "before": counts_before.get(k, 0), "after": counts_after.get(k, 0),
                          "change": counts_after.get(k, 0) - counts_before.get(k, 0)} for k in keys]
     return result
+
+
+def defined(value):
+    """NaN (an undefined metric: no images of a task, no minority classes) as None, so JSON and tables show
+    nothing instead of 'nan'."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: defined(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [defined(v) for v in value]
+    return value

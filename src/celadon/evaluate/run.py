@@ -16,11 +16,11 @@ from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
 from celadon.classify.data import CachedDataset, ImageCache, cache_resolution, eval_transform, prepare_samples  # noqa: E402
 from celadon.classify.predict import load_model  # noqa: E402
-from celadon.classify.train import default_cache_dir, predict_logits, set_threads  # noqa: E402
+from celadon.classify.train import predict_logits, set_threads  # noqa: E402
 from celadon.data.manifest import read_manifest  # noqa: E402
 from celadon.errors import CeladonError  # noqa: E402
-from celadon.evaluate.metrics import mean_macro_f1, task_metrics  # noqa: E402
-from celadon.runinfo import atomic_write_text, write_json, write_run_info  # noqa: E402
+from celadon.evaluate.metrics import defined, mean_macro_f1, task_metrics  # noqa: E402
+from celadon.runinfo import atomic_write_text, default_cache_dir, write_json, write_run_info  # noqa: E402
 from celadon.taxonomy import load_taxonomy  # noqa: E402
 
 METRICS_SCHEMA = 1
@@ -72,6 +72,7 @@ def evaluate_model(config: EvaluateConfig, progress: bool = True) -> dict:
         result["tasks"][task] = metrics
     result["mean_f1_macro"] = mean_macro_f1(result["tasks"])
     _write_predictions(out, part, tasks, samples.targets, logits, loaded)
+    result = defined(result)
     write_json(out / "metrics.json", result)
     write_run_info(out, "evaluate", config)
     return result

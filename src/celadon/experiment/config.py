@@ -66,7 +66,7 @@ class ExperimentConfig:
     manifest: str | None = None  # a manifest of the user's images; None = the embedded procedural dataset
     taxonomy: str | None = None  # a taxonomy YAML; None = the paper's porcelain vocabulary
     embedded: dict[str, Any] = field(default_factory=dict)  # embedded DemoConfig overrides (n, size, seed)
-    split: dict[str, Any] = field(default_factory=dict)  # SplitConfig overrides
+    split: dict[str, Any] = field(default_factory=dict)  # SplitConfig overrides; keep_split: COLUMN keeps yours
     augment: dict[str, Any] | None = None  # AugmentConfig overrides; None = no offline augmentation
     classifier: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides
     evaluate: dict[str, Any] = field(default_factory=dict)  # EvaluateConfig overrides (minority threshold)
@@ -99,6 +99,11 @@ def _mapping(value: Any, where: str) -> dict:
 _TRAIN_OWNED = ("splits", "out", "synthetic", "synthetic_ratio", "synthetic_tasks", "seed", "cache_dir", "taxonomy")
 
 
+def _without(values: Any, key: str) -> Any:
+    """A section minus a runner-level key (split.keep_split names a manifest column, not a SplitConfig field)."""
+    return {k: v for k, v in values.items() if k != key} if isinstance(values, dict) else values
+
+
 def check_overrides(config: ExperimentConfig) -> None:
     """Every stage section names only settings its stage has, and none the runner sets itself."""
     from celadon.classify.train import TrainConfig
@@ -113,7 +118,8 @@ def check_overrides(config: ExperimentConfig) -> None:
     from celadon.synth.select import SelectConfig
 
     s = config.synthesis
-    sections = [(DemoConfig, "embedded", config.embedded, ("workers",)), (SplitConfig, "split", config.split, ()),
+    sections = [(DemoConfig, "embedded", config.embedded, ("workers",)),
+                (SplitConfig, "split", _without(config.split, "keep_split"), ()),
                 (AugmentConfig, "augment", config.augment or {}, ()),
                 (TrainConfig, "classifier", config.classifier, _TRAIN_OWNED),
                 (EvaluateConfig, "evaluate", config.evaluate, ("model_dir", "splits", "out", "cache_dir")),

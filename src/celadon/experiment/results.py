@@ -17,6 +17,7 @@ from celadon.evaluate.resample import read_predictions
 from celadon.evaluate.run import load_metrics
 from celadon.experiment.comparisons import SEEDS_COVER, Measure, compare_measures
 from celadon.experiment.stages import Stage
+from celadon.taxonomy import load_taxonomy
 
 METRICS = ("f1_macro", "top1", "top5", "f1_weighted")
 RESAMPLED = ("f1_macro", "top1", "f1_weighted")  # top-5 needs scores, which predictions.csv does not keep
@@ -26,6 +27,10 @@ GROUPS = ("minority", "majority")
 @functools.lru_cache(maxsize=512)
 def _metrics(folder: Path) -> dict:
     return load_metrics(folder)  # stage folders are content-addressed: a complete one never changes
+
+
+def _number(value) -> float:
+    return float("nan") if value is None else value  # metrics.json stores an undefined value as null
 
 
 def _tasks(runs) -> list[str]:
@@ -49,7 +54,6 @@ def rare_groups(runs) -> tuple[str, dict[str, set[tuple]], int]:
     originals, is rare with 1 to `rare_max` of them (what the plans generate), common above, unseen at 0."""
     from celadon.data.manifest import read_manifest
     from celadon.synth.plan import PlanConfig
-    from celadon.taxonomy import load_taxonomy
 
     plans = [runs.config.synthesis.plans[a.plan] for a in runs.config.arms if a.plan]
     rare_max = int(((plans[0] if plans else None) or {}).get("rare_max", PlanConfig.rare_max))
@@ -73,6 +77,7 @@ def _rare_masks(predictions, tasks: list[str], groups: dict[str, set[tuple]]) ->
 def measures(runs, comparer_cache: dict, predictions, rare: tuple) -> list[Measure]:
     """Every measure the results tables compare, in table order; `rare` is `rare_groups(runs)`."""
     tasks = _tasks(runs)
+    taxonomy = load_taxonomy(runs.config.taxonomy)
     scores = functools.partial(_task_scores, comparer_cache, predictions=predictions)
 
     def mean_f1(stage: Stage, weights: np.ndarray) -> np.ndarray:
@@ -81,18 +86,20 @@ def measures(runs, comparer_cache: dict, predictions, rare: tuple) -> list[Measu
             return np.nanmean(np.where(np.isfinite(per_task), per_task, np.nan), axis=0)
 
     out = [Measure("all/mean_f1_macro", "table14", {"task": "all", "metric": "mean_f1_macro"},
-                   lambda st: _metrics(st.path)["mean_f1_macro"], mean_f1)]
+                   lambda st: _number(_metrics(st.path)["mean_f1_macro"]), mean_f1)]
     for task in tasks:
         for metric in METRICS:
+            if metric == "top5" and len(taxonomy.task(task).codes) <= 5:
+                continue  # every class is in the top 5: a constant, not a measure
             out.append(Measure(f"{task}/{metric}", "table14", {"task": task, "metric": metric},
-                               lambda st, t=task, k=metric: _metrics(st.path)["tasks"][t][k],
+                               lambda st, t=task, k=metric: _number(_metrics(st.path)["tasks"][t][k]),
                                (lambda st, w, t=task, k=metric: scores(st, t, w)[k]) if metric in RESAMPLED else None,
                                task if metric == "top1" else None))
     for task in tasks:
         for group in GROUPS:
             out.append(Measure(f"{task}/{group}", "table15", {"task": task, "group": group},
-                               lambda st, t=task, g=group: _metrics(st.path)["tasks"][t]["minority_majority"][g][
-                                   "f1_mean"],
+                               lambda st, t=task, g=group: _number(_metrics(st.path)["tasks"][t]["minority_majority"]
+                                                                   [g]["f1_mean"]),
                                lambda st, w, t=task, g=group: scores(st, t, w)[g]))
     key, groups, rare_max = rare
     names = {"rare": f"rare (1–{rare_max} in training)", "common": f"common (>{rare_max} in training)",
@@ -167,12 +174,13 @@ def _json(path) -> dict:
 
 
 def judge_on_real(runs, plan_table: str | Path, rows: list[str]) -> dict[str, float]:
-    """The reference classifier's label fidelity on *real validation* photos of the plan's glaze x type
-    combinations: what synthetic images as convincing as real ones would score in Table 6 (a judge that misreads
-    real photos cannot vouch for synthetic ones). Validation, like every reading that steers synthesis."""
+    """The reference classifier's label fidelity on *real validation* photos of the plan's combinations (of the
+    taxonomy's combination role): what synthetic images as convincing as real ones would score in Table 6 (a
+    judge that misreads real photos cannot vouch for synthetic ones). Validation, like every reading that
+    steers synthesis."""
     predictions = read_predictions(runs.reference_eval.path)
     plan = pd.read_csv(plan_table, dtype=str, keep_default_na=False)
-    keys = [k for k in ("glaze", "type") if k in plan and k in predictions]  # a custom taxonomy may lack them
+    keys = [k for k in load_taxonomy(runs.config.taxonomy).combination if k in plan and k in predictions]
     combos = set(plan[keys].itertuples(index=False, name=None))
     real = predictions[[c in combos for c in predictions[keys].itertuples(index=False, name=None)]]
     column: dict[str, float] = {"images": float(len(real))}

@@ -35,7 +35,7 @@ def make(cls, overrides: dict[str, Any], **owned: Any):
 def _settings(obj: Any, *drop: str) -> dict:
     """A stage config minus the paths the stage graph already encodes, for the stage key."""
     values = dataclasses.asdict(obj)
-    for key in ("out", "threads", "workers", "cache_dir", *drop):
+    for key in ("out", "threads", "workers", "cache_dir", "allow_leakage", *drop):
         values.pop(key, None)
     return values
 
@@ -91,11 +91,17 @@ class Experiment:
         if not self.config.taxonomy:
             return {}
         self.taxonomy  # noqa: B018 - a missing or broken file fails here, with its own message
-        return {"taxonomy": hashlib.sha256(Path(self.config.taxonomy).read_bytes()).hexdigest()}
+        from importlib import resources
+
+        path = Path(self.config.taxonomy)
+        if not path.is_file():  # a shipped taxonomy, by name
+            path = resources.files("celadon.taxonomy").joinpath(self.taxonomy.source.removeprefix("celadon:"))
+        return {"taxonomy": hashlib.sha256(path.read_bytes()).hexdigest()}
 
     def _user_manifest(self, manifest: Path) -> Stage:
         import hashlib
 
+        from celadon.data.check import require_no_errors
         from celadon.data.validate import ValidationConfig, validate_manifest
         from celadon.errors import CeladonError
 
@@ -106,9 +112,7 @@ class Experiment:
         def work(path: Path) -> dict:
             report = validate_manifest(manifest, self.taxonomy,
                                        ValidationConfig(workers=self.config.workers), progress=self.progress)
-            if report.errors:
-                raise CeladonError(f"{manifest}: {len(report.errors)} errors, first: {report.errors[0].detail}; "
-                                   "run `celadon data validate` for the full list")
+            require_no_errors(report.problems, str(manifest))
             return {"manifest": str(manifest.resolve()), "rows": len(report.manifest)}
 
         return self.stages.run("data", {"manifest": str(manifest.resolve()), "sha256": digest} | self._taxonomy_key(),
@@ -117,10 +121,13 @@ class Experiment:
     def split(self, data: Stage) -> Stage:
         from celadon.data.split import SplitConfig, run_split
 
-        config = make(SplitConfig, self.config.split)
-        return self.stages.run("split", _settings(config), [data], lambda p: {"splits": str(run_split(
-            data.info["manifest"], self.taxonomy, p, config,
-            progress=self.progress).path)}, "adaptive split + leakage check")
+        settings = dict(self.config.split or {})
+        keep = settings.pop("keep_split", None)  # the user's own split column (`data split --keep-split`)
+        config = make(SplitConfig, settings)
+        key = _settings(config) | ({"keep_split": keep} if keep else {})  # absent when unused: keys stay as they were
+        return self.stages.run("split", key, [data], lambda p: {"splits": str(run_split(
+            data.info["manifest"], self.taxonomy, p, config, progress=self.progress,
+            keep_split=keep).path)}, "adaptive split + leakage check" if not keep else f"split kept from {keep!r}")
 
     def augment(self, split: Stage) -> Stage:
         from celadon.data.augment import AugmentConfig, augment_manifest
@@ -209,7 +216,8 @@ class Experiment:
         s = self.config.synthesis
         taxonomy = self.taxonomy
         metrics = str(runs.reference_eval.path / "metrics.json")
-        select = make(SelectConfig, s.select, metrics=metrics)
+        roles = {"key": taxonomy.combination, "confusion_task": taxonomy.confusion}  # what the stage will use
+        select = make(SelectConfig, roles | s.select, metrics=metrics)
         runs.selection = self.stages.run("select", _settings(select, "metrics"), [*self.pool, runs.reference_eval],
                                          lambda p: {"table": str(run_select(read_manifest(self.train_table, taxonomy),
                                                                             p, select)[0])}, "select LoRA training set")
@@ -226,7 +234,7 @@ class Experiment:
         if s.compare_plan:
             wanted |= {(s.compare_plan, "lora"), (s.compare_plan, "vanilla")}
         for name in sorted({plan for plan, _ in wanted}):
-            plan = make(PlanConfig, s.plans[name], metrics=metrics)
+            plan = make(PlanConfig, {"confusion_task": taxonomy.confusion} | s.plans[name], metrics=metrics)
             runs.plans[name] = self.stages.run(
                 "plan", _settings(plan, "metrics"), [runs.split, runs.reference_eval],
                 lambda p, plan=plan: {"table": str(run_plan(read_manifest(runs.split.info["splits"], taxonomy), p,
@@ -253,7 +261,8 @@ class Experiment:
     def _qc(self, label: str, generation: Stage, runs: Runs, judge: Stage | None) -> Stage:
         from celadon.synth.qc import QCConfig, run_qc
 
-        config = make(QCConfig, self.config.synthesis.qc, table=generation.info["table"],
+        config = make(QCConfig, {"fidelity_tasks": self.taxonomy.combination} | self.config.synthesis.qc,
+                      table=generation.info["table"],
                       real=runs.split.info["splits"], model_dir=str(runs.reference.path), taxonomy=self.config.taxonomy,
                       judge_metrics=str(judge.path / "metrics.json") if judge else None)
 

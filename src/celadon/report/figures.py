@@ -38,27 +38,29 @@ def _cell(path: Path) -> Image.Image:
     return load_image(path).convert("RGB").resize((CELL, CELL), Image.BILINEAR)
 
 
-def comparison_strip(vanilla: str | Path, lora: str | Path, splits: str | Path, rows: int = 8,
-                     references: int = 2) -> bytes:
-    """One row per prompt (distinct glaze x type, in plan order): vanilla, LoRA, then real training photos of
-    that combination."""
+def comparison_strip(vanilla: str | Path, lora: str | Path, splits: str | Path, tasks: Sequence[str],
+                     rows: int = 8, references: int = 2) -> bytes:
+    """One row per prompt (distinct labels of `tasks`, the taxonomy's combination role, in plan order):
+    vanilla, LoRA, then real training photos of that combination."""
+    tasks = list(tasks)
     v = pd.read_csv(vanilla, keep_default_na=False)
     lo = pd.read_csv(lora, keep_default_na=False).set_index("item_id")
     real = pd.read_csv(splits, keep_default_na=False)
     real = real[real["split"] == "train"]
-    shown = v.drop_duplicates(["glaze", "type"]).head(rows)
+    shown = v.drop_duplicates(tasks).head(rows)
     label_h = 14
     sheet = Image.new("RGB", ((2 + references) * CELL, len(shown) * (CELL + label_h) + label_h), "white")
     draw = ImageDraw.Draw(sheet)
     for i, title in enumerate(["vanilla", "LoRA"] + ["real"] * references):
         draw.text((i * CELL + 4, 1), title, fill="black")
-    for r, row in enumerate(shown.itertuples()):
+    for r, row in enumerate(shown.to_dict("records")):
         top = label_h + r * (CELL + label_h)
-        draw.text((4, top), f"{row.glaze} {row.type}", fill="black")
-        cells = [Path(vanilla).parent / row.path]
-        if row.item_id in lo.index:
-            cells.append(Path(lora).parent / lo.at[row.item_id, "path"])
-        matches = real[(real["glaze"] == row.glaze) & (real["type"] == row.type)].head(references)
+        draw.text((4, top), " ".join(str(row[t]) for t in tasks), fill="black")
+        cells = [Path(vanilla).parent / row["path"]]
+        if row["item_id"] in lo.index:
+            cells.append(Path(lora).parent / lo.at[row["item_id"], "path"])
+        same = (real[tasks] == pd.Series({t: row[t] for t in tasks})).all(axis=1)
+        matches = real[same].head(references)
         cells += [Path(splits).parent / p for p in matches["path"]]
         for c, path in enumerate(cells):
             sheet.paste(_cell(path), (c * CELL, top + label_h))

@@ -143,9 +143,17 @@ def _budget_section(results: dict) -> str:
           "train longer.</p>")
 
 
+def _combination(runs) -> tuple[str, ...]:
+    from celadon.taxonomy import load_taxonomy
+
+    return load_taxonomy(runs.config.taxonomy).combination
+
+
 def _data_section(runs) -> str:
     folder = runs.imbalance["real"].path
-    figures = "".join(_img(folder / f"{kind}_{g}.png", f"{kind} {g}", 380) for g in ("glaze+type", "glaze", "type")
+    combination = _combination(runs)
+    groupings = ["+".join(combination), *combination] if len(combination) > 1 else list(combination)
+    figures = "".join(_img(folder / f"{kind}_{g}.png", f"{kind} {g}", 380) for g in groupings
                       for kind in ("longtail", "lorenz") if (folder / f"{kind}_{g}.png").exists())
     summary = Path(runs.split.info["splits"]).parent / "split_summary.csv"
     split_rows = [line.split(",") for line in summary.read_text().strip().splitlines()] if summary.exists() else []
@@ -181,19 +189,20 @@ def _synthesis_section(runs, results: dict) -> str:
     out += "</div>"
     compare = results.get("table6")
     if compare:
-        plan = compare["plan"]
+        plan, combination = compare["plan"], _combination(runs)
+        shown = _e(" × ".join(combination))
         strip = comparison_strip(runs.generations[f"{plan}/vanilla"].info["table"],
-                                 runs.generations[f"{plan}/lora"].info["table"], runs.split.info["splits"])
+                                 runs.generations[f"{plan}/lora"].info["table"], runs.split.info["splits"], combination)
         out += (f"<h3>Vanilla vs LoRA on the same prompts (plan {_e(plan)}), real training photos of the same "
-                "glaze × type on the right</h3>" + _img(strip, "vanilla vs LoRA vs real"))
+                f"{shown} on the right</h3>" + _img(strip, "vanilla vs LoRA vs real"))
         names = list(next(iter(compare["rows"].values())))
         rows = [[_e(metric)] + [_number(values[n]) for n in names] for metric, values in compare["rows"].items()]
-        out += ("<h3>Table 6: vanilla vs LoRA, and the judge on real validation photos of the same glaze × type "
+        out += (f"<h3>Table 6: vanilla vs LoRA, and the judge on real validation photos of the same {shown} "
                 "combinations</h3>" + _table(["metric", *names], rows))
         judge = ", ".join(f"{t} {v:.0%}" for t, v in compare.get("judge_real_top1", {}).items())
         out += (f"<p>Label fidelity is judged by the reference classifier, whose top-1 accuracy on real validation "
                 f"photos is {_e(judge)}. The <em>real photos</em> column is that judge on real validation photos of "
-                "the plan's glaze × type combinations: synthetic images as convincing as real ones would score about "
+                f"the plan's {shown} combinations: synthetic images as convincing as real ones would score about "
                 "that. The reference is read on validation only: no test label steers selection, plans or QC.</p>")
     qc_rows = []
     for key, summary in results["qc"].items():

@@ -24,9 +24,9 @@ from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Red
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from celadon.errors import CeladonError
-from celadon.review.store import DECISIONS, REASONS, Decision, ReviewStore
+from celadon.review.store import DECISIONS, Decision, ReviewStore, rejection_reasons
+from celadon.taxonomy import Taxonomy, load_taxonomy
 
-TASKS = ("dynasty", "kiln", "glaze", "type")
 REFERENCES_PER_COMBINATION = 3
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -64,14 +64,22 @@ class ReviewRun:
     items: pd.DataFrame  # one row per generated image: item_id, path, labels, prompt, seed, source, qc_*
     references: list[Path] = field(default_factory=list)
     references_by_combo: dict[str, list[int]] = field(default_factory=dict)
+    taxonomy: Taxonomy = field(default_factory=load_taxonomy)
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        return rejection_reasons(self.taxonomy.task_names)
 
 
-def combination(row) -> str:
-    return " + ".join(str(row.get(t)) for t in ("glaze", "type") if pd.notna(row.get(t)))
+def combination(row, taxonomy: Taxonomy) -> str:
+    """How the page groups images: the labels of the taxonomy's combination role (glaze + type)."""
+    return " + ".join(str(row.get(t)) for t in taxonomy.combination if pd.notna(row.get(t)))
 
 
-def load_run(run_dir: str | Path, qc: str | Path | None = None, real: str | Path | None = None) -> ReviewRun:
+def load_run(run_dir: str | Path, qc: str | Path | None = None, real: str | Path | None = None,
+             taxonomy: Taxonomy | None = None) -> ReviewRun:
     run_dir = Path(run_dir)
+    taxonomy = taxonomy or load_taxonomy()
     table_path = run_dir / "generated.csv"
     if not table_path.exists():
         raise CeladonError(f"{run_dir}: no generated.csv; review a folder written by `celadon synth generate`")
@@ -89,8 +97,8 @@ def load_run(run_dir: str | Path, qc: str | Path | None = None, real: str | Path
     for column in ("qc_pass", "qc_reasons", "purpose"):
         if column not in items:
             items[column] = None
-    items["combination"] = [combination(r) for r in items.to_dict("records")]
-    review = ReviewRun(run_dir, items.reset_index(drop=True))
+    items["combination"] = [combination(r, taxonomy) for r in items.to_dict("records")]
+    review = ReviewRun(run_dir, items.reset_index(drop=True), taxonomy=taxonomy)
     if real:
         _add_references(review, Path(real))
     return review
@@ -104,7 +112,7 @@ def _add_references(review: ReviewRun, manifest: Path) -> None:
         frame = frame[frame["split"] == "train"]
     wanted = set(review.items["combination"])
     for row in frame.to_dict("records"):
-        combo = combination(row)
+        combo = combination(row, review.taxonomy)
         if combo in wanted and len(review.references_by_combo.get(combo, [])) < REFERENCES_PER_COMBINATION:
             review.references_by_combo.setdefault(combo, []).append(len(review.references))
             review.references.append((manifest.parent / str(row["path"])).resolve())
@@ -116,7 +124,7 @@ def create_app(review: ReviewRun, token: str | None = None, allowed_hosts: tuple
     from celadon.review.page import render_page
 
     app = FastAPI(title="celadon review", docs_url=None, redoc_url=None, openapi_url=None)
-    store = ReviewStore(review.run_dir)
+    store = ReviewStore(review.run_dir, review.reasons)
     csrf = secrets.token_urlsafe(32)
     run_root = review.run_dir.resolve()
     paths = dict(zip(review.items["item_id"], review.items["path"], strict=True))
@@ -189,7 +197,7 @@ def create_app(review: ReviewRun, token: str | None = None, allowed_hosts: tuple
     def state():
         current = store.current()
         return {"decisions": {k: v.__dict__ for k, v in current.items()},
-                "progress": progress(review, current), "reasons": REASONS, "choices": DECISIONS}
+                "progress": progress(review, current), "reasons": review.reasons, "choices": DECISIONS}
 
     @app.get("/export.csv")
     def export():

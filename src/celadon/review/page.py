@@ -7,7 +7,7 @@ from urllib.parse import urlencode
 
 import pandas as pd
 
-from celadon.review.store import REASONS, Decision
+from celadon.review.store import Decision
 
 _CSS = """
 body{font:14px system-ui,sans-serif;margin:0;background:#f4f4f2;color:#222}
@@ -61,7 +61,7 @@ async function post(items, decision, reason, note) {
 }
 async function decide(targets, decision, reason, note) {
   if (decision === 'rejected' && !reason) {
-    document.getElementById('hint').textContent = 'choose a reason (keys 1-7 or the menu), then press r';
+    document.getElementById('hint').textContent = 'choose a reason (keys 1-9 or the menu), then press r';
     return;
   }
   const before = targets.map(c => ({id: c.dataset.id, decision: c.dataset.decision || 'pending',
@@ -99,7 +99,8 @@ document.addEventListener('keydown', e => {
   }
   else if (e.key === 'x') { const box = card.querySelector('.pick'); box.checked = !box.checked; }
   else if (e.key === 'u') undo();
-  else if (/^[1-7]$/.test(e.key)) card.querySelector('.reason').selectedIndex = Number(e.key);
+  else if (/^[1-9]$/.test(e.key) && Number(e.key) < card.querySelector('.reason').options.length) {
+    card.querySelector('.reason').selectedIndex = Number(e.key); }
   else return;
   e.preventDefault();
 });
@@ -132,13 +133,13 @@ def _filter(items: pd.DataFrame, current: dict[str, Decision], filters: dict[str
     return items[keep]
 
 
-def _card(row: dict, decision: Decision | None, references: list[int]) -> str:
+def _card(row: dict, decision: Decision | None, references: list[int], tasks: list[str],
+          reasons: tuple[str, ...]) -> str:
     item = escape(str(row["item_id"]))
     state = decision.decision if decision else "pending"
     badge = "pending" if not decision else (
         f"{decision.decision}{f' ({decision.reason})' if decision.reason else ''} by {decision.reviewer}")
-    labels = " · ".join(escape(str(row[t])) for t in ("dynasty", "kiln", "glaze", "type")
-                        if t in row and pd.notna(row[t]))
+    labels = " · ".join(escape(str(row[t])) for t in tasks if t in row and pd.notna(row[t]))
     qc_pass = str(row.get("qc_pass")).lower() in ("true", "1")
     qc = "" if pd.isna(row.get("qc_pass")) else (
         '<div class="meta">QC: pass</div>' if qc_pass else
@@ -152,7 +153,7 @@ def _card(row: dict, decision: Decision | None, references: list[int]) -> str:
 <div class="meta" title="prompt">{escape(str(row.get("prompt", "")))}</div>
 <div class="meta">seed {escape(str(row.get("seed", "")))} · {escape(str(row.get("purpose") or ""))}</div>{qc}
 <div class="refs">{refs}</div>
-<div class="actions"><button class="accept">accept (a)</button><select class="reason">{_options(REASONS, "", "reason…")}
+<div class="actions"><button class="accept">accept (a)</button><select class="reason">{_options(reasons, "", "reason…")}
 </select><button class="reject">reject (r)</button><input class="note" placeholder="note (for other)" size="14"
  aria-label="note"></div></div>"""
 
@@ -165,9 +166,11 @@ def render_page(review, current: dict[str, Decision], stats: dict, csrf: str, fi
         f"<tr><td><a href='/?{escape(urlencode({'combo': c}))}'>{escape(c)}</a></td>"
         f"<td>{s['reviewed']}/{s['total']}</td><td>{_percent(s['pass_rate'])}</td></tr>"
         for c, s in stats["combinations"].items())
-    cards = "".join(_card(row, current.get(row["item_id"]), review.references_by_combo.get(row["combination"], []))
+    cards = "".join(_card(row, current.get(row["item_id"]), review.references_by_combo.get(row["combination"], []),
+                          review.taxonomy.task_names, review.reasons)
                     for row in shown.to_dict("records"))
     sources = sorted(str(s) for s in items["purpose"].dropna().unique())
+    reasons = _options(review.reasons, "", "reason…")
     combinations = sorted(items["combination"].unique())
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>celadon review</title>
 <meta name="csrf" content="{escape(csrf)}"><link rel="icon" href="data:,"><style>{_CSS}</style></head><body>
@@ -179,9 +182,9 @@ def render_page(review, current: dict[str, Decision], stats: dict, csrf: str, fi
 <select name="decision">{_options(['pending', 'accepted', 'rejected'], filters['decision'], 'any decision')}</select>
 <button>filter</button></form>
 <div class="bar"><button id="select-all">select all</button><button id="bulk-accept">accept selected</button>
-<select id="bulk-reason">{_options(REASONS, '', 'reason…')}</select><button id="bulk-reject">reject selected</button>
+<select id="bulk-reason">{reasons}</select><button id="bulk-reject">reject selected</button>
 <button id="undo">undo (u)</button><a href="/export.csv">export CSV</a></div>
-<div id="hint">keys: arrows move · a accept · 1-7 reason then r reject · x select · u undo ·
+<div id="hint">keys: arrows move · a accept · 1-9 reason then r reject · x select · u undo ·
 showing {len(shown)} of {len(items)}</div>
 <details><summary>pass rate per combination</summary><table>{combos}</table></details></header>
 <main id="grid">{cards}</main><script>{_SCRIPT}</script></body></html>"""

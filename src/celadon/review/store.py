@@ -16,8 +16,13 @@ from celadon.errors import CeladonError
 
 DB_NAME = "review.sqlite"
 DECISIONS = ("accepted", "rejected", "pending")  # "pending" is what undo returns an image to
-REASONS = ("wrong glaze", "wrong type", "wrong kiln style", "modern artefact", "damaged/cracked", "low quality",
-           "other")
+GENERAL_REASONS = ("modern artefact", "damaged/cracked", "low quality", "other")
+REASONS = ("wrong dynasty", "wrong kiln", "wrong glaze", "wrong type", *GENERAL_REASONS)  # porcelain's
+
+
+def rejection_reasons(task_names: list[str]) -> tuple[str, ...]:
+    """What a reviewer can reject an image for: a wrong label of any task of the taxonomy, or a general flaw."""
+    return (*(f"wrong {task}" for task in task_names), *GENERAL_REASONS)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -58,8 +63,8 @@ def _readable(method):
 
 class ReviewStore:
     @_readable
-    def __init__(self, run_dir: str | Path):
-        self.path = Path(run_dir) / DB_NAME
+    def __init__(self, run_dir: str | Path, reasons: tuple[str, ...] = REASONS):
+        self.path, self.reasons = Path(run_dir) / DB_NAME, reasons
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
@@ -74,8 +79,8 @@ class ReviewStore:
                note: str | None = None) -> list[Decision]:
         if decision not in DECISIONS:
             raise CeladonError(f"decision {decision!r} is not one of {', '.join(DECISIONS)}")
-        if decision == "rejected" and reason not in REASONS:
-            raise CeladonError(f"a rejection needs a reason: one of {', '.join(REASONS)}")
+        if decision == "rejected" and reason not in self.reasons:
+            raise CeladonError(f"a rejection needs a reason: one of {', '.join(self.reasons)}")
         if not reviewer.strip():
             raise CeladonError("a decision needs the reviewer's name")
         at = datetime.now(UTC).isoformat(timespec="milliseconds")

@@ -24,7 +24,7 @@ from celadon.errors import CeladonError
 from celadon.runinfo import atomic_write_text, write_run_info
 from celadon.synth.captions import caption
 from celadon.synth.pipeline import DEFAULT_NEGATIVE
-from celadon.synth.select import pairs_from_metrics
+from celadon.synth.select import pairs_from_metrics, with_roles
 
 PRESETS = {"A": 5 / 95, "B": 10 / 90}  # synthetic images per real training image
 
@@ -36,7 +36,7 @@ class PlanConfig:
     rare_max: int = 10  # combinations with at most this many training originals are rare
     confusion_share: float = 0.3  # of the budget, when confusion pairs are known
     confusion_pairs: int = 3
-    confusion_task: str = "glaze"
+    confusion_task: str | None = None  # None: the taxonomy's confusion role
     pairs: tuple[tuple[str, str], ...] = ()  # explicit pairs; override the metrics
     metrics: str | None = None  # a baseline's metrics.json on validation (celadon evaluate --split val)
     allow_test_metrics: bool = False  # accept a test-split metrics.json (test labels then steer the plan)
@@ -70,6 +70,7 @@ def _item_seed(seed: int, item: str) -> int:
 
 
 def make_plan(manifest: Manifest, config: PlanConfig) -> pd.DataFrame:
+    config = with_roles(config, manifest.taxonomy)
     tasks = list(manifest.tasks)
     frame = manifest.frame
     originals = frame[manifest.augmentation_seeds() < 0]
@@ -118,6 +119,7 @@ def make_plan(manifest: Manifest, config: PlanConfig) -> pd.DataFrame:
 
 def run_plan(manifest: Manifest, out_dir: str | Path, config: PlanConfig) -> tuple[Path, pd.DataFrame]:
     """Write `plan.csv` (one row per image to generate); returns it and a per-source summary."""
+    config = with_roles(config, manifest.taxonomy)
     plan = make_plan(manifest, config)
     out_dir = Path(out_dir)
     path = out_dir / "plan.csv"

@@ -9,14 +9,15 @@ Writes `qc.csv` (the table + `qc_pass`, `qc_reasons`, predictions) which `celado
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from celadon.data.duplicates import DEFAULT_NEAR_DISTANCE, find_duplicates, scan_images
+from celadon.data.check import scan_paths
+from celadon.data.duplicates import DEFAULT_NEAR_DISTANCE, find_duplicates
 from celadon.data.images import ImageInfo, ImageReadError, load_image
 from celadon.data.manifest import Manifest, read_manifest, write_manifest
 from celadon.errors import CeladonError
@@ -38,7 +39,7 @@ class QCConfig:
     judge_metrics: str | None = None
     judge_min_recall: float = 0.0
     allow_test_metrics: bool = False  # accept a test-split judge_metrics (test labels then gate training images)
-    fidelity_tasks: tuple[str, ...] = ("glaze", "type")
+    fidelity_tasks: tuple[str, ...] | None = None  # None: the taxonomy's combination role
     expected_size: int | None = None  # required width and height; None accepts any
     min_contrast: float = 2.0  # grey-level std below which an image is blank
     outlier_z: float = 4.0  # robust z-score beyond which a statistic is an outlier
@@ -81,6 +82,8 @@ def _real_reference(real: Manifest, limit: int, seed: int) -> Manifest:
 
 def run_qc(config: QCConfig, progress: bool = True) -> dict:
     taxonomy = load_taxonomy(config.taxonomy)
+    if config.fidelity_tasks is None:
+        config = replace(config, fidelity_tasks=taxonomy.combination)
     synthetic = read_manifest(config.table, taxonomy)
     if len(synthetic) == 0:
         raise CeladonError(f"{config.table}: no synthetic images to check")
@@ -88,8 +91,8 @@ def run_qc(config: QCConfig, progress: bool = True) -> dict:
     reasons: list[list[tuple[str, str]]] = [[] for _ in range(len(synthetic))]  # (kind, message) per image
 
     # Integrity, and hashes for duplicate checks, in one decoding pass over both sets.
-    synthetic_infos = scan_images(synthetic, progress=progress)
-    real_infos = scan_images(reference, progress=progress)
+    synthetic_infos = scan_paths(synthetic.image_paths(), progress=progress)
+    real_infos = scan_paths(reference.image_paths(), progress=progress)
     images: dict[int, Image.Image] = {}
     for i, info in enumerate(synthetic_infos):
         if isinstance(info, ImageReadError):

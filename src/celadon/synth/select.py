@@ -1,15 +1,16 @@
 """The paper's seven-tier selection of LoRA training images (§3.2.2, Table 3), computed from the data.
 
-Tiers, in priority order, over label combinations of `key` (default glaze x type) counted on the original
-training images: 1 extreme rare (1 original), 2 very rare (2-4), 3 confusion pairs (from a baseline
-model's confusion matrix, or given), 4 moderate rare (5-10), 5 type balance, 6 glaze balance, 7 general
-fill. Images come from the (augmented) training set, originals before their augmented copies. Targets are
-the paper's at 1,000 images, scaled to `total`; the budget is spent tier by tier.
+Tiers, in priority order, over label combinations of `key` (default: the taxonomy's combination role,
+glaze x type for porcelain) counted on the original training images: 1 extreme rare (1 original), 2 very
+rare (2-4), 3 confusion pairs (from a baseline model's confusion matrix, or given), 4 moderate rare (5-10),
+5 balance of the key's last task (vessel type), 6 balance of its first (glaze), 7 general fill. Images
+come from the (augmented) training set, originals before their augmented copies. Targets are the paper's
+at 1,000 images, scaled to `total`; the budget is spent tier by tier.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +20,15 @@ from celadon.data.manifest import Manifest, write_manifest
 from celadon.errors import CeladonError
 from celadon.runinfo import atomic_write_text, write_run_info
 
-TIERS = ("extreme rare", "very rare", "confusion pair", "moderate rare", "type balance", "glaze balance",
-         "general")
+TIERS = ("extreme rare", "very rare", "confusion pair", "moderate rare", "{} balance", "{} balance", "general")
 PAPER_TOTAL, PAPER_TRAIN_ORIGINALS = 1000, 5068
 
 
 @dataclass
 class SelectConfig:
     total: int = 0  # 0: the paper's proportion, 1,000 per 5,068 original training images
-    key: tuple[str, ...] = ("glaze", "type")
-    confusion_task: str = "glaze"
+    key: tuple[str, ...] | None = None  # None: the taxonomy's combination role
+    confusion_task: str | None = None  # None: the taxonomy's confusion role
     confusion_pairs: int = 4  # most confused pairs taken from the baseline metrics
     pairs: tuple[tuple[str, str], ...] = ()  # explicit pairs (codes of confusion_task); override metrics
     metrics: str | None = None  # a baseline's metrics.json on validation (celadon evaluate --split val)
@@ -38,8 +38,18 @@ class SelectConfig:
     very_rare_target: int = 25
     confusion_target: int = 25  # per pair
     moderate_target: int = 25
-    type_min: int = 100  # every vessel type at least this many images, at 1,000 images
-    glaze_min: int = 100
+    type_min: int = 100  # tier 5: every label of the key's last task (vessel type) at least this many, per 1,000
+    glaze_min: int = 100  # tier 6: the same for the key's first task (glaze)
+
+
+def with_roles(config, taxonomy):
+    """A select or plan config with the taxonomy's roles filled in where it leaves them open (None)."""
+    values = {}
+    if getattr(config, "key", "") is None:
+        values["key"] = taxonomy.combination
+    if getattr(config, "confusion_task", "") is None:
+        values["confusion_task"] = taxonomy.confusion
+    return replace(config, **values)
 
 
 def pairs_from_metrics(path: str, task: str, n: int, allow_test: bool = False) -> tuple[tuple[str, str], ...]:
@@ -76,6 +86,7 @@ class _Picker:
 
 def select_lora_set(manifest: Manifest, config: SelectConfig) -> pd.DataFrame:
     """The selected rows of `manifest` with `tier`, `tier_name` and `reason` columns."""
+    config = with_roles(config, manifest.taxonomy)
     frame = manifest.frame
     for task in (*config.key, config.confusion_task):
         manifest.taxonomy.task(task)
@@ -103,9 +114,10 @@ def select_lora_set(manifest: Manifest, config: SelectConfig) -> pd.DataFrame:
     rare(2, 2, 4, config.very_rare_target)
     _confusion_tier(picker, pool, config, target(config.confusion_target))
     rare(4, 5, 10, config.moderate_target)
-    for tier, task, minimum in ((5, "type", config.type_min), (6, "glaze", config.glaze_min)):
-        if task not in manifest.tasks:
-            continue
+    balance = {5: (config.key[-1], config.type_min), 6: (config.key[0], config.glaze_min)}
+    for tier, (task, minimum) in balance.items():
+        if tier == 6 and len(config.key) == 1:
+            continue  # one task: tier 5 balanced it already
         for code in sorted(pool[task].dropna().unique()):
             missing = target(minimum) - picker.count(task, code)
             if missing > 0:
@@ -114,7 +126,7 @@ def select_lora_set(manifest: Manifest, config: SelectConfig) -> pd.DataFrame:
     rows = sorted(picker.chosen, key=lambda i: (picker.chosen[i][0], i))
     selected = frame.loc[rows].copy()
     selected["tier"] = [picker.chosen[i][0] for i in rows]
-    selected["tier_name"] = [TIERS[t - 1] for t in selected["tier"]]
+    selected["tier_name"] = [TIERS[t - 1].format(balance.get(t, ("",))[0]) for t in selected["tier"]]
     selected["reason"] = [picker.chosen[i][1] for i in rows]
     return selected.reset_index(drop=True)
 
@@ -126,12 +138,12 @@ def _confusion_tier(picker: _Picker, pool: pd.DataFrame, config: SelectConfig, p
     task = config.confusion_task
     for a, b in pairs:
         rows_a, rows_b = pool.index[pool[task] == a], pool.index[pool[task] == b]
-        # Prefer the vessel types both classes share: the paper's "white vs ivory white (bowl)".
-        if "type" in pool:
-            shared = set(pool.loc[rows_a, "type"]) & set(pool.loc[rows_b, "type"])
+        # Prefer what both classes share in the key's other task: the paper's "white vs ivory white (bowl)".
+        for other in [t for t in config.key if t != task][-1:]:
+            shared = set(pool.loc[rows_a, other]) & set(pool.loc[rows_b, other])
             if shared:
-                rows_a = rows_a[pool.loc[rows_a, "type"].isin(shared)]
-                rows_b = rows_b[pool.loc[rows_b, "type"].isin(shared)]
+                rows_a = rows_a[pool.loc[rows_a, other].isin(shared)]
+                rows_b = rows_b[pool.loc[rows_b, other].isin(shared)]
         reason = f"confusion pair {a} vs {b}"
         picker.take(rows_a, per_pair - per_pair // 2, 3, reason)
         picker.take(rows_b, per_pair // 2, 3, reason)
@@ -139,6 +151,7 @@ def _confusion_tier(picker: _Picker, pool: pd.DataFrame, config: SelectConfig, p
 
 def run_select(manifest: Manifest, out_dir: str | Path, config: SelectConfig) -> tuple[Path, pd.DataFrame]:
     """Write `selection.csv` and a per-tier summary; returns the path and the summary table."""
+    config = with_roles(config, manifest.taxonomy)
     selected = select_lora_set(manifest, config)
     out_dir = Path(out_dir)
     path = write_manifest(manifest.with_frame(selected), out_dir / "selection.csv")

@@ -7,6 +7,7 @@ collection (other dynasties, other artefacts) with their own YAML file.
 from __future__ import annotations
 
 import difflib
+import unicodedata
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -49,6 +50,10 @@ class Taxonomy:
     artefact: str = "artefact"
     analysis_combinations: tuple[tuple[str, ...], ...] = ()
     caption_parts: tuple[str, ...] = ()  # caption template parts, see porcelain.yaml
+    # roles: the tasks whose label combination selection, plans, QC fidelity and figures use, and the task
+    # confusion pairs come from (porcelain: glaze x type, glaze). Captions describe what caption_parts names.
+    combination: tuple[str, ...] = ()
+    confusion: str = ""
     source: str = ""
     _lookup: dict[str, dict[str, str]] = field(default_factory=dict, compare=False, repr=False)
 
@@ -71,12 +76,15 @@ class Taxonomy:
 
     def suggest(self, task: str, value: str, n: int = 3) -> list[str]:
         """Closest valid names for an unknown label, for error hints."""
-        names = [name for label in self.task(task).labels for name in (label.code, label.en) if name]
-        return difflib.get_close_matches(str(value), names, n=n, cutoff=0.4) or self.task(task).codes[:n]
+        names = {_normalise(name): name for label in self.task(task).labels for name in (label.en, label.code) if name}
+        close = difflib.get_close_matches(_normalise(value), list(names), n=n, cutoff=0.4)
+        return [names[c] for c in close] or self.task(task).codes[:n]
 
 
 def _normalise(value: str) -> str:
-    return " ".join(str(value).strip().lower().replace("_", " ").replace("-", " ").split())
+    """Lookup form: NFKC (full-width letters), case-folded, '_' and '-' as spaces, whitespace collapsed."""
+    value = unicodedata.normalize("NFKC", str(value)).casefold()
+    return " ".join(value.replace("_", " ").replace("-", " ").split())
 
 
 def _parse(data: object, source: str) -> Taxonomy:
@@ -88,8 +96,12 @@ def _parse(data: object, source: str) -> Taxonomy:
             raise CeladonError(f"{source}: task {task_name!r} needs a non-empty list of labels")
         labels, names = [], {}
         for i, entry in enumerate(entries):
+            if isinstance(entry, str | int | float) and not isinstance(entry, bool) and str(entry).strip():
+                # a plain list of names: the code is derived ('Northern Song' -> 'northern_song')
+                entry = {"code": _normalise(entry).replace(" ", "_"), "en": str(entry).strip()}
             if not isinstance(entry, dict) or "code" not in entry:
-                raise CeladonError(f"{source}: task {task_name!r} label #{i + 1} needs at least a 'code'")
+                raise CeladonError(f"{source}: task {task_name!r} label #{i + 1} needs a name, or a mapping with at "
+                                   "least a 'code' (e.g. {code: song, en: Song})")
             label = Label(
                 code=str(entry["code"]),
                 en=str(entry.get("en", entry["code"])),
@@ -116,26 +128,56 @@ def _parse(data: object, source: str) -> Taxonomy:
         if unknown:
             raise CeladonError(f"{source}: analysis_combinations names unknown task(s) {unknown}")
         combos.append(tuple(combo))
+    combination, confusion = _roles(data.get("roles"), [t.name for t in tasks], combos, source)
     return Taxonomy(
         name=str(data.get("name", Path(source).stem)),
         tasks=tuple(tasks),
         artefact=str(data.get("artefact", "artefact")),
         analysis_combinations=tuple(combos),
         caption_parts=tuple(str(part) for part in data.get("caption_parts", []) or []),
+        combination=combination,
+        confusion=confusion,
         source=source,
         _lookup=lookup,
     )
 
 
+def _roles(roles: object, task_names: list[str], combos: list[tuple[str, ...]], source: str
+           ) -> tuple[tuple[str, ...], str]:
+    """(combination tasks, confusion task) from a `roles:` section; without one, the first analysis
+    combination (else every task) and its first task."""
+    roles = roles or {}
+    if not isinstance(roles, dict):
+        raise CeladonError(f"{source}: roles must be a mapping, e.g. roles: {{combination: [glaze, type], "
+                           "confusion: glaze}")
+    unknown = set(roles) - {"combination", "confusion"}
+    if unknown:
+        raise CeladonError(f"{source}: roles: unknown role(s) {sorted(unknown)}; roles are combination, confusion")
+    combination = roles.get("combination") or (list(combos[0]) if combos else list(task_names))
+    if isinstance(combination, str):
+        combination = [combination]
+    confusion = roles.get("confusion") or combination[0]
+    for name in [*combination, confusion]:
+        if name not in task_names:
+            raise CeladonError(f"{source}: roles names unknown task {name!r}; tasks are {', '.join(task_names)}")
+    return tuple(str(t) for t in combination), str(confusion)
+
+
+SHIPPED = ("porcelain", "coins")  # taxonomies in this package, by name: `--taxonomy coins`
+
+
 def load_taxonomy(path: str | Path | None = None) -> Taxonomy:
-    """Load a taxonomy YAML; `None` gives celadon's default (the paper's porcelain vocabulary)."""
-    if path is None:
-        text = resources.files(__package__).joinpath(DEFAULT_TAXONOMY).read_text(encoding="utf-8")
-        source = f"celadon:{DEFAULT_TAXONOMY}"
+    """Load a taxonomy YAML, or a shipped one by name; `None` gives celadon's default (the paper's porcelain
+    vocabulary)."""
+    if path is None or (str(path) in SHIPPED and not Path(path).exists()):
+        name = f"{path}.yaml" if path is not None else DEFAULT_TAXONOMY
+        text = resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+        source = f"celadon:{name}"
     else:
         path = Path(path)
         if not path.is_file():
-            raise CeladonError(f"taxonomy file {path} does not exist; pass a YAML file or omit --taxonomy")
+            raise CeladonError(f"taxonomy file {path} does not exist; pass a YAML file, a shipped name "
+                               f"({', '.join(SHIPPED)}), or omit --taxonomy")
         text, source = path.read_text(encoding="utf-8-sig"), str(path)
     try:
         data = yaml.safe_load(text)
