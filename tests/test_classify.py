@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 import torch
 
-from celadon.classify.checkpoint import load_checkpoint, load_tensors
+from celadon.checkpoint import load_checkpoint, load_tensors
 from celadon.classify.data import MISSING, ImageCache
 from celadon.classify.train import TrainConfig, Trainer, epoch_draws, multitask_loss, train
 from celadon.cli import main
-from celadon.data.embedded import DemoConfig, make_demo
+from celadon.data.embedded import EmbeddedConfig, make_demo
 from celadon.data.sampling import make_sampler
 from celadon.data.split import SplitConfig, run_split
 from celadon.taxonomy import load_taxonomy
@@ -27,7 +27,7 @@ from conftest import noise_image
 @pytest.fixture(scope="module")
 def tiny_splits(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny")
-    manifest = make_demo(root / "data", DemoConfig(n=90, size=40, seed=3, workers=1), progress=False)
+    manifest = make_demo(root / "data", EmbeddedConfig(n=90, size=40, seed=3, workers=1), progress=False)
     return run_split(manifest, load_taxonomy(), root / "split", SplitConfig(seed=0), progress=False).path
 
 

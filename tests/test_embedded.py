@@ -8,14 +8,14 @@ import pytest
 from PIL import Image
 
 from celadon.cli import main
-from celadon.data.embedded import KILN_TABLE, NAMED_RARE, DemoConfig, combination_counts, make_demo
+from celadon.data.embedded import KILN_TABLE, NAMED_RARE, EmbeddedConfig, combination_counts, make_demo
 from celadon.data.embedded.render import Labels, render
 from celadon.errors import CeladonError
 from celadon.experiment.config import load_experiment
 
 
 def test_default_long_tail_matches_the_papers_shape():
-    counts = [n for _, n in combination_counts(DemoConfig())]
+    counts = [n for _, n in combination_counts(EmbeddedConfig())]
     assert sum(counts) == 3000
     assert len(counts) >= 40
     assert sum(n <= 5 for n in counts) >= 10
@@ -24,7 +24,7 @@ def test_default_long_tail_matches_the_papers_shape():
 
 
 def test_combinations_respect_kiln_correlations():
-    for (dynasty, kiln, glaze, kind), _ in combination_counts(DemoConfig(seed=5)):
+    for (dynasty, kiln, glaze, kind), _ in combination_counts(EmbeddedConfig(seed=5)):
         _, p_song, glazes, types = KILN_TABLE[kiln]
         assert (glaze in glazes and kind in types) or (dynasty, kiln, glaze, kind) in NAMED_RARE
         assert p_song > 0 if dynasty == "song" else p_song < 1
@@ -40,7 +40,7 @@ def test_render_is_deterministic_and_label_dependent():
 
 
 def test_make_demo_writes_a_valid_manifest_and_resumes(tmp_path, capsys):
-    config = DemoConfig(n=120, size=40, seed=2, workers=1)
+    config = EmbeddedConfig(n=120, size=40, seed=2, workers=1)
     manifest = make_demo(tmp_path / "demo", config, progress=False)
     frame = pd.read_csv(manifest)
     assert list(frame.columns) == ["path", "dynasty", "kiln", "glaze", "type"]
@@ -52,7 +52,7 @@ def test_make_demo_writes_a_valid_manifest_and_resumes(tmp_path, capsys):
     assert (tmp_path / "demo" / frame["path"].iat[5]).read_bytes() == first
     assert (tmp_path / "demo" / "run.yaml").exists()
     with pytest.raises(CeladonError, match="other settings"):
-        make_demo(tmp_path / "demo", DemoConfig(n=120, size=48, seed=2, workers=1), progress=False)
+        make_demo(tmp_path / "demo", EmbeddedConfig(n=120, size=48, seed=2, workers=1), progress=False)
     assert main(["data", "validate", str(manifest), "--quiet"]) == 0
 
 

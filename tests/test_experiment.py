@@ -53,41 +53,56 @@ def study(tmp_path_factory) -> Path:
     return root
 
 
-def test_every_stage_runs_once_then_is_reused_and_a_classifier_change_reruns_only_training(study):
-    out = study / "out"
-    first = _stages(out)
+def _copy(study: Path, tmp_path: Path) -> Path:
+    """The study folder copied for one scenario, so no test changes what the others read."""
+    return shutil.copytree(study / "out", tmp_path / "out")
+
+
+def _run(config: dict, out: Path, tmp_path: Path) -> list[dict]:
+    assert main(["run", str(_write(tmp_path / "study.yaml", config | {"out": str(out)})), "--quiet"]) == 0
+    return _stages(out)
+
+
+def test_every_stage_runs_once_and_the_reference_is_read_on_validation_only(study):
+    first = _stages(study / "out")
     assert first and not any(s["reused"] for s in first[:12])
     labels = [s["stage"] for s in first]
     for expected in ("render embedded dataset", "train LoRA", "generate A/lora", "generate A/vanilla", "QC A/lora",
-                     "train A (seed 1)", "evaluate baseline (seed 0)", "evaluate reference on val (seed 0)",
-                     "t-SNE real vs synthetic"):
+                     "curate A/lora", "train A (seed 1)", "evaluate baseline (seed 0)",
+                     "evaluate reference on val (seed 0)", "t-SNE real vs synthetic"):
         assert expected in labels
     assert "evaluate reference (seed 0)" not in labels  # the reference is never read on test
 
-    assert main(["run", str(study / "study.yaml"), "--quiet"]) == 0
-    assert all(s["reused"] for s in _stages(out))
 
-    changed = SMALL | {"out": str(out), "classifier": SMALL["classifier"] | {"epochs": 1}}
-    assert main(["run", str(_write(study / "changed.yaml", changed)), "--quiet"]) == 0
-    reran = {s["stage"].split(" ")[0] for s in _stages(out) if not s["reused"]}
-    assert reran == {"train", "evaluate"}
-    assert len([s for s in _stages(out) if not s["reused"]]) == 2 * 2 * 2  # 2 arms x 2 seeds x (train + evaluate)
+def test_a_copied_study_folder_reuses_every_stage(study, tmp_path):
+    out = _copy(study, tmp_path)  # another machine, a colleague: stage folders are found by their keys
+    assert all(s["reused"] for s in _run(SMALL, out, tmp_path))
+    assert str(study / "out") not in (out / "report.html").read_text()
 
-    # A human rejects a synthetic image in `celadon review serve`: only the arm that mixes it in trains again.
+
+def test_a_classifier_change_reruns_only_training_and_evaluation(study, tmp_path):
+    stages = _run(SMALL | {"classifier": SMALL["classifier"] | {"epochs": 1}}, _copy(study, tmp_path), tmp_path)
+    reran = [s["stage"] for s in stages if not s["reused"]]
+    assert {label.split(" ")[0] for label in reran} == {"train", "evaluate"}
+    assert len(reran) == 2 * 2 * 2  # 2 arms x 2 seeds x (train + evaluate); the reference has its own settings
+
+
+def test_a_review_rejection_reruns_curate_and_only_the_arm_that_mixes_the_image_in(study, tmp_path):
+    import pandas as pd
+
     from celadon.review.store import ReviewStore
 
+    out = _copy(study, tmp_path)
     generation = next(p for p in (out / "stages").glob("generate-*")
                       if any(i.startswith("lora-") for i in json.loads((p / "stage.json").read_text())["inputs"]))
-    ReviewStore(generation).decide(["i00000"], "rejected", "curator", "wrong glaze")
-    assert main(["run", str(study / "changed.yaml"), "--quiet"]) == 0
-    reran = [s["stage"] for s in _stages(out) if not s["reused"]]
-    assert sorted(reran) == sorted(f"{verb} A (seed {seed})" for verb in ("train", "evaluate") for seed in (0, 1))
-
-    # The experiment folder copied elsewhere (another machine, a colleague): everything is still reused.
-    copy = shutil.copytree(out, study / "copied")
-    assert main(["run", str(study / "changed.yaml"), "--out", str(copy), "--quiet"]) == 0
-    assert all(s["reused"] for s in _stages(copy))
-    assert str(out) not in (copy / "report.html").read_text()
+    accepted = pd.read_csv(next((out / "stages").glob("curate-*")) / "accepted.csv", dtype={"item_id": str})
+    assert set(accepted["train_tasks"]) == {"dynasty,kiln,glaze,type"}  # every plan row carries all four labels
+    ReviewStore(generation).decide([accepted["item_id"].iat[0]], "rejected", "curator", "wrong glaze")
+    reran = [s["stage"] for s in _run(SMALL, out, tmp_path) if not s["reused"]]
+    assert sorted(reran) == sorted(["curate A/lora", "imbalance (A)"] + [
+        f"{verb} A (seed {seed})" for verb in ("train", "evaluate") for seed in (0, 1)])
+    curated = json.loads((out / "results.json").read_text())["curated"]["A/lora"]
+    assert curated["rejected_in_review"] == 1 and curated["accepted"] == len(accepted) - 1
 
 
 def test_results_hold_the_primary_endpoint_and_every_comparison_with_adjusted_p(study):
@@ -130,6 +145,29 @@ def test_results_hold_the_primary_endpoint_and_every_comparison_with_adjusted_p(
     assert len(results["validation_curves"]["baseline"]) >= 1
     change = results["imbalance"]["A"]["change"]["glaze+type"]["n_images"]
     assert change["after"] == change["before"] + results["qc"]["A/lora"]["n_pass"]
+
+
+def test_the_report_is_rebuilt_from_results_json_and_the_files_it_names_alone(study, tmp_path, capsys):
+    from celadon.report.html import _named_files
+
+    out = study / "out"
+    results = json.loads((out / "results.json").read_text())
+    alone = tmp_path / "alone"
+    for name in ["results.json", *_named_files(results["files"])]:
+        source, target = out / name, alone / name
+        if source.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            for item in source.glob("*"):  # a stage folder: the imbalance figures and imbalance.json
+                if item.is_file():
+                    shutil.copy(item, target / item.name)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, target)
+    assert main(["report", str(alone), "--quiet"]) == 0
+    assert (alone / "report.html").read_text() == (out / "report.html").read_text()
+    (alone / results["files"]["tsne"]).unlink()
+    assert main(["report", str(alone), "--quiet"]) == 2
+    assert "a file results.json names is missing" in capsys.readouterr().err
 
 
 def test_table6_real_column_is_the_judge_on_real_photos_of_the_plans_combinations(tmp_path):
@@ -229,11 +267,11 @@ def test_wrong_types_and_values_are_one_line_errors_before_any_work(tmp_path, ch
 
 def test_synthetic_tasks_unknown_to_the_taxonomy_are_refused_by_train(tmp_path):
     from celadon.classify.train import TrainConfig, Trainer
-    from celadon.data.embedded import DemoConfig, make_demo
+    from celadon.data.embedded import EmbeddedConfig, make_demo
     from celadon.data.split import SplitConfig, run_split
     from celadon.taxonomy import load_taxonomy
 
-    manifest = make_demo(tmp_path / "data", DemoConfig(n=60, size=32, seed=1, workers=1), progress=False)
+    manifest = make_demo(tmp_path / "data", EmbeddedConfig(n=60, size=32, seed=1, workers=1), progress=False)
     splits = run_split(manifest, load_taxonomy(), tmp_path / "split", SplitConfig(seed=0), progress=False).path
     with pytest.raises(CeladonError, match="synthetic_tasks: glaz not among the trained tasks"):
         Trainer(TrainConfig(splits=str(splits), out=str(tmp_path / "t"), synthetic_tasks=["glaz"], weights="none",

@@ -8,9 +8,9 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
+from celadon.classify.metrics import MISSING, compare_confusion_pairs, task_metrics
 from celadon.classify.models import ModelConfig, MultiTaskNet, list_backbones
 from celadon.errors import CeladonError
-from celadon.evaluate.metrics import MISSING, compare_confusion_pairs, task_metrics
 
 
 def test_registry_and_one_task_models():

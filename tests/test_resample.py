@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from celadon.evaluate.metrics import task_metrics
+from celadon.classify.metrics import task_metrics
 from celadon.evaluate.resample import ResampledPredictions
 
 CLASSES = ["a", "b", "c", "d", "e"]
@@ -55,3 +55,19 @@ def test_group_accuracy_averages_tasks_over_the_masked_images():
     assert predictions.group_accuracy(mask, np.ones((1, 4)))[0] == pytest.approx(5 / 12)
     # weights (0, 1, 1, 0): glaze 0/1, type 0/1
     assert predictions.group_accuracy(mask, np.array([[0.0, 1.0, 1.0, 0.0]]))[0] == 0.0
+
+
+def test_image_locations_agree_for_relative_paths_and_for_absolute_ones_of_a_moved_study(tmp_path):
+    """A study copied elsewhere: its old evaluations hold absolute paths into the old folder, new ones paths
+    relative to their own folder; both must name the same images, or no arm could be compared."""
+    import json
+
+    from celadon.evaluate.resample import image_locations
+
+    new = tmp_path / "copy" / "stages"
+    (new / "evaluate-old").mkdir(parents=True)
+    (new / "evaluate-new").mkdir()
+    (new / "evaluate-old" / "stage.json").write_text(json.dumps({"root": "/elsewhere/study"}))
+    old = image_locations(new / "evaluate-old", ["/elsewhere/study/stages/split-1/../data-2/images/a.jpg"])
+    fresh = image_locations(new / "evaluate-new", ["../split-1/../data-2/images/a.jpg"])
+    assert old == fresh == [str((tmp_path / "copy" / "stages" / "data-2" / "images" / "a.jpg").resolve())]

@@ -31,7 +31,7 @@ def test_a_write_removes_the_temp_files_its_killed_predecessors_left_and_nothing
 def test_a_checkpoint_removes_what_a_killed_write_of_an_older_checkpoint_left(tmp_path):
     import torch
 
-    from celadon.classify.checkpoint import load_checkpoint, save_checkpoint
+    from celadon.checkpoint import load_checkpoint, save_checkpoint
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -200,13 +200,16 @@ def test_review_by_keyboard_and_click_in_chromium(server, run_dir, tmp_path):
     assert (tmp_path / "review.png").stat().st_size > 10_000
 
 
-def test_training_never_sees_rejected_images(run_dir):
+def test_training_never_sees_rejected_images(run_dir, tmp_path):
+    """Decisions reach training through curate's accepted.csv; the latest decision per image counts."""
     from celadon.classify.train import load_synthetic
+    from celadon.synth.curate import CurateConfig, curate
     from celadon.taxonomy import load_taxonomy
 
     ReviewStore(run_dir).decide(["i00000", "i00002"], "rejected", "ann", reason="modern artefact")
     ReviewStore(run_dir).decide(["i00002"], "accepted", "bob")  # a second reviewer overrules
-    kept = load_synthetic(str(run_dir / "qc.csv"), load_taxonomy())
+    accepted = curate(CurateConfig(qc=str(run_dir / "qc.csv"), generation=str(run_dir), out=str(tmp_path / "c")))
+    kept = load_synthetic(str(accepted), load_taxonomy())
     assert set(kept.frame["item_id"]) == {"i00002", "i00004"}  # QC passes 0, 2, 4; review rejects 0
 
 
@@ -312,14 +315,13 @@ def test_binding_beyond_localhost_needs_a_token(run_dir):
 
 
 def test_a_corrupt_review_database_is_a_one_line_error(run_dir, capsys):
-    from celadon.classify.train import load_synthetic
     from celadon.cli import main
     from celadon.errors import CeladonError
-    from celadon.taxonomy import load_taxonomy
+    from celadon.synth.curate import CurateConfig, curate
 
     (run_dir / "review.sqlite").write_bytes(b"this is not sqlite" * 100)
     assert main(["review", "export", str(run_dir)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "review.sqlite: not a readable review database" in err[0] and "move it aside" in err[0]
     with pytest.raises(CeladonError, match="not a readable review database"):
-        load_synthetic(str(run_dir / "qc.csv"), load_taxonomy())
+        curate(CurateConfig(qc=str(run_dir / "qc.csv"), generation=str(run_dir), out=str(run_dir / "curated")))

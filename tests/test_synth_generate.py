@@ -188,3 +188,18 @@ def test_compare_table_lists_each_run(tmp_path):
     assert table.loc["label fidelity glaze+type", "vanilla"] == 0.4
     with pytest.raises(CeladonError, match="no qc_summary.json"):
         compare_qc({"x": tmp_path})
+
+
+def test_generation_uses_the_clip_skip_its_lora_was_trained_with(tmp_path):
+    import json
+
+    from celadon.synth.generate import GenerateConfig, _call_kwargs
+
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "lora" / "pytorch_lora_weights.safetensors").write_bytes(b"")
+    (tmp_path / "lora" / "lora_config.json").write_text(json.dumps({"rank": 4, "clip_skip": 2}))
+    assert _call_kwargs(GenerateConfig(model="tiny", lora=str(tmp_path)))["clip_skip"] == 2  # read back
+    assert _call_kwargs(GenerateConfig(model="tiny", lora=str(tmp_path), clip_skip=1))["clip_skip"] == 1  # given
+    (tmp_path / "lora" / "lora_config.json").unlink()  # a foreign LoRA: the model's own default
+    assert _call_kwargs(GenerateConfig(model="tiny", lora=str(tmp_path)))["clip_skip"] == _call_kwargs(
+        GenerateConfig(model="tiny"))["clip_skip"]

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from celadon.cli import main
-from celadon.data.embedded import DemoConfig, make_demo
+from celadon.data.embedded import EmbeddedConfig, make_demo
 from celadon.data.embedded.render import Labels, render
 from celadon.data.split import SplitConfig, run_split
 from celadon.evaluate.distances import LITE0_LABEL, image_distances
@@ -20,7 +20,7 @@ LABELS = {"dynasty": "song", "kiln": "longquan", "glaze": "celadon", "type": "bo
 @pytest.fixture(scope="module")
 def real_splits(tmp_path_factory):
     root = tmp_path_factory.mktemp("qc")
-    manifest = make_demo(root / "data", DemoConfig(n=90, size=40, seed=4, workers=1), progress=False)
+    manifest = make_demo(root / "data", EmbeddedConfig(n=90, size=40, seed=4, workers=1), progress=False)
     return run_split(manifest, load_taxonomy(), root / "split", SplitConfig(), progress=False).path
 
 

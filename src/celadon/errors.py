@@ -1,4 +1,5 @@
-"""The one exception type whose message is meant for the user (the CLI prints it as one line, exit 2)."""
+"""Exceptions whose message is meant for the user: the CLI prints them without a traceback, exit 2 (usage,
+setup) or 1 (the data has problems)."""
 
 
 class CeladonError(Exception):

@@ -29,7 +29,7 @@ from celadon.classify.data import (
 )
 from celadon.classify.models import ModelConfig, MultiTaskNet
 from celadon.classify.train import PAPER_TASK_WEIGHTS, multitask_loss, set_threads
-from celadon.data.embedded import DemoConfig, make_demo
+from celadon.data.embedded import EmbeddedConfig, make_demo
 from celadon.data.manifest import read_manifest
 from celadon.data.sampling import make_sampler
 from celadon.runinfo import write_json
@@ -92,7 +92,7 @@ def _timed(model, optimizer, batches, tasks, class_weights, steps: int, prepare)
 def bench_train(config: BenchConfig, progress: bool = True) -> dict:
     threads = set_threads(config.threads)
     # A fixed set of photos (batches are drawn from it with replacement), so other settings reuse it.
-    manifest_path = make_demo(config.data, DemoConfig(n=640, size=config.source_size, seed=7), progress=progress)
+    manifest_path = make_demo(config.data, EmbeddedConfig(n=640, size=config.source_size, seed=7), progress=progress)
     taxonomy = load_taxonomy()
     manifest = read_manifest(manifest_path, taxonomy)
     tasks = taxonomy.task_names

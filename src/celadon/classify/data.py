@@ -14,14 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from tqdm import tqdm
 
 from celadon.data.augment import augment_image
-from celadon.data.images import load_image
-from celadon.data.manifest import Manifest
+from celadon.data.images import load_image, resize_square
+from celadon.data.manifest import TRAIN_TASKS_COLUMN, Manifest
 from celadon.runinfo import atomic_write_text
 
 MISSING = -1  # target value of an unknown label: masked out of that task's loss and metrics
@@ -30,15 +29,6 @@ MISSING = -1  # target value of an unknown label: masked out of that task's loss
 def cache_resolution(image_size: int) -> int:
     """Cache a little larger than the training crop (256/224, as ImageNet recipes do)."""
     return int(round(image_size * 8 / 7))
-
-
-def resize_square(img: Image.Image, size: int) -> np.ndarray:
-    """Shorter side to `size`, centre crop to a square: what every later crop starts from."""
-    scale = size / min(img.size)
-    w, h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
-    img = img.resize((w, h), Image.BILINEAR, reducing_gap=3.0)
-    left, top = (w - size) // 2, (h - size) // 2
-    return np.array(img.crop((left, top, left + size, top + size)), dtype=np.uint8)  # a writable copy
 
 
 class ImageCache:
@@ -159,11 +149,18 @@ class Samples:
 def prepare_samples(manifest: Manifest, tasks: list[str], cache: ImageCache, synthetic: bool = False,
                     masked_tasks: tuple[str, ...] = (), progress: bool = True) -> Samples:
     """Cache the manifest's images and encode its labels; `masked_tasks` are hidden (e.g. glaze for
-    synthetic images, so they train only the other tasks)."""
+    synthetic images, so they train only the other tasks), and so is, per row, every task its `train_tasks`
+    cell (written by `celadon synth curate`) does not name."""
     targets = encode_targets(manifest, tasks)
     for task in masked_tasks:
         if task in tasks:
             targets[:, tasks.index(task)] = MISSING
+    if TRAIN_TASKS_COLUMN in manifest.frame:
+        for row, cell in enumerate(manifest.frame[TRAIN_TASKS_COLUMN]):
+            trained = set(str(cell or "").split(","))
+            for j, task in enumerate(tasks):
+                if task not in trained:
+                    targets[row, j] = MISSING
     aug = manifest.augmentation_seeds()
     rows = cache.rows_for(manifest.image_paths(), progress)
     return Samples(rows, targets, aug, np.full(len(manifest), synthetic))

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
-from celadon.classify.checkpoint import load_tensors
-from celadon.classify.data import cache_resolution, eval_transform, normalise, resize_square
+from celadon.checkpoint import load_tensors
+from celadon.classify.data import CachedDataset, cache_resolution, eval_transform, normalise
 from celadon.classify.models import ModelConfig, MultiTaskNet
-from celadon.data.images import IMAGE_EXTENSIONS, ImageReadError, load_image
+from celadon.data.images import IMAGE_EXTENSIONS, ImageReadError, load_image, resize_square
 from celadon.errors import CeladonError
 
 
@@ -88,3 +89,14 @@ def predict_images(loaded: LoadedModel, paths: list[Path], top_k: int = 3, batch
             flush()
     flush()
     return results, errors
+
+
+@torch.no_grad()
+def predict_logits(model: MultiTaskNet, dataset: CachedDataset, batch_size: int) -> dict[str, np.ndarray]:
+    model.eval()
+    outputs: dict[str, list[np.ndarray]] = {t: [] for t in model.task_names}
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    for images, _ in loader:
+        for task, value in model(normalise(images, model.mean, model.std)).items():
+            outputs[task].append(value.float().numpy())
+    return {t: np.concatenate(v) if v else np.zeros((0, model.config.tasks[t])) for t, v in outputs.items()}

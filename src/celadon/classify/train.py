@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from celadon.classify.checkpoint import load_checkpoint, save_checkpoint, save_tensors
+from celadon.checkpoint import load_checkpoint, save_checkpoint, save_tensors
 from celadon.classify.data import (
     MISSING,
     CachedDataset,
@@ -34,13 +34,14 @@ from celadon.classify.data import (
     prepare_samples,
     train_transform,
 )
+from celadon.classify.metrics import mean_macro_f1, task_metrics
 from celadon.classify.models import ModelConfig, MultiTaskNet
+from celadon.classify.predict import predict_logits
 from celadon.cpu import set_threads
 from celadon.data.check import check_split_manifest
-from celadon.data.manifest import Manifest, read_manifest
+from celadon.data.manifest import Manifest, is_true, read_manifest
 from celadon.data.sampling import combination_sample_weights, effective_number_weights
 from celadon.errors import CeladonError
-from celadon.evaluate.metrics import mean_macro_f1, task_metrics
 from celadon.runinfo import atomic_write_text, default_cache_dir, write_run_info
 from celadon.taxonomy import Taxonomy, load_taxonomy
 
@@ -72,7 +73,7 @@ class TrainConfig:
     # "auto" (inverse class frequency of the taxonomy's confusion task: the paper's glaze sampler; hierarchical
     # when that task is not trained), a task name, "hierarchical" (1/sqrt(n) per label combination) or "none"
     sampler: str = "auto"
-    synthetic: str | None = None  # a synthesis run's metadata table (manifest with qc_pass / review)
+    synthetic: str | None = None  # a manifest of synthetic images (`celadon synth curate`'s accepted.csv)
     synthetic_ratio: float = 0.0  # share of training draws that are synthetic (paper: 0.05 and 0.10)
     # "replace": synthetic draws take the place of that share of real draws, so every arm trains the same number
     # of optimizer steps (a fair comparison); "add": the paper's protocol, the epoch grows by 1 / (1 - ratio)
@@ -89,20 +90,16 @@ class TrainConfig:
 
 
 def load_synthetic(path: str, taxonomy: Taxonomy) -> Manifest:
-    """Synthetic rows that passed QC and were not rejected in review."""
+    """A manifest of synthetic images, as `celadon synth curate` writes it (`accepted.csv`). Rows of a table
+    with a `qc_pass` or `review` column (a qc.csv given directly) are kept only when they passed and were not
+    rejected; decisions made in `celadon review serve` reach training through curate, not from here."""
     manifest = read_manifest(path, taxonomy)
     frame = manifest.frame
     keep = np.ones(len(frame), dtype=bool)
     if "qc_pass" in frame:
-        keep &= frame["qc_pass"].astype(str).str.lower().isin(["true", "1", "yes"]).to_numpy()
+        keep &= np.array([is_true(v) for v in frame["qc_pass"]], dtype=bool)
     if "review" in frame:
         keep &= (frame["review"].astype(str).str.lower() != "rejected").to_numpy()
-    if "item_id" in frame:  # decisions made in `celadon review serve`, stored in each generation run
-        from celadon.review.store import rejected_items
-
-        runs = {manifest.image_path(i).parent.parent for i in range(len(frame))}
-        rejected = set().union(*(rejected_items(run) for run in runs))
-        keep &= (~frame["item_id"].astype(str).isin(rejected)).to_numpy()
     if not keep.any():
         raise CeladonError(f"{path}: no synthetic image passed QC and review; nothing to mix in")
     return manifest.subset(keep)
@@ -160,17 +157,6 @@ def multitask_loss(logits: dict[str, torch.Tensor], targets: torch.Tensor, tasks
         parts[task] = float(loss.detach())
         total = total + task_weights.get(task, 1.0) * loss
     return total, parts
-
-
-@torch.no_grad()
-def predict_logits(model: MultiTaskNet, dataset: CachedDataset, batch_size: int) -> dict[str, np.ndarray]:
-    model.eval()
-    outputs: dict[str, list[np.ndarray]] = {t: [] for t in model.task_names}
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    for images, _ in loader:
-        for task, value in model(normalise(images, model.mean, model.std)).items():
-            outputs[task].append(value.float().numpy())
-    return {t: np.concatenate(v) if v else np.zeros((0, model.config.tasks[t])) for t, v in outputs.items()}
 
 
 def model_card(model: MultiTaskNet, taxonomy: Taxonomy, config: TrainConfig) -> dict:

@@ -62,9 +62,16 @@ def _run_overrides(args: argparse.Namespace) -> dict:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """`celadon run CONFIG` and `celadon demo` (= `celadon run demo`)."""
-    from celadon.demo import run_study
+    from celadon.experiment.study import run_study
 
     run_study(args.config, _run_overrides(args), args.set, progress=not args.quiet)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from celadon.report.html import rebuild_report
+
+    print(f"report: {rebuild_report(args.out).resolve()}")
     return 0
 
 
@@ -88,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(config="demo")
     run = add(stages, "run", cmd_run, "run an experiment YAML: data, synthesis, every arm x seed, report.html")
     run.add_argument("config", help="a YAML file, or a shipped preset: demo, paper")
+    report = add(stages, "report", cmd_report, "rebuild report.html from a study's results.json (nothing re-run)")
+    report.add_argument("out", help="the study folder (holds results.json)")
     for p in (demo, run):
         p.add_argument("--out", help="output folder (default: the config's out)")
         p.add_argument("--seeds", help="comma-separated seeds (default: the config's)")

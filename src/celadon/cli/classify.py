@@ -47,7 +47,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from celadon.evaluate.metrics import compare_confusion_pairs
+    from celadon.classify.metrics import compare_confusion_pairs
     from celadon.evaluate.run import EvaluateConfig, evaluate_model, load_metrics
 
     out = args.out or str(Path(args.model_dir) / f"eval-{args.split}")

@@ -16,15 +16,10 @@ def _taxonomy(args: argparse.Namespace):
     return load_taxonomy(args.taxonomy)
 
 
-def _settings(args: argparse.Namespace) -> dict:
-    """The parsed command line as a config to record beside outputs."""
-    return {k: v for k, v in vars(args).items() if not callable(v)}
-
-
 def cmd_make_demo(args: argparse.Namespace) -> int:
-    from celadon.data.embedded import DemoConfig, make_demo
+    from celadon.data.embedded import EmbeddedConfig, make_demo
 
-    config = DemoConfig(n=args.n, size=args.size, seed=args.seed, workers=args.workers)
+    config = EmbeddedConfig(n=args.n, size=args.size, seed=args.seed, workers=args.workers)
     path = make_demo(args.out, config, progress=not args.quiet)
     print(f"embedded dataset: {path}")
     return 0
@@ -54,7 +49,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from celadon.data.check import ImageCheckConfig, read_checked, require_no_errors
     from celadon.data.imbalance import analyze_manifest
-    from celadon.runinfo import write_run_info
 
     taxonomy, check = _taxonomy(args), ImageCheckConfig(root=args.root, allow_outside_root=args.allow_outside_root)
     tables = []
@@ -64,7 +58,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         tables.append(table)
     manifest, other = tables[0], (tables[1] if args.compare else None)
     result = analyze_manifest(manifest, args.out, other)
-    write_run_info(args.out, "data analyze", _settings(args))
     described = result if other is None else result["datasets"]["before"]
     print(f"{'grouping':<14}{'classes':>8}{'images':>8}{'ratio':>9}{'CV':>7}{'Gini':>7}{'H_norm':>8}  buckets")
     for name, g in described["groupings"].items():
@@ -111,12 +104,10 @@ def cmd_split(args: argparse.Namespace) -> int:
 def cmd_augment(args: argparse.Namespace) -> int:
     from celadon.data.augment import AugmentConfig, augment_manifest
     from celadon.data.manifest import read_manifest
-    from celadon.runinfo import write_run_info
 
     config = AugmentConfig(threshold=args.threshold, target=args.target, mode=args.mode, seed=args.seed)
     manifest = read_manifest(args.splits, _taxonomy(args))
     path, plan = augment_manifest(manifest, args.out, config, progress=not args.quiet)
-    write_run_info(args.out, "data augment", config, config.seed)
     train = int((manifest.frame["split"] == "train").sum())
     print(f"training images: {train} real + {len(plan)} augmented ({config.mode}) = {train + len(plan)} "
           f"({(train + len(plan)) / max(train, 1):.2f}x); val/test untouched")

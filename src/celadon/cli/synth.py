@@ -1,9 +1,11 @@
-"""CLI verbs of the synthesis stage: select, caption, build-base, train-lora, plan, generate, qc, and the
-synthesis benchmarks."""
+"""CLI verbs of the synthesis stage: select, caption, build-base, train-lora, plan, generate, qc, curate,
+and the synthesis benchmarks."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from celadon.synth.pipeline import DEFAULT_NEGATIVE
 
@@ -33,13 +35,11 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 def cmd_caption(args: argparse.Namespace) -> int:
     from celadon.data.manifest import read_manifest
-    from celadon.runinfo import write_run_info
     from celadon.synth.captions import write_lora_folder
     from celadon.taxonomy import load_taxonomy
 
     selection = read_manifest(args.selection, load_taxonomy(args.taxonomy))
     metadata = write_lora_folder(selection, args.out, progress=not args.quiet)
-    write_run_info(args.out, "synth caption", {"selection": args.selection, "out": args.out})
     print(f"{len(selection)} captioned images; diffusers metadata in {metadata}, kohya .txt sidecars beside them")
     return 0
 
@@ -75,7 +75,7 @@ def cmd_build_base(args: argparse.Namespace) -> int:
 def cmd_train_lora(args: argparse.Namespace) -> int:
     from celadon.synth.lora import LoraConfig, train_lora
 
-    config = LoraConfig(data=args.data, out=args.out, model=args.model, rank=args.rank, alpha=args.alpha or args.rank,
+    config = LoraConfig(data=args.data, out=args.out, model=args.model, rank=args.rank, alpha=args.alpha,
                         learning_rate=args.lr, steps=args.steps, batch_size=args.batch_size,
                         resolution=args.resolution, train_text_encoder=args.train_text_encoder,
                         checkpoint_every=args.checkpoint_every, clip_skip=args.clip_skip,
@@ -195,6 +195,18 @@ def _generation_arguments(p) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: the free cores)")
 
 
+def cmd_curate(args: argparse.Namespace) -> int:
+    from celadon.synth.curate import CurateConfig, curate
+
+    path = curate(CurateConfig(qc=args.qc, generation=args.generation, out=args.out, taxonomy=args.taxonomy))
+    counts = json.loads((Path(args.out) / "curate.json").read_text())
+    print(f"{counts['accepted']} of {counts['generated']} images accepted ({counts['qc_pass']} passed QC, "
+          f"{counts['rejected_in_review']} of those rejected in review); per task: "
+          + ", ".join(f"{t} {n}" for t, n in counts["images_per_task"].items()))
+    print(f"training manifest written to {path} (celadon train --synthetic {path})")
+    return 0
+
+
 def add_parsers(stages, add, bench_verbs) -> None:
     synth = stages.add_parser("synth", help="synthetic data: selection, captions, LoRA, plans, generation, QC")
     verbs = synth.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -228,6 +240,11 @@ def add_parsers(stages, add, bench_verbs) -> None:
                    help="accept a metrics.json computed on the test split (test labels then steer training)")
     p.add_argument("--judge-min-recall", type=float, default=0.0,
                    help="fail a wrong label only where the judge's recall of that class is at least this")
+    p = add(verbs, "curate", cmd_curate, "QC verdicts + review decisions -> accepted.csv, the manifest training reads")
+    p.add_argument("qc", help="a `celadon synth qc` folder (or its qc.csv)")
+    p.add_argument("--generation", help="the generation run reviewed in `celadon review serve` (its review.sqlite)")
+    p.add_argument("--out", required=True)
+
     p = add(verbs, "compare", cmd_compare, "Table 6: QC runs side by side (FID, KID, label fidelity, pass rate)")
     p.add_argument("runs", nargs="+", help="NAME=QC_FOLDER, e.g. vanilla=runs/qc-vanilla lora=runs/qc-lora")
     p.add_argument("--csv", help="also write the table here")
@@ -244,20 +261,23 @@ def add_parsers(stages, add, bench_verbs) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: the free cores)")
     p.add_argument("--seed", type=int, default=0)
 
+    from celadon.synth.lora import LoraConfig
+
+    d = LoraConfig()  # the one source of the defaults (a study's `synthesis.lora` section reads the same)
     p = add(verbs, "train-lora", cmd_train_lora, "LoRA fine-tuning (diffusers + peft), resumable")
     p.add_argument("data", help="a folder from `celadon synth caption`")
     p.add_argument("--out", required=True)
-    p.add_argument("--model", default="tiny")
-    p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--alpha", type=float, default=0, help="LoRA alpha (default: the rank)")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--steps", type=int, default=500)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--resolution", type=int, default=0)
+    p.add_argument("--model", default=d.model)
+    p.add_argument("--rank", type=int, default=d.rank)
+    p.add_argument("--alpha", type=float, default=d.alpha, help="LoRA alpha; the LoRA's scale is alpha / rank")
+    p.add_argument("--lr", type=float, default=d.learning_rate)
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--resolution", type=int, default=d.resolution, help="0: the model's native resolution")
     p.add_argument("--train-text-encoder", action="store_true")
-    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--clip-skip", type=int)
-    p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    p.add_argument("--mixed-precision", default=d.mixed_precision, choices=["no", "fp16", "bf16"])
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: the free cores)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ from celadon.data.manifest import (
     write_manifest,
 )
 from celadon.errors import CeladonError
-from celadon.runinfo import atomic_write_bytes
+from celadon.runinfo import atomic_write_bytes, write_run_info
 
 ORIGIN = "origin"
 
@@ -136,4 +136,5 @@ def augment_manifest(manifest: Manifest, out_dir: str | Path, config: AugmentCon
     combined = pd.concat([originals, plan], ignore_index=True).astype(object)
     combined = combined.where(combined.notna(), None)
     path = write_manifest(Manifest(combined, manifest.root, manifest.taxonomy), out_dir / "augmented.csv")
+    write_run_info(out_dir, "data augment", {**asdict(config), "splits": manifest.source}, config.seed)
     return path, plan

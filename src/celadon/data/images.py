@@ -152,3 +152,12 @@ def inspect_image(path: str | Path) -> ImageInfo:
 def perceptual_hash(img: Image.Image) -> int:
     """64-bit DCT perceptual hash (imagehash.phash) as an int, for Hamming-distance comparisons."""
     return int(str(imagehash.phash(img)), 16)
+
+
+def resize_square(img: Image.Image, size: int) -> np.ndarray:
+    """Shorter side to `size`, centre crop to a square: what every later crop starts from."""
+    scale = size / min(img.size)
+    w, h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
+    img = img.resize((w, h), Image.BILINEAR, reducing_gap=3.0)
+    left, top = (w - size) // 2, (h - size) // 2
+    return np.array(img.crop((left, top, left + size, top + size)), dtype=np.uint8)  # a writable copy

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from celadon.data.manifest import Manifest  # noqa: E402
-from celadon.runinfo import write_json  # noqa: E402
+from celadon.runinfo import write_json, write_run_info  # noqa: E402
 
 SIZE_BUCKETS: tuple[tuple[str, int, float], ...] = (
     ("1", 1, 1), ("2", 2, 2), ("3-9", 3, 9), ("10-49", 10, 49), ("50-99", 50, 99), (">=100", 100, np.inf),
@@ -111,6 +111,8 @@ def analyze_manifest(
         _plot_lorenz(name, {k: d["groupings"][name]["counts"] for k, d in datasets.items()}, out_dir)
     result = datasets[labels[0]] if compare is None else {"datasets": datasets, "change": _change(datasets, labels)}
     write_json(out_dir / "imbalance.json", result)
+    other = compare.source if compare is not None else None
+    write_run_info(out_dir, "data analyze", {"manifest": manifest.source, "compare": other, "labels": list(labels)})
     return result
 
 

@@ -27,6 +27,12 @@ PATH_COLUMN = "path"
 SOURCE_COLUMN = "source"  # for derived rows (augmented, synthetic): the image they came from
 PATH_COLUMNS = (PATH_COLUMN, SOURCE_COLUMN)  # rebased when a manifest is written elsewhere
 AUG_SEED_COLUMN = "aug_seed"  # set on rows whose image is an augmentation of `path`, rendered on the fly
+TRAIN_TASKS_COLUMN = "train_tasks"  # synthetic rows: the tasks the image trains (comma-separated); others masked
+
+
+def is_true(value) -> bool:
+    """A table's boolean cell (`qc_pass`) as pandas, a person or a spreadsheet writes it."""
+    return str(value).strip().lower() in ("true", "1", "yes")
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ def _sample(manifest: Manifest, n: int, seed: int) -> Manifest:
 
 @torch.no_grad()
 def image_features(manifest: Manifest, batch_size: int = 32) -> np.ndarray:
-    from celadon.classify.data import resize_square
+    from celadon.data.images import resize_square
     from celadon.evaluate.distances import Lite0Features
 
     extractor = Lite0Features()

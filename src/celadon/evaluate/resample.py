@@ -7,6 +7,8 @@ class group). Every replicate is a weighted confusion count, so thousands of the
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +21,22 @@ from celadon.errors import CeladonError
 def read_predictions(folder: str | Path) -> pd.DataFrame:
     """An evaluate stage's predictions.csv: true and predicted labels as text, "" where a label is unknown."""
     return pd.read_csv(Path(folder) / "predictions.csv", keep_default_na=False, dtype=str)
+
+
+def image_locations(folder: str | Path, paths: list[str]) -> list[str]:
+    """Where each image of a predictions.csv is now, comparable between evaluations: paths relative to the
+    file's folder (how celadon writes them now), or absolute ones of older studies, rebased when the
+    study folder has moved since (its stage.json records where it was)."""
+    folder = Path(folder)
+    marker = folder / "stage.json"
+    old = json.loads(marker.read_text(encoding="utf-8")).get("root") if marker.exists() else None
+    new = str(folder.resolve().parent.parent)  # <study>/stages/<evaluate-key>
+    located = []
+    for path in paths:
+        if os.path.isabs(path) and old and old != new and path.startswith(old + "/"):
+            path = new + path[len(old):]
+        located.append(os.path.normpath(path if os.path.isabs(path) else os.path.join(folder.resolve(), path)))
+    return located
 
 
 class ResampledPredictions:
@@ -44,7 +62,9 @@ class ResampledPredictions:
         if missing:
             raise CeladonError(f"{folder}/predictions.csv: no columns for task(s) {', '.join(missing)}; "
                                "re-run `celadon evaluate`")
-        return cls(frame, tasks)
+        loaded = cls(frame, tasks)
+        loaded.paths = image_locations(folder, loaded.paths)
+        return loaded
 
     def labels(self, task: str) -> list[str]:
         """Per image, the true label of `task` as text ("" where unknown)."""

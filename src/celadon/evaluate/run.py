@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,11 +16,14 @@ import pandas as pd  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
 from celadon.classify.data import CachedDataset, ImageCache, cache_resolution, eval_transform, prepare_samples  # noqa: E402
-from celadon.classify.predict import load_model  # noqa: E402
-from celadon.classify.train import predict_logits, set_threads  # noqa: E402
+from celadon.classify.metrics import defined, mean_macro_f1, task_metrics  # noqa: E402
+from celadon.classify.predict import (
+    load_model,  # noqa: E402
+    predict_logits,  # noqa: E402
+)
+from celadon.cpu import set_threads  # noqa: E402
 from celadon.data.manifest import read_manifest  # noqa: E402
 from celadon.errors import CeladonError  # noqa: E402
-from celadon.evaluate.metrics import defined, mean_macro_f1, task_metrics  # noqa: E402
 from celadon.runinfo import atomic_write_text, default_cache_dir, write_json, write_run_info  # noqa: E402
 from celadon.taxonomy import load_taxonomy  # noqa: E402
 
@@ -82,7 +86,8 @@ def _write_predictions(out: Path, part, tasks: list[str], targets: np.ndarray, l
                        loaded) -> None:
     """Per image: true and predicted code per task (empty where the label is missing), for per-image analyses
     such as accuracy on rare label combinations."""
-    frame = pd.DataFrame({"path": [str(p) for p in part.image_paths()]})
+    # relative to this file's folder, so a copied or moved study still compares the same images
+    frame = pd.DataFrame({"path": [os.path.relpath(p.resolve(), out.resolve()) for p in part.image_paths()]})
     for j, task in enumerate(tasks):
         classes = loaded.classes(task)
         frame[task] = [classes[t] if t >= 0 else "" for t in targets[:, j]]

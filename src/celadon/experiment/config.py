@@ -64,8 +64,9 @@ class ExperimentConfig:
     out: str = "runs/experiment"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     manifest: str | None = None  # a manifest of the user's images; None = the embedded procedural dataset
+    image_root: str | None = None  # the manifest's image paths must stay inside it (default: its folder)
     taxonomy: str | None = None  # a taxonomy YAML; None = the paper's porcelain vocabulary
-    embedded: dict[str, Any] = field(default_factory=dict)  # embedded DemoConfig overrides (n, size, seed)
+    embedded: dict[str, Any] = field(default_factory=dict)  # embedded EmbeddedConfig overrides (n, size, seed)
     split: dict[str, Any] = field(default_factory=dict)  # SplitConfig overrides; keep_split: COLUMN keeps yours
     augment: dict[str, Any] | None = None  # AugmentConfig overrides; None = no offline augmentation
     classifier: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides
@@ -108,7 +109,7 @@ def check_overrides(config: ExperimentConfig) -> None:
     """Every stage section names only settings its stage has, and none the runner sets itself."""
     from celadon.classify.train import TrainConfig
     from celadon.data.augment import AugmentConfig
-    from celadon.data.embedded import DemoConfig
+    from celadon.data.embedded import EmbeddedConfig
     from celadon.data.split import SplitConfig
     from celadon.evaluate.run import EvaluateConfig
     from celadon.synth.generate import GenerateConfig
@@ -118,7 +119,7 @@ def check_overrides(config: ExperimentConfig) -> None:
     from celadon.synth.select import SelectConfig
 
     s = config.synthesis
-    sections = [(DemoConfig, "embedded", config.embedded, ("workers",)),
+    sections = [(EmbeddedConfig, "embedded", config.embedded, ("workers",)),
                 (SplitConfig, "split", _without(config.split, "keep_split"), ()),
                 (AugmentConfig, "augment", config.augment or {}, ()),
                 (TrainConfig, "classifier", config.classifier, _TRAIN_OWNED),

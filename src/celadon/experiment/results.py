@@ -5,14 +5,16 @@ rare label combinations, each with the arm-vs-baseline statistics of `comparison
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from celadon.evaluate.metrics import compare_confusion_pairs
+from celadon.classify.metrics import compare_confusion_pairs
 from celadon.evaluate.resample import read_predictions
 from celadon.evaluate.run import load_metrics
 from celadon.experiment.comparisons import SEEDS_COVER, Measure, compare_measures
@@ -203,11 +205,49 @@ def training_budgets(runs) -> dict[str, dict]:
     return budgets
 
 
+def _relative(runs, path: str | Path) -> str:
+    return os.path.relpath(Path(path).resolve(), Path(runs.out).resolve())
+
+
+def report_files(runs) -> dict:
+    """The files the report shows, relative to the study folder: with results.json, all `celadon report`
+    needs to rebuild report.html (a copied or moved study folder keeps them)."""
+    files: dict = {"imbalance": {name: _relative(runs, stage.path) for name, stage in runs.imbalance.items()},
+                   "split_summary": _relative(runs, Path(runs.split.info["splits"]).parent / "split_summary.csv")}
+    if runs.lora is not None:
+        log, samples = runs.lora.path / "train_log.csv", sorted((runs.lora.path / "samples").glob("*.png"))
+        files["lora_log"] = _relative(runs, log) if log.exists() else None
+        files["lora_samples"] = _relative(runs, samples[-1]) if samples else None
+    compare = runs.config.synthesis.compare_plan
+    if compare and f"{compare}/vanilla" in runs.generations and f"{compare}/lora" in runs.generations:
+        from celadon.report.figures import comparison_strip
+        from celadon.runinfo import atomic_write_bytes
+
+        strip = Path(runs.out) / "figures" / f"vanilla_lora_real_{compare}.png"
+        atomic_write_bytes(strip, comparison_strip(runs.generations[f"{compare}/vanilla"].info["table"],
+                                                   runs.generations[f"{compare}/lora"].info["table"],
+                                                   runs.split.info["splits"],
+                                                   load_taxonomy(runs.config.taxonomy).combination))
+        files["strip"] = _relative(runs, strip)
+    if runs.tsne is not None:
+        files["tsne"] = _relative(runs, runs.tsne.info["plot"])
+    seed, config = runs.config.seeds[0], runs.config
+    shown = (config.baseline, *[a.name for a in config.arms if a.name != config.baseline][-1:])
+    files["confusion"] = {"seed": seed, "arms": {
+        arm: [_relative(runs, p) for p in sorted(runs.evaluations[arm, seed].path.glob("confusion_*.png"))]
+        for arm in shown if (arm, seed) in runs.evaluations}}
+    return files
+
+
 def collect_results(runs) -> dict:
+    from celadon.runinfo import versions
     from celadon.synth.qc import compare_qc
 
     results: dict = {"name": runs.config.name, "seeds": runs.config.seeds, "baseline": runs.config.baseline,
-                     "arms": [a.name for a in runs.config.arms], "skipped_arms": runs.skipped}
+                     "arms": [a.name for a in runs.config.arms], "skipped_arms": runs.skipped,
+                     "config": json.loads(json.dumps(dataclasses.asdict(runs.config))), "versions": versions(),
+                     "combination": list(load_taxonomy(runs.config.taxonomy).combination),
+                     "files": report_files(runs)}
     if runs.evaluations:
         rare = rare_groups(runs)
         tables = comparison_tables(runs, rare)
@@ -217,6 +257,7 @@ def collect_results(runs) -> dict:
                                         "counted_on": "real training originals (what the plans count)"},
                     "validation_curves": validation_curves(runs), "budgets": training_budgets(runs)}
     results["qc"] = {key: _json(stage.path / "qc_summary.json") for key, stage in runs.qc.items()}
+    results["curated"] = {key: _json(stage.path / "curate.json") for key, stage in runs.curated.items()}
     compare = runs.config.synthesis.compare_plan
     if compare and f"{compare}/vanilla" in runs.qc:
         table = compare_qc({"vanilla": runs.qc[f"{compare}/vanilla"].path, "lora": runs.qc[f"{compare}/lora"].path})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ class Runs:
     plans: dict[str, Stage] = dataclasses.field(default_factory=dict)
     generations: dict[str, Stage] = dataclasses.field(default_factory=dict)  # "B/lora", "B/vanilla"
     qc: dict[str, Stage] = dataclasses.field(default_factory=dict)
+    curated: dict[str, Stage] = dataclasses.field(default_factory=dict)  # what the arms train on, per "plan/gen"
     trainings: dict[tuple[str, int], Stage] = dataclasses.field(default_factory=dict)
     evaluations: dict[tuple[str, int], Stage] = dataclasses.field(default_factory=dict)
     imbalance: dict[str, Stage] = dataclasses.field(default_factory=dict)  # "real", and per plan
@@ -76,11 +78,11 @@ class Experiment:
 
     # -- data ---------------------------------------------------------------------------------------------
     def data(self) -> Stage:
-        from celadon.data.embedded import DemoConfig, make_demo
+        from celadon.data.embedded import EmbeddedConfig, make_demo
 
         if self.config.manifest:
             return self._user_manifest(Path(self.config.manifest))
-        demo = make(DemoConfig, self.config.embedded, workers=self.config.workers)
+        demo = make(EmbeddedConfig, self.config.embedded, workers=self.config.workers)
         return self.stages.run("data", _settings(demo) | self._taxonomy_key(), [], lambda p: {"manifest": str(make_demo(
             p, demo, progress=self.progress))}, "render embedded dataset")
 
@@ -111,23 +113,28 @@ class Experiment:
 
         def work(path: Path) -> dict:
             report = validate_manifest(manifest, self.taxonomy,
-                                       ValidationConfig(workers=self.config.workers), progress=self.progress)
+                                       ValidationConfig(workers=self.config.workers, root=self.config.image_root),
+                                       progress=self.progress)
             require_no_errors(report.problems, str(manifest))
             return {"manifest": str(manifest.resolve()), "rows": len(report.manifest)}
 
-        return self.stages.run("data", {"manifest": str(manifest.resolve()), "sha256": digest} | self._taxonomy_key(),
-                               [], work, "validate manifest")
+        root = {"image_root": self.config.image_root} if self.config.image_root else {}  # absent: keys as before
+        return self.stages.run("data", {"manifest": str(manifest.resolve()), "sha256": digest} | self._taxonomy_key()
+                               | root, [], work, "validate manifest")
 
     def split(self, data: Stage) -> Stage:
+        from celadon.data.check import ImageCheckConfig
         from celadon.data.split import SplitConfig, run_split
 
         settings = dict(self.config.split or {})
         keep = settings.pop("keep_split", None)  # the user's own split column (`data split --keep-split`)
         config = make(SplitConfig, settings)
         key = _settings(config) | ({"keep_split": keep} if keep else {})  # absent when unused: keys stay as they were
+        check = ImageCheckConfig(root=self.config.image_root)
+        label = "adaptive split + leakage check" if not keep else f"split kept from {keep!r}"
         return self.stages.run("split", key, [data], lambda p: {"splits": str(run_split(
-            data.info["manifest"], self.taxonomy, p, config, progress=self.progress,
-            keep_split=keep).path)}, "adaptive split + leakage check" if not keep else f"split kept from {keep!r}")
+            data.info["manifest"], self.taxonomy, p, config, progress=self.progress, check=check,
+            keep_split=keep).path)}, label)
 
     def augment(self, split: Stage) -> Stage:
         from celadon.data.augment import AugmentConfig, augment_manifest
@@ -142,8 +149,8 @@ class Experiment:
 
         return self.stages.run("augment", _settings(config), [split], work, "threshold augmentation")
 
-    def imbalance(self, name: str, split: Stage, qc: Stage | None) -> Stage:
-        """Training-set imbalance (paper Tables 10-12): the real set, or real vs real + a QC-passed set."""
+    def imbalance(self, name: str, split: Stage, curated: Stage | None) -> Stage:
+        """Training-set imbalance (paper Tables 10-12): the real set, or real vs real + a curated synthetic set."""
         from celadon.classify.train import load_synthetic
         from celadon.data.imbalance import analyze_manifest
         from celadon.data.manifest import read_manifest
@@ -152,17 +159,17 @@ class Experiment:
             taxonomy = self.taxonomy
             real = read_manifest(split.info["splits"], taxonomy)
             real = real.subset(real.frame["split"] == "train")
-            if qc is None:
+            if curated is None:
                 analyze_manifest(real, path)
             else:
                 import pandas as pd
 
-                synthetic = load_synthetic(qc.info["table"], taxonomy)  # labels only: describe() reads no image
+                synthetic = load_synthetic(curated.info["table"], taxonomy)  # labels only: reads no image
                 mixed = real.with_frame(pd.concat([real.frame[real.tasks], synthetic.frame[real.tasks]]))
                 analyze_manifest(real, path, mixed, labels=("real", f"real + {name}"))
             return {}
 
-        return self.stages.run("imbalance", {"set": name}, [split] + ([qc] if qc else []), work,
+        return self.stages.run("imbalance", {"set": name}, [split] + ([curated] if curated else []), work,
                                f"imbalance ({name})")
 
     # -- classifier ---------------------------------------------------------------------------------------
@@ -179,12 +186,6 @@ class Experiment:
                       synthetic_tasks=arm.tasks if synthetic and arm else None,
                       threads=self.config.threads, log_tensorboard=False)
         settings = _settings(config, "splits", "synthetic", "taxonomy")  # the taxonomy is in the data stage's key
-        if synthetic is not None:  # images rejected in `celadon review serve` since: the arm trains again
-            from celadon.review.store import rejected_items
-
-            rejected = sorted(rejected_items(synthetic.info["generation"]))
-            if rejected:
-                settings["review_rejected"] = rejected
         training = self.stages.run("train", settings, inputs + ([synthetic] if synthetic else []),
                                    lambda p: self._fit(config, p, train), f"train {label} (seed {seed})")
         return training, self._evaluate(training, split, f"evaluate {label} on {split} (seed {seed})"
@@ -275,6 +276,22 @@ class Experiment:
                                [generation, runs.split, runs.reference] + ([judge] if judge else []), work,
                                f"QC {label}")
 
+    def _curate(self, label: str, qc: Stage) -> Stage:
+        """QC verdicts + review decisions -> accepted.csv. The decisions are part of the key: an image rejected
+        in `celadon review serve` since redoes this stage, then the trainings of the arms that use it."""
+        from celadon.review.store import rejected_items
+        from celadon.synth.curate import CurateConfig, curate
+
+        generation = qc.info["generation"]
+        rejected = sorted(rejected_items(generation))
+        config = CurateConfig(qc=qc.info["table"], generation=generation, taxonomy=self.config.taxonomy)
+
+        def work(path: Path) -> dict:
+            table = curate(dataclasses.replace(config, out=str(path)))
+            return {"table": str(table), "n_accepted": json.loads((path / "curate.json").read_text())["accepted"]}
+
+        return self.stages.run("curate", {"review_rejected": rejected}, [qc], work, f"curate {label}")
+
     # -- the whole study ----------------------------------------------------------------------------------
     def run(self) -> Runs:
         config = self.config
@@ -300,9 +317,12 @@ class Experiment:
         if any(arm.plan for arm in config.arms) or config.synthesis.compare_plan:
             self.synthesis(runs)
         for arm in config.arms:
-            synthetic = runs.qc[f"{arm.plan}/{arm.generator}"] if arm.plan else None
-            if synthetic is not None and not synthetic.info.get("n_pass"):
-                runs.skipped[arm.name] = f"no image of {arm.plan}/{arm.generator} passed QC"
+            key = f"{arm.plan}/{arm.generator}"
+            if arm.plan and key not in runs.curated:
+                runs.curated[key] = self._curate(key, runs.qc[key])
+            synthetic = runs.curated[key] if arm.plan else None
+            if synthetic is not None and not synthetic.info.get("n_accepted"):
+                runs.skipped[arm.name] = f"no image of {key} passed QC and review"
                 print(f"arm {arm.name}: skipped, {runs.skipped[arm.name]}")
                 continue
             if synthetic is not None and arm.plan not in runs.imbalance:
@@ -337,7 +357,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> Path:
     results["stages"] = [{"stage": s.label, "folder": s.path.name, "reused": s.reused, "seconds": round(s.seconds, 1)}
                          for s in experiment.stages.history]
     write_json(Path(config.out) / "results.json", results)
-    report = write_report(runs, results, Path(config.out) / "report.html")
+    report = write_report(results, config.out)
     print(f"experiment finished in {time.perf_counter() - began:.0f} s; "
           f"{len(experiment.stages.ran())} stages ran, {len(experiment.stages.history) - len(experiment.stages.ran())} "
           "reused")

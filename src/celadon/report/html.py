@@ -5,15 +5,14 @@ that a researcher can send to a colleague. Sections follow the paper: data (Tabl
 from __future__ import annotations
 
 import base64
-import dataclasses
 import html
 import json
 from pathlib import Path
 
 import yaml
 
-from celadon.report.figures import comparison_strip, validation_curve_png
-from celadon.runinfo import atomic_write_text, versions
+from celadon.report.figures import validation_curve_png
+from celadon.runinfo import atomic_write_text
 
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}
@@ -143,23 +142,17 @@ def _budget_section(results: dict) -> str:
           "train longer.</p>")
 
 
-def _combination(runs) -> tuple[str, ...]:
-    from celadon.taxonomy import load_taxonomy
-
-    return load_taxonomy(runs.config.taxonomy).combination
-
-
-def _data_section(runs) -> str:
-    folder = runs.imbalance["real"].path
-    combination = _combination(runs)
+def _data_section(results: dict, folder: Path) -> str:
+    files, combination = results["files"], results["combination"]
+    real = folder / files["imbalance"]["real"]
     groupings = ["+".join(combination), *combination] if len(combination) > 1 else list(combination)
-    figures = "".join(_img(folder / f"{kind}_{g}.png", f"{kind} {g}", 380) for g in groupings
-                      for kind in ("longtail", "lorenz") if (folder / f"{kind}_{g}.png").exists())
-    summary = Path(runs.split.info["splits"]).parent / "split_summary.csv"
+    figures = "".join(_img(real / f"{kind}_{g}.png", f"{kind} {g}", 380) for g in groupings
+                      for kind in ("longtail", "lorenz") if (real / f"{kind}_{g}.png").exists())
+    summary = folder / files["split_summary"]
     split_rows = [line.split(",") for line in summary.read_text().strip().splitlines()] if summary.exists() else []
     imbalance = []
-    for name, stage in runs.imbalance.items():
-        data = json.loads((stage.path / "imbalance.json").read_text())
+    for name, stage in files["imbalance"].items():
+        data = json.loads((folder / stage / "imbalance.json").read_text())
         for grouping, change in data.get("change", {}).items():
             ratio, gini = change["imbalance_ratio"], change["gini"]
             imbalance.append([_e(name), _e(grouping), f"{ratio['before']:.1f} → {ratio['after']:.1f}",
@@ -175,24 +168,23 @@ def _data_section(runs) -> str:
     return out
 
 
-def _synthesis_section(runs, results: dict) -> str:
-    if runs.lora is None:
+def _synthesis_section(results: dict, folder: Path) -> str:
+    files = results["files"]
+    if "lora_log" not in files:
         return ""
     out = "<h2>2. Synthesis</h2><h3>LoRA training</h3><div class='figs'>"
-    log = runs.lora.path / "train_log.csv"
-    if log.exists():
+    if files["lora_log"]:
+        log = folder / files["lora_log"]
         out += _img(validation_curve_png({"LoRA loss": _column(log, "loss")}, "LoRA training loss",
                                          _column(log, "step"), "step"), "LoRA loss", 420)
-    samples = sorted((runs.lora.path / "samples").glob("*.png"))
-    if samples:
-        out += _img(samples[-1], "LoRA validation samples", 420)
+    if files["lora_samples"]:
+        out += _img(folder / files["lora_samples"], "LoRA validation samples", 420)
     out += "</div>"
     compare = results.get("table6")
     if compare:
-        plan, combination = compare["plan"], _combination(runs)
+        plan, combination = compare["plan"], results["combination"]
         shown = _e(" × ".join(combination))
-        strip = comparison_strip(runs.generations[f"{plan}/vanilla"].info["table"],
-                                 runs.generations[f"{plan}/lora"].info["table"], runs.split.info["splits"], combination)
+        strip = folder / files["strip"]
         out += (f"<h3>Vanilla vs LoRA on the same prompts (plan {_e(plan)}), real training photos of the same "
                 f"{shown} on the right</h3>" + _img(strip, "vanilla vs LoRA vs real"))
         names = list(next(iter(compare["rows"].values())))
@@ -208,12 +200,17 @@ def _synthesis_section(runs, results: dict) -> str:
     for key, summary in results["qc"].items():
         reasons = ", ".join(f"{k} {v}" for k, v in summary["reasons"].items()) or "—"
         fidelity = ", ".join(f"{t} {v:.0%}" for t, v in summary["label_fidelity"].items()) or "—"
+        curated = results.get("curated", {}).get(key)
+        trains = "—" if curated is None else (
+            f"{curated['accepted']} ({curated['rejected_in_review']} rejected in review): "
+            + ", ".join(f"{t} {n}" for t, n in curated["images_per_task"].items()))
         qc_rows.append([_e(key), f"{summary['n_pass']}/{summary['n_images']} ({summary['pass_rate']:.0%})",
-                        _e(fidelity), _e(reasons)])
-    out += "<h3>Automatic QC</h3>" + _table(["set", "pass", "label fidelity (reference classifier)", "reasons"],
-                                            qc_rows, 4)
-    if runs.tsne is not None:
-        out += "<h3>t-SNE of real and synthetic images</h3>" + _img(Path(runs.tsne.info["plot"]), "t-SNE")
+                        _e(fidelity), _e(reasons), _e(trains)])
+    out += "<h3>Automatic QC, review and what trains</h3>" + _table(
+        ["set", "pass", "label fidelity (reference classifier)", "reasons", "images each task trains on"],
+        qc_rows, 4)
+    if files.get("tsne"):
+        out += "<h3>t-SNE of real and synthetic images</h3>" + _img(folder / files["tsne"], "t-SNE")
     return out
 
 
@@ -223,7 +220,7 @@ def _column(path: Path, name: str) -> list[float]:
     return pd.read_csv(path)[name].tolist()
 
 
-def _results_section(runs, results: dict) -> str:
+def _results_section(results: dict, folder: Path) -> str:
     if "table14" not in results:
         return ""
     out = "<h2>3. Classification results</h2>"
@@ -248,12 +245,10 @@ def _results_section(runs, results: dict) -> str:
     epochs = list(range(1, max(map(len, curves.values())) + 1))
     out += "<h3>Validation mean macro-F1 per epoch (Table 13), mean over seeds</h3>" + _img(
         validation_curve_png(curves, "validation mean macro-F1", epochs, "epoch"), "validation curves", 520)
-    seed = runs.config.seeds[0]
-    for arm in (runs.config.baseline, *[a.name for a in runs.config.arms if a.name != runs.config.baseline][-1:]):
-        stage = runs.evaluations.get((arm, seed))
-        if stage is not None:
-            out += f"<h3>Confusion matrices: {_e(arm)}, seed {seed}</h3><div class='figs'>" + "".join(
-                _img(p, p.stem, 360) for p in sorted(stage.path.glob("confusion_*.png"))) + "</div>"
+    confusion = results["files"]["confusion"]
+    for arm, pictures in confusion["arms"].items():
+        out += f"<h3>Confusion matrices: {_e(arm)}, seed {confusion['seed']}</h3><div class='figs'>" + "".join(
+            _img(folder / p, Path(p).stem, 360) for p in pictures) + "</div>"
     return out
 
 
@@ -268,29 +263,58 @@ def _pivot(rows: list[dict], keys: list[str], results: dict) -> str:
     return _table([*keys, *arms], body, len(keys))
 
 
-def _reproduce_section(runs, results: dict) -> str:
-    config = yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(runs.config))), sort_keys=False,
-                            allow_unicode=True)
+def _reproduce_section(results: dict) -> str:
+    config = yaml.safe_dump(results["config"], sort_keys=False, allow_unicode=True)
     stages = [[_e(s["stage"]), _e(s["folder"]), "reused" if s["reused"] else "ran", f"{s['seconds']:.1f}"]
               for s in results.get("stages", [])]
     return ("<h2>4. Reproduce</h2><p>Run <code>celadon run config.yaml</code> with this config; finished stages "
             "are reused by their content address.</p><h3>Config</h3><pre>" + _e(config) + "</pre><h3>Versions</h3>"
-            "<pre>" + _e(yaml.safe_dump(versions(), sort_keys=False)) + "</pre><h3>Stages</h3>"
+            "<pre>" + _e(yaml.safe_dump(results["versions"], sort_keys=False)) + "</pre><h3>Stages</h3>"
             + _table(["stage", "folder", "this run", "seconds"], stages, 2))
 
 
-def render_report(runs, results: dict) -> str:
+def render_report(results: dict, folder: str | Path) -> str:
+    """The report from results.json and the files it names (relative to the study folder `folder`)."""
+    folder = Path(folder)
     skipped = "".join(f"<p class='note'>Arm {_e(a)} was not trained: {_e(why)}.</p>"
                       for a, why in results.get("skipped_arms", {}).items())
     body = (f"<h1>celadon: {_e(results['name'])}</h1><p>Arms: {_e(', '.join(results['arms']))}; seeds "
             f"{_e(results['seeds'])}; baseline: {_e(results['baseline'])}.</p>{skipped}"
-            + _headline(results) + _data_section(runs) + _synthesis_section(runs, results)
-            + _results_section(runs, results) + _reproduce_section(runs, results))
+            + _headline(results) + _data_section(results, folder) + _synthesis_section(results, folder)
+            + _results_section(results, folder) + _reproduce_section(results))
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>celadon report: "
             f"{_e(results['name'])}</title><style>{CSS}</style></head><body>{body}</body></html>")
 
 
-def write_report(runs, results: dict, path: str | Path) -> Path:
-    atomic_write_text(path, render_report(runs, results))
-    return Path(path)
+def write_report(results: dict, folder: str | Path) -> Path:
+    """`folder/report.html` from `results` (as `folder/results.json` holds them)."""
+    path = Path(folder) / "report.html"
+    atomic_write_text(path, render_report(results, folder))
+    return path
+
+
+def rebuild_report(folder: str | Path) -> Path:
+    """`celadon report OUT`: report.html again from OUT/results.json and the files it names, nothing else."""
+    from celadon.errors import CeladonError
+
+    source = Path(folder) / "results.json"
+    if not source.exists():
+        raise CeladonError(f"{folder}: no results.json; give the folder of a finished `celadon run`")
+    results = json.loads(source.read_text(encoding="utf-8"))
+    if "files" not in results:
+        raise CeladonError(f"{source}: written by an older celadon (no 'files' section); re-run `celadon run` in "
+                           "that folder once (every finished stage is reused)")
+    missing = [str(Path(folder) / p) for p in _named_files(results["files"]) if not (Path(folder) / p).exists()]
+    if missing:
+        raise CeladonError(f"{missing[0]}: a file results.json names is missing ({len(missing)} in all); copy the "
+                           "study folder whole")
+    return write_report(results, folder)
+
+
+def _named_files(files) -> list[str]:
+    if isinstance(files, dict):
+        return [p for value in files.values() for p in _named_files(value)]
+    if isinstance(files, list):
+        return [p for value in files for p in _named_files(value)]
+    return [files] if isinstance(files, str) else []
 

@@ -7,6 +7,7 @@ from urllib.parse import urlencode
 
 import pandas as pd
 
+from celadon.data.manifest import is_true
 from celadon.review.store import Decision
 
 _CSS = """
@@ -125,7 +126,7 @@ def _filter(items: pd.DataFrame, current: dict[str, Decision], filters: dict[str
     if filters["purpose"]:
         keep &= items["purpose"].astype(str) == filters["purpose"]
     if filters["qc"]:
-        passed = items["qc_pass"].astype(str).str.lower().isin(["true", "1"])
+        passed = items["qc_pass"].map(is_true)
         keep &= passed if filters["qc"] == "pass" else ~passed
     if filters["decision"]:
         decisions = items["item_id"].map(lambda i: current[i].decision if i in current else "pending")
@@ -140,7 +141,7 @@ def _card(row: dict, decision: Decision | None, references: list[int], tasks: li
     badge = "pending" if not decision else (
         f"{decision.decision}{f' ({decision.reason})' if decision.reason else ''} by {decision.reviewer}")
     labels = " · ".join(escape(str(row[t])) for t in tasks if t in row and pd.notna(row[t]))
-    qc_pass = str(row.get("qc_pass")).lower() in ("true", "1")
+    qc_pass = is_true(row.get("qc_pass"))
     qc = "" if pd.isna(row.get("qc_pass")) else (
         '<div class="meta">QC: pass</div>' if qc_pass else
         f'<div class="meta qc-fail">QC: {escape(str(row.get("qc_reasons") or "fail"))}</div>')

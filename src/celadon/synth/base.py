@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from celadon.classify.checkpoint import load_checkpoint, save_checkpoint
+from celadon.checkpoint import load_checkpoint, save_checkpoint
 from celadon.cpu import set_threads
 from celadon.data.embedded import _all_combinations
 from celadon.data.embedded.render import Labels, render

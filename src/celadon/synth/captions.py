@@ -14,7 +14,7 @@ from tqdm import tqdm
 from celadon.data.augment import load_row_image
 from celadon.data.manifest import Manifest
 from celadon.errors import CeladonError
-from celadon.runinfo import atomic_write_bytes, atomic_write_text
+from celadon.runinfo import atomic_write_bytes, atomic_write_text, write_run_info
 from celadon.taxonomy import Taxonomy
 
 _FIELD = re.compile(r"\{(\w+)(?:\.(prompt|zh|en|code))?\}")
@@ -78,4 +78,6 @@ def write_lora_folder(selection: Manifest, out_dir: str | Path, progress: bool =
                         "tier": int(row["tier"]) if row.get("tier") is not None else None})
     metadata = out_dir / "metadata.jsonl"
     atomic_write_text(metadata, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_run_info(out_dir, "synth caption", {"selection": selection.source, "images": len(records),
+                                              "taxonomy": selection.taxonomy.source})
     return metadata

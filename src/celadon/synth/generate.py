@@ -94,8 +94,20 @@ def prepare_generator_pipeline(config: GenerateConfig, fuse: bool = True):
     return pipe
 
 
+def lora_clip_skip(lora: str | None) -> int | None:
+    """The clip skip a celadon LoRA was trained with (its `lora_config.json`); None for other LoRA files."""
+    if not lora:
+        return None
+    card = Path(_lora_file(lora)).parent / "lora_config.json"
+    return json.loads(card.read_text(encoding="utf-8")).get("clip_skip") if card.is_file() else None
+
+
 def _call_kwargs(config: GenerateConfig) -> dict:
-    clip_skip = default_clip_skip(config.model) if config.clip_skip is None else config.clip_skip
+    """Sampler settings; an unset clip skip is the LoRA's own (what it was trained with), else the model's."""
+    clip_skip = config.clip_skip
+    if clip_skip is None:
+        trained = lora_clip_skip(config.lora)
+        clip_skip = default_clip_skip(config.model) if trained is None else trained
     resolution = config.resolution or resolve_profile(config.model).resolution
     return {"num_inference_steps": config.steps, "guidance_scale": config.guidance, "clip_skip": clip_skip or None,
             "height": resolution, "width": resolution}

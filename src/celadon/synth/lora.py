@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from celadon.classify.checkpoint import load_checkpoint, save_checkpoint, save_tensors
+from celadon.checkpoint import load_checkpoint, save_checkpoint, save_tensors
 from celadon.cpu import set_threads
 from celadon.data.images import load_image
 from celadon.errors import CeladonError

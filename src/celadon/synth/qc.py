@@ -191,7 +191,7 @@ def _judge_recall(config: QCConfig, tasks: list[str]) -> dict[str, dict[str, flo
 
 def _summary(table: pd.DataFrame, reasons: list[list[tuple[str, str]]], fidelity: dict[str, float],
              real_images: list[Image.Image], images: dict[int, Image.Image], config: QCConfig) -> dict:
-    from celadon.classify.data import resize_square
+    from celadon.data.images import resize_square
     from celadon.evaluate.distances import image_distances
 
     counts: dict[str, int] = {}

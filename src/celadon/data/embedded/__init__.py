@@ -64,7 +64,7 @@ NAMED_RARE = [
 
 
 @dataclass
-class DemoConfig:
+class EmbeddedConfig:
     n: int = 3000
     size: int = 128
     seed: int = 0
@@ -91,7 +91,7 @@ def _all_combinations() -> tuple[list[tuple[str, str, str, str]], np.ndarray]:
     return combos, np.array(priors)
 
 
-def combination_counts(config: DemoConfig) -> list[tuple[tuple[str, str, str, str], int]]:
+def combination_counts(config: EmbeddedConfig) -> list[tuple[tuple[str, str, str, str], int]]:
     """Which combinations exist and how many images each gets (Zipf over a prior-weighted ranking)."""
     rng = np.random.default_rng(config.seed)
     combos, priors = _all_combinations()
@@ -115,7 +115,7 @@ def _row_seed(seed: int, index: int) -> int:
     return int.from_bytes(hashlib.sha256(f"demo:{seed}:{index}".encode()).digest()[:8], "little")
 
 
-def plan_rows(config: DemoConfig) -> pd.DataFrame:
+def plan_rows(config: EmbeddedConfig) -> pd.DataFrame:
     rng = np.random.default_rng(config.seed + 1)
     rows = []
     for (dynasty, kiln, glaze, kind), count in combination_counts(config):
@@ -143,9 +143,9 @@ def _render_one(args: tuple[str, dict, int, int, int]) -> None:
     atomic_write_bytes(target, buffer.getvalue())
 
 
-def make_demo(out: str | Path, config: DemoConfig | None = None, progress: bool = True) -> Path:
+def make_demo(out: str | Path, config: EmbeddedConfig | None = None, progress: bool = True) -> Path:
     """Render the embedded dataset into `out` (images/ + manifest.csv); re-running resumes."""
-    config = config or DemoConfig()
+    config = config or EmbeddedConfig()
     out = Path(out)
     stamp = out / "demo.yaml"
     settings = asdict(config)

@@ -1,5 +1,5 @@
-"""`celadon demo`: the paper's whole study on the embedded default (the `demo` preset of `celadon run`), with
-the wall time of every stage and the results table at the end."""
+"""`celadon run CONFIG` and `celadon demo` (the `demo` preset): the whole study from a config, with the wall
+time of every stage and the results table at the end."""
 
 from __future__ import annotations
 
