@@ -85,7 +85,7 @@ def cmd_split(args: argparse.Namespace) -> int:
     result = run_split(args.manifest, _taxonomy(args), args.out, config, near_distance=args.near_distance,
                        check_leakage=not args.no_leakage_check, group_duplicates=not args.no_group_duplicates,
                        progress=not args.quiet, check=check, keep_split=args.keep_split)
-    if result.duplicate_pairs and not args.no_group_duplicates:
+    if result.duplicate_pairs and not args.no_group_duplicates and not args.keep_split:
         print(f"{result.duplicate_pairs} duplicate pairs found; each duplicate group was kept in one split")
     print(result.summary.to_string())
     for line in result.leakage_lines[:WARNINGS_SHOWN]:
