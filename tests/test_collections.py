@@ -227,6 +227,9 @@ def test_two_csv_class_index_import_keeps_its_split_and_train_refuses_planted_co
               "--split-from", f"train={tmp_path / 'train' / 'labels.csv'}",
               "--split-from", f"val={tmp_path / 'val' / 'labels.csv'}"]
 
+    assert main(["data", "import-csv", "--task", "dynasty", "--out", str(tmp_path / "m.csv"), "--split-from",
+                 "train", "--quiet"]) == 2
+    assert "'train': give --split-from NAME=CSV, e.g. --split-from train=train.csv" in capsys.readouterr().err
     assert main(["data", "import-csv", *common, "--quiet"]) == 2  # class indices without --classes
     assert "look like class indices; pass --classes FILE" in capsys.readouterr().err
     assert main(["data", "import-csv", *common, "--classes", str(tmp_path / "classes.txt"), "--quiet"]) == 0

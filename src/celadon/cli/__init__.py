@@ -15,6 +15,17 @@ WARNINGS_SHOWN = 20  # per kind, unless --all
 INTERNAL_ERROR_EXIT = 3  # 1: the data has problems; 2: usage or setup; 3: a bug in celadon
 
 
+def name_value_pairs(items: list[str], what: str, example: str) -> dict[str, str]:
+    """`NAME=VALUE` arguments as a mapping; a malformed one is a one-line usage error."""
+    pairs = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise CeladonError(f"{item!r}: give {what}, e.g. {example}")
+        pairs[name] = value
+    return pairs
+
+
 def _row_order(problem) -> tuple:
     """File-level problems first, then by row number, so a row's problems are read together."""
     number = problem.where.rsplit(" ", 1)[-1]

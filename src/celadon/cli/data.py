@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from celadon.cli import WARNINGS_SHOWN, print_problems
+from celadon.cli import WARNINGS_SHOWN, name_value_pairs, print_problems
 from celadon.data.duplicates import DEFAULT_NEAR_DISTANCE
-from celadon.errors import CeladonError
 
 
 def _taxonomy(args: argparse.Namespace):
@@ -154,12 +153,7 @@ def cmd_import_folder(args: argparse.Namespace) -> int:
 def cmd_import_csv(args: argparse.Namespace) -> int:
     from celadon.data.importers import import_label_csv
 
-    splits = {}
-    for item in args.split_from:
-        name, sep, csv_path = item.partition("=")
-        if not sep or not name or not csv_path:
-            raise CeladonError(f"--split-from {item!r}: give NAME=CSV, e.g. --split-from train=train.csv")
-        splits[name] = csv_path
+    splits = name_value_pairs(args.split_from, "--split-from NAME=CSV", "--split-from train=train.csv")
     path = import_label_csv(args.csv, args.task, _taxonomy(args), args.out, args.images, args.classes, splits)
     if splits:
         print(f"split kept in column 'source_split' ({', '.join(splits)}); "

@@ -165,17 +165,11 @@ def cmd_qc(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from celadon.errors import CeladonError
+    from celadon.cli import name_value_pairs
     from celadon.runinfo import atomic_write_text
     from celadon.synth.qc import compare_qc
 
-    runs = {}
-    for item in args.runs:
-        name, sep, folder = item.partition("=")
-        if not sep:
-            raise CeladonError(f"{item!r}: give NAME=QC_FOLDER, e.g. vanilla=runs/qc-vanilla")
-        runs[name] = folder
-    table = compare_qc(runs)
+    table = compare_qc(name_value_pairs(args.runs, "NAME=QC_FOLDER", "vanilla=runs/qc-vanilla"))
     print(table.to_string(float_format=lambda v: f"{v:.4f}"))
     if args.csv:
         atomic_write_text(args.csv, table.to_csv())
