@@ -7,7 +7,6 @@ crash-safe: the index (written atomically, after the pixels) decides which rows 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from celadon.data.augment import augment_image
-from celadon.data.images import load_image, resize_square
+from celadon.data.images import ImageReadError, load_image, resize_square
 from celadon.data.manifest import TRAIN_TASKS_COLUMN, Manifest
 from celadon.runinfo import atomic_write_text
 
@@ -42,26 +41,21 @@ class ImageCache:
         self.index: dict[str, int] = json.loads(self.index_path.read_text()) if self.index_path.exists() else {}
         self.row_bytes = size * size * 3
 
-    def _digests(self, paths: list[Path]) -> list[str]:
-        """Content hashes, re-read only for files whose size or modification time changed since last run
-        (a 25k-photo collection is not re-read at every training start)."""
-        memo_path = self.folder / "hashes.json"
-        memo: dict[str, str] = json.loads(memo_path.read_text()) if memo_path.exists() else {}
-        digests, changed = [], False
-        for path in paths:
-            stat = path.stat()
-            key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-            if key not in memo:
-                memo[key] = hashlib.sha256(path.read_bytes()).hexdigest()
-                changed = True
-            digests.append(memo[key])
-        if changed:
-            atomic_write_text(memo_path, json.dumps(memo))
-        return digests
+    @staticmethod
+    def _digests(paths: list[Path], progress: bool) -> list[str]:
+        """Content hashes from the image check's cache (path, size, modification time), which training and
+        QC have just filled: a 25k-photo collection is not re-read at every training start."""
+        from celadon.data.check import scan_paths
+
+        results = scan_paths(paths, progress=progress)
+        for result in results:
+            if isinstance(result, ImageReadError):
+                raise result
+        return [result.sha256 for result in results]
 
     def rows_for(self, paths: list[Path], progress: bool = True) -> np.ndarray:
         """Row of each path, decoding and appending the images the cache does not hold yet."""
-        digests = self._digests(paths)
+        digests = self._digests(paths, progress)
         todo = {d: p for d, p in zip(digests, paths, strict=True) if d not in self.index}
         if todo:
             committed = len(self.index) * self.row_bytes

@@ -39,7 +39,7 @@ from celadon.classify.models import ModelConfig, MultiTaskNet
 from celadon.classify.predict import predict_logits
 from celadon.cpu import set_threads
 from celadon.data.check import check_split_manifest
-from celadon.data.manifest import Manifest, is_true, read_manifest
+from celadon.data.manifest import Manifest, passed_qc, read_manifest
 from celadon.data.sampling import combination_sample_weights, effective_number_weights
 from celadon.errors import CeladonError
 from celadon.runinfo import atomic_write_text, default_cache_dir, write_run_info
@@ -95,9 +95,7 @@ def load_synthetic(path: str, taxonomy: Taxonomy) -> Manifest:
     rejected; decisions made in `celadon review serve` reach training through curate, not from here."""
     manifest = read_manifest(path, taxonomy)
     frame = manifest.frame
-    keep = np.ones(len(frame), dtype=bool)
-    if "qc_pass" in frame:
-        keep &= np.array([is_true(v) for v in frame["qc_pass"]], dtype=bool)
+    keep = passed_qc(frame)
     if "review" in frame:
         keep &= (frame["review"].astype(str).str.lower() != "rejected").to_numpy()
     if not keep.any():

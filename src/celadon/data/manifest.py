@@ -35,6 +35,13 @@ def is_true(value) -> bool:
     return str(value).strip().lower() in ("true", "1", "yes")
 
 
+def passed_qc(frame: pd.DataFrame) -> np.ndarray:
+    """Per row, whether its `qc_pass` cell is true; every row passes in a table without that column."""
+    if "qc_pass" not in frame:
+        return np.ones(len(frame), dtype=bool)
+    return np.array([is_true(v) for v in frame["qc_pass"]], dtype=bool)
+
+
 @dataclass(frozen=True)
 class Problem:
     """One finding about one row/field; `kind` is a stable problem class, `severity` error or warning."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from celadon.data.manifest import TRAIN_TASKS_COLUMN, Manifest, is_true, read_manifest, write_manifest
+from celadon.data.manifest import TRAIN_TASKS_COLUMN, Manifest, passed_qc, read_manifest, write_manifest
 from celadon.errors import CeladonError
 from celadon.review.store import rejected_items
 from celadon.runinfo import write_json, write_run_info
@@ -32,7 +32,7 @@ class CurateConfig:
 def curate_frame(manifest: Manifest, rejected: set[str]) -> tuple[Manifest, dict]:
     """Rows that passed QC and were not rejected in review, each with the tasks it trains; and the counts."""
     frame = manifest.frame
-    passed = np.array([is_true(v) for v in frame["qc_pass"]]) if "qc_pass" in frame else np.ones(len(frame), bool)
+    passed = passed_qc(frame)
     reviewed = (~frame["item_id"].astype(str).isin(rejected)).to_numpy() if "item_id" in frame else (
         np.ones(len(frame), dtype=bool))
     keep = passed & reviewed
