@@ -53,4 +53,9 @@ def test_training_masks_every_task_a_row_does_not_train(tmp_path, write_images):
                               masked_tasks=("kiln",), progress=False)  # the arm's own mask applies too
     trained = samples.targets != MISSING
     assert trained.tolist() == [[True, False, True, True], [False, False, False, True], [False, False, True, True]]
+    from celadon.data.manifest import trained_labels
+
+    labels = trained_labels(manifest)  # what the imbalance "after" tables count: the labels that train
+    assert labels.notna().to_numpy().tolist() == [[True, True, True, True], [False, False, False, True],
+                                                  [False, False, True, True]]
     assert np.all(samples.synthetic)

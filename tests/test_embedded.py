@@ -62,7 +62,7 @@ def test_demo_command_is_the_demo_preset_study(tmp_path, capsys):
     out = tmp_path / "run"
     small = ["embedded.n=150", "embedded.size=40", "workers=1", "threads=1", "classifier.image_size=32",
              "classifier.epochs=1", "synthesis.lora.steps=2", "synthesis.lora.checkpoint_every=2",
-             "synthesis.plans.A.total=4", "synthesis.plans.B.total=6", "synthesis.generate.steps=2",
+             "synthesis.plans.A.total=4", "synthesis.plans.B.total=6", "synthesis.generate.steps=4",
              "synthesis.qc.outlier_z=100", "synthesis.qc.fidelity_tasks=[]", "tsne_per_set=12"]
     args = ["demo", "--out", str(out), "--seeds", "0", "--quiet"]
     for item in small:

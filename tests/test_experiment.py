@@ -105,6 +105,38 @@ def test_a_review_rejection_reruns_curate_and_only_the_arm_that_mixes_the_image_
     assert curated["rejected_in_review"] == 1 and curated["accepted"] == len(accepted) - 1
 
 
+def test_adding_an_img2img_generator_reruns_nothing_the_others_made(study, tmp_path):
+    """A new generator (and its strength sweep and arm) adds its own stages; the txt2img generations, their QC,
+    curation and arms are reused: their keys do not know the new generator's settings."""
+    synthesis = SMALL["synthesis"] | {
+        "generators": {"lora": {}, "vanilla": {"lora": False}, "img2img": {"generator": "img2img", "strength": 0.5}},
+        "sweep": {"generator": "img2img", "strengths": [0.5, 0.8]}}
+    arms = [*SMALL["arms"], {"name": "A img2img", "plan": "A", "ratio": 0.2, "generator": "img2img"}]
+    out = _copy(study, tmp_path)
+    reran = sorted(s["stage"] for s in _run(SMALL | {"synthesis": synthesis, "arms": arms}, out, tmp_path)
+                   if not s["reused"])
+    assert reran == sorted(["generate A/img2img", "QC A/img2img", "generate A/img2img@0.8", "QC A/img2img@0.8",
+                            "curate A/img2img", "t-SNE real vs synthetic"]
+                           + [f"{verb} A img2img (seed {seed})" for verb in ("train", "evaluate") for seed in (0, 1)])
+    results = json.loads((out / "results.json").read_text())
+    rows = results["table6"]["rows"]
+    assert sorted(rows["images"]) == ["img2img", "lora", "real photos", "vanilla"]
+    assert list(rows["images"])[-1] == "real photos"  # a column per generator, then the judge on real photos
+    assert list(results["sweep"]["rows"]["images"]) == ["img2img s=0.5", "img2img s=0.8", "real photos"]
+    assert results["sweep"]["rows"]["QC pass rate"]["img2img s=0.5"] == rows["QC pass rate"]["img2img"]
+    generated = __import__("pandas").read_csv(next(p for p in (out / "stages").glob("generate-*/generated.csv")
+                                                   if "img2img" in (p.parent / "run.yaml").read_text()))
+    assert generated["source"].map(lambda p: Path(p).is_file()).all()
+    report = (out / "report.html").read_text()
+    assert "Strength sweep of img2img" in report and "img2img s=0.8" in report
+    from PIL import Image
+
+    from celadon.report.figures import CELL
+
+    strip = Image.open(out / results["files"]["strip"])
+    assert strip.width == (1 + 3 + 2) * CELL  # source photo, three generators, two real photos
+
+
 def test_results_hold_the_primary_endpoint_and_every_comparison_with_adjusted_p(study):
     results = json.loads((study / "out" / "results.json").read_text())
     overall = {r["arm"]: r for r in results["table14"] if r["task"] == "all"}
@@ -258,6 +290,17 @@ def test_config_mistakes_are_one_line_errors(tmp_path):
      r"^arms.B.tasks: glaz not a task of the taxonomy"),
     ({"statistics": {"alpha": "0.05"}}, r"^statistics.alpha: expected a number, got '0.05'$"),
     ({"statistics": {"primary": "glaze/recall"}}, r"^statistics.primary: 'glaze/recall' is not a measure"),
+    ({"arms": [{"name": "baseline"}, {"name": "B", "plan": "B", "ratio": 0.1, "generator": "sketch"}]},
+     r"^arms.B.generator: 'sketch' is not in synthesis.generators \(lora, vanilla\)$"),
+    ({"synthesis": {"generators": {"lora": {}, "i": {"generator": "img2img", "strength": 0.04}}}},
+     r"^synthesis.generators.i: strength 0.04 with 20 steps leaves no denoising step"),
+    ({"synthesis": {"generators": {"lora": {"generator": "paint"}}}},
+     r"^synthesis.generators.lora.generator: 'paint' is unknown; use one of txt2img, img2img$"),
+    ({"synthesis": {"sweep": {"generator": "lora", "strengths": [0.5]}}},
+     r"^synthesis.sweep: give \{generator: NAME, strengths: \[0.3, 0.5, 0.7\]\} with NAME an img2img generator"),
+    ({"synthesis": {"generators": {"lora": {}, "i": {"generator": "img2img"}}, "compare_plan": "A",
+                    "sweep": {"generator": "i", "strengths": [0.5, 2]}}},
+     r"^synthesis.sweep.strengths: a list of numbers in \(0, 1\], got \[0.5, 2\]$"),
 ])
 def test_wrong_types_and_values_are_one_line_errors_before_any_work(tmp_path, change, message):
     with pytest.raises(CeladonError, match=message):

@@ -169,17 +169,3 @@ def test_a_kill_between_checkpoint_log_and_samples_resumes_to_an_exact_log_and_e
     assert steps == ["2", "4", "6"]
     assert sorted(p.name for p in (tmp_path / "run" / "samples").glob("step_*.png")) == [
         "step_00002.png", "step_00004.png", "step_00006.png"]
-
-
-def test_the_command_line_and_a_study_config_give_the_same_lora_for_the_same_words(tmp_path):
-    """`train-lora --rank 16` and `rank: 16` in a study once meant alpha 16 and alpha 8 (half the scale)."""
-    from celadon.cli import build_parser
-    from celadon.experiment.runner import make
-    from celadon.synth.lora import LoraConfig
-
-    args = build_parser().parse_args(["synth", "train-lora", str(tmp_path), "--out", str(tmp_path / "o"),
-                                      "--rank", "16"])
-    study = make(LoraConfig, {"rank": 16})
-    for field in ("rank", "alpha", "steps", "batch_size", "resolution", "checkpoint_every", "model"):
-        assert getattr(args, field) == getattr(study, field), field
-    assert args.lr == study.learning_rate and study.alpha == LoraConfig().alpha == 8.0

@@ -123,6 +123,31 @@ def write_run_info(out_dir: str | Path, command: str, config: Any, seed: int | N
     return path
 
 
+def read_run_config(path: str | Path, command: str | None = None) -> dict:
+    """The resolved config a run recorded in its `run.yaml` (or the folder holding it), checked to come from
+    `command` when one is given."""
+    path = Path(path)
+    path = path / "run.yaml" if path.is_dir() else path
+    try:
+        info = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CeladonError(f"{path} does not exist; give a run.yaml a celadon command wrote (or its folder)") from None
+    except yaml.YAMLError as exc:
+        raise CeladonError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
+        raise CeladonError(f"{path}: not a celadon run.yaml (no config section)")
+    if command and info.get("command") != command:
+        raise CeladonError(f"{path} records `celadon {info.get('command')}`, not `celadon {command}`")
+    return dict(info["config"])
+
+
+def load_config(cls: type, folder: str | Path, command: str | None = None):
+    """A finished stage's config, read back from its run.yaml: the same dataclass the run was given."""
+    from celadon.settings import build
+
+    return build(cls, read_run_config(folder, command), str(folder))
+
+
 def append_csv_row(path: str | Path, row: dict) -> None:
     """Append one row to a training log CSV (header written with the first row)."""
     import csv

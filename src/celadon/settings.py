@@ -65,3 +65,23 @@ def check_types(cls: type, values: dict, where: str) -> None:
         if key in hints and not matches(value, hints[key]):
             shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
             raise CeladonError(f"{where + '.' if where else ''}{key}: expected {describe(hints[key])}, got {shown}")
+
+
+def build(cls: type, values: dict, where: str):
+    """A config dataclass from plain values (YAML, JSON, flags): unknown keys and wrong types are one-line
+    errors naming the key, and lists become the tuples the dataclass declares."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in names:
+            raise CeladonError(f"{where}: {key} is not a setting of this command; known: {', '.join(names)}")
+    check_types(cls, values, where)
+    hints = typing.get_type_hints(cls)
+    converted = {}
+    for key, value in values.items():
+        hint = hints[key]
+        wants_tuple = typing.get_origin(hint) is tuple or any(
+            typing.get_origin(h) is tuple for h in typing.get_args(hint))
+        if isinstance(value, list) and wants_tuple:
+            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        converted[key] = value
+    return cls(**converted)

@@ -52,12 +52,12 @@ BUDGET = ("optimizer_steps", "real_presentations", "synthetic_presentations")  #
 @dataclass
 class TrainConfig:
     splits: str = ""  # manifest with a split column (splits.csv, or augmented.csv)
-    out: str = "runs/train"
+    out: str = "runs/train"  # model, checkpoints, history and run.yaml
     taxonomy: str | None = None
     tasks: list[str] | None = None  # default: every task of the taxonomy
-    backbone: str = "efficientnet_lite0"
-    weights: str = "auto"
-    projection: bool = True
+    backbone: str = "efficientnet_lite0"  # a name in celadon.classify.models' registry
+    weights: str = "auto"  # auto (offline ImageNet weights where shipped), none, or a weights file
+    projection: bool = True  # a shared projection layer before the task heads
     dropout: float = 0.5
     image_size: int = 224
     batch_size: int = 64
@@ -67,7 +67,7 @@ class TrainConfig:
     lr_heads: float = 1e-3
     weight_decay: float = 1e-5
     grad_clip: float = 1.0
-    task_weights: dict[str, float] = field(default_factory=lambda: dict(PAPER_TASK_WEIGHTS))
+    task_weights: dict[str, float] = field(default_factory=lambda: dict(PAPER_TASK_WEIGHTS))  # loss weight per task
     class_weight_beta: float = 0.999
     class_weight_cap: float = 10.0
     # "auto" (inverse class frequency of the taxonomy's confusion task: the paper's glaze sampler; hierarchical
@@ -86,7 +86,7 @@ class TrainConfig:
     cache_dir: str | None = None  # default $CELADON_CACHE or ~/.cache/celadon
     max_steps_per_epoch: int = 0  # 0 = one pass over the training draws
     allow_leakage: bool = False  # train although copies of one image sit in two splits (stated, not silent)
-    log_tensorboard: bool = True
+    log_tensorboard: bool = True  # TensorBoard event files beside history.csv
 
 
 def load_synthetic(path: str, taxonomy: Taxonomy) -> Manifest:

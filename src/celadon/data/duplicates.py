@@ -66,6 +66,17 @@ def find_duplicates(infos: list[ImageInfo | None], max_distance: int = DEFAULT_N
     return sorted(pairs, key=lambda p: (p.first, p.second))
 
 
+def is_near_copy(a: ImageInfo, b: ImageInfo, max_distance: int = DEFAULT_NEAR_DISTANCE,
+                 max_thumbnail_diff: float = DEFAULT_THUMBNAIL_DIFF) -> tuple[bool, int]:
+    """Whether two images are near copies by the rule above, and their pHash distance in bits."""
+    bits = int(np.bitwise_count(np.uint64(a.phash) ^ np.uint64(b.phash)))
+    if a.sha256 == b.sha256:
+        return True, 0
+    diff = np.abs(np.frombuffer(a.thumbnail, np.uint8).astype(np.int16)
+                  - np.frombuffer(b.thumbnail, np.uint8).astype(np.int16)).mean()
+    return bits <= max_distance and diff <= max_thumbnail_diff, bits
+
+
 def find_leakage(pairs: list[DuplicatePair], splits: list[str]) -> list[DuplicatePair]:
     """The duplicate pairs whose two images sit in different splits."""
     return [p for p in pairs if splits[p.first] != splits[p.second]]

@@ -299,3 +299,14 @@ def write_manifest(manifest: Manifest, path: str | Path) -> Path:
         buffer.write(frame.to_csv(index=False, lineterminator="\n").encode("utf-8"))
     atomic_write_bytes(path, buffer.getvalue())
     return path
+
+
+def trained_labels(manifest: Manifest) -> pd.DataFrame:
+    """The labels each row trains: a task left out of its `train_tasks` (a label QC could not verify) reads
+    as missing, as the trainer masks it."""
+    frame = manifest.frame[manifest.tasks].copy()
+    if TRAIN_TASKS_COLUMN in manifest.frame:
+        trains = [set(str(v).split(",")) if isinstance(v, str) else set() for v in manifest.frame[TRAIN_TASKS_COLUMN]]
+        for task in manifest.tasks:
+            frame[task] = [value if task in tasks else None for value, tasks in zip(frame[task], trains, strict=True)]
+    return frame

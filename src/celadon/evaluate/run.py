@@ -32,14 +32,14 @@ METRICS_SCHEMA = 1
 
 @dataclass
 class EvaluateConfig:
-    model_dir: str = ""
-    splits: str = ""
-    out: str = ""
-    split: str = "test"
+    model_dir: str = ""  # a `celadon train` output folder
+    splits: str = ""  # the splits.csv the model was trained on
+    out: str = ""  # default: MODEL_DIR/eval-SPLIT
+    split: str = "test"  # train, val or test
     minority_threshold: int = 50  # classes with fewer training images are "minority" (paper Table 15)
     batch_size: int = 64
-    cache_dir: str | None = None
-    threads: int = 0
+    cache_dir: str | None = None  # default $CELADON_CACHE or ~/.cache/celadon
+    threads: int = 0  # torch threads (0: the cores other processes leave free)
     taxonomy: str | None = None  # default: the taxonomy the model was trained with
 
 

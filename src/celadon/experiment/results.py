@@ -195,6 +195,36 @@ def judge_on_real(runs, plan_table: str | Path, rows: list[str]) -> dict[str, fl
     return column
 
 
+def table6(runs, qc_folders: dict[str, Path], plan_table: str | Path) -> dict:
+    """The paper's Table 6 for QC runs on one plan, one column per generator, with the judge on real validation
+    photos of the same combinations and each label fidelity relative to it (synthetic / real: 1.0 = as
+    convincing to the judge as real photos)."""
+    from celadon.synth.qc import compare_qc
+
+    table = compare_qc(qc_folders)
+    judge = _metrics(runs.reference_eval.path)["tasks"]
+    rows = {str(k): v for k, v in table.to_dict("index").items()}
+    fidelity = [r for r in rows if r.startswith("label fidelity ")]
+    real = judge_on_real(runs, plan_table, fidelity)
+    for row, values in rows.items():
+        values["real photos"] = real.get(row)  # None where it has no meaning (FID, QC pass rate)
+    for row in fidelity:
+        rows[row.replace("label fidelity", "relative fidelity")] = relative_fidelity(rows[row], real.get(row))
+    for row in ("copy_of_source", "no_verified_task"):
+        counts = {name: _json(Path(folder) / "qc_summary.json")["reasons"].get(row) for name, folder in
+                  qc_folders.items()}
+        if any(counts.values()):
+            rows[f"QC fails: {row.replace('_', ' ')}"] = counts
+    # label fidelity is only as good as the judge: its top-1 on real validation photos
+    return {"rows": rows, "judge_real_top1": {t: judge[t]["top1"] for t in judge}}
+
+
+def relative_fidelity(synthetic: dict[str, float | None], real: float | None) -> dict[str, float | None]:
+    """Each generator's label fidelity divided by the judge's on real photos (None where either is missing)."""
+    return {name: (value / real if value is not None and real else None) for name, value in synthetic.items()
+            if name != "real photos"}
+
+
 def training_budgets(runs) -> dict[str, dict]:
     """Per arm and seed: optimizer steps and the real and synthetic images presented, as trained."""
     budgets: dict[str, dict] = {}
@@ -219,14 +249,14 @@ def report_files(runs) -> dict:
         files["lora_log"] = _relative(runs, log) if log.exists() else None
         files["lora_samples"] = _relative(runs, samples[-1]) if samples else None
     compare = runs.config.synthesis.compare_plan
-    if compare and f"{compare}/vanilla" in runs.generations and f"{compare}/lora" in runs.generations:
+    shown = {name: runs.generations[f"{compare}/{name}"].info["table"] for name in runs.config.synthesis.generators
+             if f"{compare}/{name}" in runs.generations}
+    if len(shown) > 1:
         from celadon.report.figures import comparison_strip
         from celadon.runinfo import atomic_write_bytes
 
-        strip = Path(runs.out) / "figures" / f"vanilla_lora_real_{compare}.png"
-        atomic_write_bytes(strip, comparison_strip(runs.generations[f"{compare}/vanilla"].info["table"],
-                                                   runs.generations[f"{compare}/lora"].info["table"],
-                                                   runs.split.info["splits"],
+        strip = Path(runs.out) / "figures" / f"generators_real_{compare}.png"
+        atomic_write_bytes(strip, comparison_strip(shown, runs.split.info["splits"],
                                                    load_taxonomy(runs.config.taxonomy).combination))
         files["strip"] = _relative(runs, strip)
     if runs.tsne is not None:
@@ -241,7 +271,6 @@ def report_files(runs) -> dict:
 
 def collect_results(runs) -> dict:
     from celadon.runinfo import versions
-    from celadon.synth.qc import compare_qc
 
     results: dict = {"name": runs.config.name, "seeds": runs.config.seeds, "baseline": runs.config.baseline,
                      "arms": [a.name for a in runs.config.arms], "skipped_arms": runs.skipped,
@@ -259,16 +288,13 @@ def collect_results(runs) -> dict:
     results["qc"] = {key: _json(stage.path / "qc_summary.json") for key, stage in runs.qc.items()}
     results["curated"] = {key: _json(stage.path / "curate.json") for key, stage in runs.curated.items()}
     compare = runs.config.synthesis.compare_plan
-    if compare and f"{compare}/vanilla" in runs.qc:
-        table = compare_qc({"vanilla": runs.qc[f"{compare}/vanilla"].path, "lora": runs.qc[f"{compare}/lora"].path})
-        judge = _metrics(runs.reference_eval.path)["tasks"]
-        rows = {str(k): v for k, v in table.to_dict("index").items()}
-        fidelity = [r for r in rows if r.startswith("label fidelity ")]
-        real = judge_on_real(runs, runs.plans[compare].info["table"], fidelity)
-        for row, values in rows.items():
-            values["real photos"] = real.get(row)  # None where it has no meaning (FID, QC pass rate)
-        results["table6"] = {"plan": compare, "rows": rows,
-                             # label fidelity is only as good as the judge: its top-1 on real validation photos
-                             "judge_real_top1": {t: judge[t]["top1"] for t in judge}}
+    generators = {name: runs.qc[f"{compare}/{name}"].path for name in runs.config.synthesis.generators
+                  if f"{compare}/{name}" in runs.qc}
+    if len(generators) > 1:
+        results["table6"] = table6(runs, generators, runs.plans[compare].info["table"]) | {"plan": compare}
+    if runs.sweep:
+        name = runs.config.synthesis.sweep["generator"]
+        results["sweep"] = table6(runs, {f"{name} s={k:g}": stage.path for k, stage in sorted(runs.sweep.items())},
+                                  runs.plans[compare].info["table"]) | {"generator": name, "plan": compare}
     results["imbalance"] = {name: _json(stage.path / "imbalance.json") for name, stage in runs.imbalance.items()}
     return results

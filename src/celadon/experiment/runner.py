@@ -24,18 +24,15 @@ from celadon.taxonomy import Taxonomy, load_taxonomy
 
 
 def make(cls, overrides: dict[str, Any], **owned: Any):
-    """A stage config from YAML overrides (lists become the tuples the dataclass expects) plus what the
-    runner owns."""
-    values = dict(overrides) | owned
-    for f in dataclasses.fields(cls):
-        if isinstance(values.get(f.name), list) and isinstance(f.default, tuple):
-            values[f.name] = tuple(tuple(v) if isinstance(v, list) else v for v in values[f.name])
-    return cls(**values)
+    """A stage config from YAML overrides plus what the runner owns, built as the CLI builds it."""
+    from celadon.settings import build
+
+    return build(cls, dict(overrides) | owned, cls.__name__)
 
 
 def _settings(obj: Any, *drop: str) -> dict:
-    """A stage config minus the paths the stage graph already encodes, for the stage key."""
-    values = dataclasses.asdict(obj)
+    """A stage config (or its dict) minus the paths the stage graph already encodes, for the stage key."""
+    values = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(obj)
     for key in ("out", "threads", "workers", "cache_dir", "allow_leakage", *drop):
         values.pop(key, None)
     return values
@@ -57,6 +54,7 @@ class Runs:
     plans: dict[str, Stage] = dataclasses.field(default_factory=dict)
     generations: dict[str, Stage] = dataclasses.field(default_factory=dict)  # "B/lora", "B/vanilla"
     qc: dict[str, Stage] = dataclasses.field(default_factory=dict)
+    sweep: dict[float, Stage] = dataclasses.field(default_factory=dict)  # strength -> QC of that generation
     curated: dict[str, Stage] = dataclasses.field(default_factory=dict)  # what the arms train on, per "plan/gen"
     trainings: dict[tuple[str, int], Stage] = dataclasses.field(default_factory=dict)
     evaluations: dict[tuple[str, int], Stage] = dataclasses.field(default_factory=dict)
@@ -153,7 +151,7 @@ class Experiment:
         """Training-set imbalance (paper Tables 10-12): the real set, or real vs real + a curated synthetic set."""
         from celadon.classify.train import load_synthetic
         from celadon.data.imbalance import analyze_manifest
-        from celadon.data.manifest import read_manifest
+        from celadon.data.manifest import read_manifest, trained_labels
 
         def work(path: Path) -> dict:
             taxonomy = self.taxonomy
@@ -165,7 +163,7 @@ class Experiment:
                 import pandas as pd
 
                 synthetic = load_synthetic(curated.info["table"], taxonomy)  # labels only: reads no image
-                mixed = real.with_frame(pd.concat([real.frame[real.tasks], synthetic.frame[real.tasks]]))
+                mixed = real.with_frame(pd.concat([real.frame[real.tasks], trained_labels(synthetic)]))
                 analyze_manifest(real, path, mixed, labels=("real", f"real + {name}"))
             return {}
 
@@ -218,10 +216,13 @@ class Experiment:
         taxonomy = self.taxonomy
         metrics = str(runs.reference_eval.path / "metrics.json")
         roles = {"key": taxonomy.combination, "confusion_task": taxonomy.confusion}  # what the stage will use
-        select = make(SelectConfig, roles | s.select, metrics=metrics)
-        runs.selection = self.stages.run("select", _settings(select, "metrics"), [*self.pool, runs.reference_eval],
-                                         lambda p: {"table": str(run_select(read_manifest(self.train_table, taxonomy),
-                                                                            p, select)[0])}, "select LoRA training set")
+        select = make(SelectConfig, roles | s.select, metrics=metrics, manifest=str(self.train_table),
+                      taxonomy=self.config.taxonomy)
+        runs.selection = self.stages.run(
+            "select", _settings(select, "metrics", "manifest", "taxonomy"), [*self.pool, runs.reference_eval],
+            lambda p: {"table": str(run_select(read_manifest(self.train_table, taxonomy), p,
+                                               dataclasses.replace(select, out=str(p)))[0])},
+            "select LoRA training set")
         caption = self.stages.run("caption", {}, [runs.selection], lambda p: {"folder": str(write_lora_folder(
             read_manifest(runs.selection.info["table"], taxonomy), p, progress=self.progress).parent)},
             "caption LoRA training set")
@@ -233,29 +234,39 @@ class Experiment:
                                     "train LoRA")
         wanted = {(arm.plan, arm.generator) for arm in self.config.arms if arm.plan}
         if s.compare_plan:
-            wanted |= {(s.compare_plan, "lora"), (s.compare_plan, "vanilla")}
+            wanted |= {(s.compare_plan, generator) for generator in s.generators}
         for name in sorted({plan for plan, _ in wanted}):
-            plan = make(PlanConfig, {"confusion_task": taxonomy.confusion} | s.plans[name], metrics=metrics)
+            plan = make(PlanConfig, {"confusion_task": taxonomy.confusion} | s.plans[name], metrics=metrics,
+                        manifest=runs.split.info["splits"], taxonomy=self.config.taxonomy)
             runs.plans[name] = self.stages.run(
-                "plan", _settings(plan, "metrics"), [runs.split, runs.reference_eval],
-                lambda p, plan=plan: {"table": str(run_plan(read_manifest(runs.split.info["splits"], taxonomy), p,
-                                                            plan)[0])}, f"plan {name}")
+                "plan", _settings(plan, "metrics", "manifest", "taxonomy"), [runs.split, runs.reference_eval],
+                lambda p, plan=plan: {"table": str(run_plan(read_manifest(plan.manifest, taxonomy), p,
+                                                            dataclasses.replace(plan, out=str(p)))[0])},
+                f"plan {name}")
         # The same validation evaluation tells QC which classes the judge can tell apart.
         judge = runs.reference_eval if s.qc.get("judge_min_recall") else None
         for name, generator in sorted(wanted):
             key = f"{name}/{generator}"
-            runs.generations[key] = self._generate(key, runs.plans[name], runs.lora if generator == "lora" else None,
-                                                   model)
+            runs.generations[key] = self._generate(key, runs.plans[name], s.generators[generator], runs, model)
             runs.qc[key] = self._qc(key, runs.generations[key], runs, judge)
+        for strength in s.sweep.get("strengths", []):  # Table 6's sweep: one generator at several strengths
+            key = f"{s.compare_plan}/{s.sweep['generator']}@{strength}"
+            spec = s.generators[s.sweep["generator"]] | {"strength": float(strength)}
+            runs.sweep[float(strength)] = self._qc(key, self._generate(key, runs.plans[s.compare_plan], spec, runs,
+                                                                       model), runs, judge)
 
-    def _generate(self, label: str, plan: Stage, lora: Stage | None, model: dict) -> Stage:
-        from celadon.synth.generate import GenerateConfig, generate
+    def _generate(self, label: str, plan: Stage, spec: dict, runs: Runs, model: dict) -> Stage:
+        """One named generator (synthesis.generators) on one plan; img2img also reads the split's photos."""
+        from celadon.synth.generate import GenerateConfig, generate, generator_settings, get_generator
 
         s = self.config.synthesis
-        config = make(GenerateConfig, s.generate, model=s.model, plan=plan.info["table"],
-                      lora=str(lora.path) if lora else None, threads=self.config.threads)
-        settings = _settings(config, "plan", "lora", "shard", "model") | model
-        return self.stages.run("generate", settings, [plan] + ([lora] if lora else []), lambda p: {
+        lora = runs.lora if spec.get("lora", True) else None
+        config = make(GenerateConfig, s.generate | {k: v for k, v in spec.items() if k != "lora"}, model=s.model,
+                      plan=plan.info["table"], lora=str(lora.path) if lora else None, threads=self.config.threads,
+                      real=runs.split.info["splits"], taxonomy=self.config.taxonomy)
+        sources = [runs.split] if get_generator(config.generator).needs_sources else []
+        settings = _settings(generator_settings(config), "plan", "lora", "shard", "model", "real", "taxonomy") | model
+        return self.stages.run("generate", settings, [plan] + ([lora] if lora else []) + sources, lambda p: {
             "table": str(generate(dataclasses.replace(config, out=str(p)), progress=self.progress))},
             f"generate {label}")
 
@@ -272,7 +283,9 @@ class Experiment:
             return {"table": str(path / "qc.csv"), "generation": str(generation.path),
                     "pass_rate": summary["pass_rate"], "n_pass": summary["n_pass"]}
 
-        return self.stages.run("qc", _settings(config, "table", "real", "model_dir", "taxonomy", "judge_metrics"),
+        unused = () if config.task_masks else ("task_masks",)  # absent when off: keys stay as they were
+        return self.stages.run("qc", _settings(config, "table", "real", "model_dir", "taxonomy", "judge_metrics",
+                                               *unused),
                                [generation, runs.split, runs.reference] + ([judge] if judge else []), work,
                                f"QC {label}")
 

@@ -184,18 +184,22 @@ def _synthesis_section(results: dict, folder: Path) -> str:
     if compare:
         plan, combination = compare["plan"], results["combination"]
         shown = _e(" × ".join(combination))
-        strip = folder / files["strip"]
-        out += (f"<h3>Vanilla vs LoRA on the same prompts (plan {_e(plan)}), real training photos of the same "
-                f"{shown} on the right</h3>" + _img(strip, "vanilla vs LoRA vs real"))
-        names = list(next(iter(compare["rows"].values())))
-        rows = [[_e(metric)] + [_number(values[n]) for n in names] for metric, values in compare["rows"].items()]
-        out += (f"<h3>Table 6: vanilla vs LoRA, and the judge on real validation photos of the same {shown} "
-                "combinations</h3>" + _table(["metric", *names], rows))
+        out += (f"<h3>The same plan items (plan {_e(plan)}) from each generator, the img2img source photo on the "
+                f"left and real training photos of the same {shown} on the right</h3>"
+                + _img(folder / files["strip"], "generators vs real"))
+        out += (f"<h3>Table 6: generators on the same plan, and the judge on real validation photos of the same "
+                f"{shown} combinations</h3>" + _fidelity_table(compare))
         judge = ", ".join(f"{t} {v:.0%}" for t, v in compare.get("judge_real_top1", {}).items())
         out += (f"<p>Label fidelity is judged by the reference classifier, whose top-1 accuracy on real validation "
                 f"photos is {_e(judge)}. The <em>real photos</em> column is that judge on real validation photos of "
                 f"the plan's {shown} combinations: synthetic images as convincing as real ones would score about "
-                "that. The reference is read on validation only: no test label steers selection, plans or QC.</p>")
+                "that, and <em>relative fidelity</em> divides by it (1.0 = as convincing as real photos). The "
+                "reference is read on validation only: no test label steers selection, plans or QC.</p>")
+    sweep = results.get("sweep")
+    if sweep:
+        out += (f"<h3>Strength sweep of {_e(sweep['generator'])} on plan {_e(sweep['plan'])}: higher strength "
+                "re-renders more of the source photo (closer to the prompt, further from the photo)</h3>"
+                + _fidelity_table(sweep))
     qc_rows = []
     for key, summary in results["qc"].items():
         reasons = ", ".join(f"{k} {v}" for k, v in summary["reasons"].items()) or "—"
@@ -212,6 +216,12 @@ def _synthesis_section(results: dict, folder: Path) -> str:
     if files.get("tsne"):
         out += "<h3>t-SNE of real and synthetic images</h3>" + _img(folder / files["tsne"], "t-SNE")
     return out
+
+
+def _fidelity_table(table: dict) -> str:
+    names = list(dict.fromkeys(n for values in table["rows"].values() for n in values))
+    rows = [[_e(metric)] + [_number(values.get(n)) for n in names] for metric, values in table["rows"].items()]
+    return _table(["metric", *names], rows)
 
 
 def _column(path: Path, name: str) -> list[float]:

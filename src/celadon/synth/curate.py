@@ -2,9 +2,10 @@
 
 QC verdicts (`qc.csv`) and the human review decisions (`review.sqlite` in the generation run) are joined
 here, once, into `accepted.csv`: the synthetic images that passed QC and were not rejected in review, with
-their labels and a `train_tasks` column naming the tasks each image trains (an image trains only the tasks
-whose label it carries). Training reads this manifest and nothing else of synthesis: it does not know the
-review database or the generation run's folder layout.
+their labels and a `train_tasks` column naming the tasks each image trains: the tasks QC verified
+(`qc_tasks`, when QC ran with task masks), else every task whose label it carries. Training reads this
+manifest and nothing else of synthesis: it does not know the review database or the generation run's
+folder layout.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from celadon.taxonomy import load_taxonomy
 class CurateConfig:
     qc: str = ""  # a `celadon synth qc` folder (its qc.csv) or the qc.csv itself
     generation: str | None = None  # the generation run reviewed in `celadon review serve` (its review.sqlite)
-    out: str = ""
+    out: str = ""  # where accepted.csv and curate.json go
     taxonomy: str | None = None
 
 
@@ -37,7 +38,10 @@ def curate_frame(manifest: Manifest, rejected: set[str]) -> tuple[Manifest, dict
         np.ones(len(frame), dtype=bool))
     keep = passed & reviewed
     accepted = frame[keep].copy()
-    trains = [[t for t in manifest.tasks if row[t] is not None] for row in accepted.to_dict("records")]
+    verified = accepted.get("qc_tasks")
+    trains = [[t for t in manifest.tasks if row[t] is not None
+               and (verified is None or t in str(verified.iat[i]).split(","))]
+              for i, row in enumerate(accepted.to_dict("records"))]
     accepted[TRAIN_TASKS_COLUMN] = [",".join(tasks) for tasks in trains]
     counts = {"generated": int(len(frame)), "qc_pass": int(passed.sum()),
               "rejected_in_review": int((passed & ~reviewed).sum()), "accepted": int(keep.sum()),

@@ -5,6 +5,11 @@ pipeline speed), negative prompt from the plan. Every item has its own seeded ge
 not depend on which batch it fell into. Each image is written atomically under its item id, then its
 metadata sidecar; an item is done when its sidecar exists. Killed and restarted, a run finishes the plan
 with nothing missing and nothing twice; `shard="i/n"` splits the plan across processes or GPUs.
+
+Generators are registered by name (`GENERATORS`): `txt2img` is the paper's method; `img2img` starts every
+item from a real training photo (chosen by sources.py: the same vessel) and re-renders it at
+`strength` through the same model + LoRA, running `strength` x `steps` denoising steps. Each item records
+its generator, settings and source photo.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,19 +36,101 @@ PLAN_COLUMNS = ("item_id", "prompt", "negative_prompt", "seed")
 
 @dataclass
 class GenerateConfig:
-    plan: str = ""
-    out: str = ""
-    model: str = "tiny"
-    lora: str | None = None  # a `train-lora` output (its lora/ folder) or a kohya .safetensors file
-    lora_scale: float = 0.4
-    steps: int = 20
-    guidance: float = 7.0
-    clip_skip: int | None = None  # None: the model's default (see pipeline.default_clip_skip)
+    plan: str = ""  # plan.csv from `celadon synth plan`
+    out: str = ""  # where images/, items/ and generated.csv go
+    model: str = "tiny"  # tiny (shipped), or a local SD 1.5 folder / .safetensors file
+    lora: str | None = None  # a `train-lora` output folder or a LoRA .safetensors (diffusers or kohya)
+    lora_scale: float = 0.4  # fused into the weights
+    steps: int = 20  # denoising steps (img2img runs strength x steps)
+    guidance: float = 7.0  # classifier-free guidance scale
+    clip_skip: int | None = None  # diffusers clip_skip; None: the LoRA's own, else 1 for SD 1.5 and 0 for tiny
     resolution: int = 0  # 0: the profile's native resolution
-    batch_size: int = 8
-    shard: str = "0/1"
-    device: str = "auto"
-    threads: int = 0  # 0: the cores other processes leave free
+    batch_size: int = 8  # images per pipeline call (each item keeps its own seed)
+    shard: str = "0/1"  # i/n: this process generates every n-th item from i
+    device: str = "auto"  # auto (the GPU when there is one), cpu, cuda, cuda:N
+    threads: int = 0  # torch threads (0: the cores other processes leave free)
+    generator: str = "txt2img"  # a name in GENERATORS
+    strength: float = 0.5  # img2img: share of the denoising redone on the source (0: the photo, 1: txt2img)
+    real: str | None = None  # img2img: splits.csv whose real training photos are the sources
+    max_source_uses: int = 2  # img2img: no photo starts more items while another one fits (0: no limit)
+    translate: bool = False  # img2img: start from another class of the rendered task first (Diff-Mix)
+    taxonomy: str | None = None  # of `real`
+
+
+@dataclass(frozen=True)
+class Generator:
+    """A way of turning plan items into images with a loaded pipeline."""
+
+    description: str
+    adapt: Callable  # the txt2img pipeline -> the pipeline this generator calls
+    call: Callable  # (pipeline, batch rows, sampler kwargs, config) -> PIL images
+    needs_sources: bool = False
+    settings: tuple[str, ...] = ()  # GenerateConfig fields only this generator reads
+
+
+def _txt2img(pipe, batch: pd.DataFrame, kwargs: dict, config: GenerateConfig) -> list:
+    return pipe(prompt=list(batch["prompt"]), negative_prompt=list(batch["negative_prompt"]),
+                generator=_seeded(pipe, batch), **kwargs).images
+
+
+def _img2img_pipeline(pipe):
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    # The same modules, no copy (from_pipe would re-cast them and warn about it).
+    img2img = StableDiffusionImg2ImgPipeline(**pipe.components, requires_safety_checker=False)
+    img2img.set_progress_bar_config(disable=True)
+    return img2img
+
+
+def _img2img(pipe, batch: pd.DataFrame, kwargs: dict, config: GenerateConfig) -> list:
+    from PIL import Image
+
+    from celadon.data.images import load_image, resize_square
+
+    size = kwargs["height"]
+    sources = [Image.fromarray(resize_square(load_image(path), size)) for path in batch["source"]]
+    sampler = {k: v for k, v in kwargs.items() if k not in ("height", "width")}  # the source sets the size
+    return pipe(prompt=list(batch["prompt"]), negative_prompt=list(batch["negative_prompt"]), image=sources,
+                strength=config.strength, generator=_seeded(pipe, batch), **sampler).images
+
+
+def _seeded(pipe, batch: pd.DataFrame) -> list:
+    """One generator per item, seeded from the plan: an image does not depend on its batch."""
+    return [torch.Generator(pipe.device).manual_seed(int(s)) for s in batch["seed"]]
+
+
+GENERATORS: dict[str, Generator] = {
+    "txt2img": Generator("text to image, the paper's method", lambda pipe: pipe, _txt2img),
+    "img2img": Generator("a real training photo re-rendered with the target label (structure kept)",
+                         _img2img_pipeline, _img2img, needs_sources=True,
+                         settings=("strength", "real", "max_source_uses", "translate", "taxonomy")),
+}
+
+
+def get_generator(name: str) -> Generator:
+    if name not in GENERATORS:
+        raise CeladonError(f"generator {name!r} is unknown; use one of {', '.join(GENERATORS)}")
+    return GENERATORS[name]
+
+
+def check_strength(strength: float, steps: int, where: str = "--strength") -> None:
+    """img2img runs int(strength x steps) denoising steps: at least one, or it has nothing to do."""
+    if not 0 < strength <= 1:
+        raise CeladonError(f"{where} {strength}: give a value in (0, 1]")
+    if int(strength * steps) < 1:
+        raise CeladonError(f"{where} {strength} with {steps} steps leaves no denoising step (img2img runs "
+                           "int(strength x steps)); raise the strength or the steps")
+
+
+def generator_settings(config: GenerateConfig) -> dict:
+    """The config as it matters to the images: fields only another generator reads are left out, so adding a
+    generator changes neither the key nor the stamp of a txt2img run."""
+    own = set(get_generator(config.generator).settings)
+    unused = {f for g in GENERATORS.values() for f in g.settings} - own
+    values = {k: v for k, v in asdict(config).items() if k not in unused}
+    if config.generator == "txt2img":
+        values.pop("generator")
+    return values
 
 
 def read_plan(path: str | Path) -> pd.DataFrame:
@@ -116,7 +204,10 @@ def _call_kwargs(config: GenerateConfig) -> dict:
 def generate(config: GenerateConfig, progress: bool = True) -> Path:
     """Generate every pending item of this shard; returns the metadata table (`generated.csv`)."""
     set_threads(config.threads)
+    method = get_generator(config.generator)
     plan = read_plan(config.plan)
+    if method.needs_sources:
+        plan = _with_sources(plan, config)
     index, count = parse_shard(config.shard)
     out = Path(config.out)
     _check_same_settings(out, config)
@@ -124,15 +215,13 @@ def generate(config: GenerateConfig, progress: bool = True) -> Path:
     mine = plan.iloc[index::count]
     pending = mine[[not (out / "items" / f"{item}.json").exists() for item in mine["item_id"]]]
     if len(pending):
-        pipe = prepare_generator_pipeline(config)
+        pipe = method.adapt(prepare_generator_pipeline(config))
         kwargs = _call_kwargs(config)
         bar = tqdm(total=len(mine), initial=len(mine) - len(pending), desc="generating", disable=not progress)
         for start in range(0, len(pending), config.batch_size):
             batch = pending.iloc[start:start + config.batch_size]
-            generators = [torch.Generator(pipe.device).manual_seed(int(s)) for s in batch["seed"]]
             began = time.monotonic()
-            images = pipe(prompt=list(batch["prompt"]), negative_prompt=list(batch["negative_prompt"]),
-                          generator=generators, **kwargs).images
+            images = method.call(pipe, batch, kwargs, config)
             seconds = (time.monotonic() - began) / len(batch)
             for row, image in zip(batch.to_dict("records"), images, strict=True):
                 _write_item(out, row, image, config, kwargs, seconds)
@@ -141,9 +230,24 @@ def generate(config: GenerateConfig, progress: bool = True) -> Path:
     return collect(plan, out)
 
 
+def _with_sources(plan: pd.DataFrame, config: GenerateConfig) -> pd.DataFrame:
+    """The whole plan's sources (not one shard's): every shard then agrees on them."""
+    from celadon.data.manifest import read_manifest
+    from celadon.synth.sources import assign_sources
+    from celadon.taxonomy import load_taxonomy
+
+    if not config.real:
+        raise CeladonError(f"generator {config.generator} starts from real training photos: give the splits "
+                           "manifest they come from (--real splits.csv)")
+    check_strength(config.strength, config.steps)
+    real = read_manifest(config.real, load_taxonomy(config.taxonomy))
+    return assign_sources(plan, real, config.max_source_uses, config.translate)
+
+
 def _check_same_settings(out: Path, config: GenerateConfig) -> None:
     """Resuming is only sound with the settings the finished images were made with (shards may differ)."""
-    settings = {k: v for k, v in asdict(config).items() if k not in ("out", "shard", "batch_size", "threads", "device")}
+    settings = {k: v for k, v in generator_settings(config).items()
+                if k not in ("out", "shard", "batch_size", "threads", "device")}
     settings["plan"] = str(Path(config.plan).resolve())
     stamp = out / "generation.json"
     if stamp.exists():
@@ -163,6 +267,8 @@ def _write_item(out: Path, row: dict, image, config: GenerateConfig, kwargs: dic
     atomic_write_bytes(out / file, buffer.getvalue())
     record = {**{k: (None if pd.isna(v) else v) for k, v in row.items()}, PATH_COLUMN: file, "model": config.model,
               "lora": config.lora, "lora_scale": config.lora_scale if config.lora else None,
+              "generator": config.generator,
+              **({"strength": config.strength} if get_generator(config.generator).needs_sources else {}),
               "steps": kwargs["num_inference_steps"], "guidance": kwargs["guidance_scale"],
               "clip_skip": kwargs["clip_skip"], "seconds": round(seconds, 3)}
     atomic_write_text(out / "items" / f"{row['item_id']}.json", json.dumps(record, ensure_ascii=False, default=str))

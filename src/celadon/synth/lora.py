@@ -41,15 +41,15 @@ TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 @dataclass
 class LoraConfig:
     data: str = ""  # a folder written by `celadon synth caption` (metadata.jsonl + images)
-    out: str = ""
-    model: str = "tiny"
+    out: str = ""  # where the LoRA, its checkpoints and sample grids go
+    model: str = "tiny"  # tiny (shipped), or a local SD 1.5 folder / .safetensors file
     rank: int = 8
-    alpha: float = 8.0
+    alpha: float = 8.0  # LoRA alpha; the LoRA's scale is alpha / rank
     learning_rate: float = 1e-4
     steps: int = 500
     batch_size: int = 8
     resolution: int = 0  # 0: the profile's native resolution
-    train_text_encoder: bool = False
+    train_text_encoder: bool = False  # LoRA on the text encoder too
     text_encoder_lr: float = 5e-5
     lr_scheduler: str = "constant"  # any diffusers.optimization scheduler name
     warmup_steps: int = 0
@@ -58,11 +58,11 @@ class LoraConfig:
     checkpoint_every: int = 100
     validation_prompts: tuple[str, ...] = ()  # default: four distinct captions of the data
     cache: bool = True  # False reproduces the recipe's per-step VAE + text encoder (for `bench lora`)
-    mixed_precision: str = "no"  # "fp16" / "bf16" on a GPU
+    mixed_precision: str = "no"  # no, fp16 or bf16 (on a GPU)
     gradient_checkpointing: bool = False
-    device: str = "auto"
+    device: str = "auto"  # auto (the GPU when there is one), cpu, cuda, cuda:N
     seed: int = 0
-    threads: int = 0  # 0: the cores other processes leave free
+    threads: int = 0  # torch threads (0: the cores other processes leave free)
 
 
 def read_caption_folder(folder: str | Path) -> list[dict]:

@@ -1,8 +1,8 @@
 """`celadon synth plan`: what to generate, derived from the data (paper §3.2.2, Datasets A and B).
 
 A plan is one row per image to generate: item id, the four labels, prompt, negative prompt, seed, and why
-(`purpose`: rare or confusion, and a `reason` in words; `source` is left to manifests, where it names the
-image a derived row came from, and is rebased as a path when a manifest is written elsewhere).
+(`purpose`: rare or confusion, a `reason` in words, and for a confusion item the other class of its pair,
+`pair_with`, from which img2img starts; the source photos themselves are chosen at generation, see sources.py).
 Only label combinations that exist among the real training images are generated (no invented, historically
 implausible pairings). Two sources share the budget: rare combinations (fewest training originals, each
 weighted 1/sqrt(n) so the rarest get most) and confusion pairs (combinations holding either class of a
@@ -31,7 +31,10 @@ PRESETS = {"A": 5 / 95, "B": 10 / 90}  # synthetic images per real training imag
 
 @dataclass
 class PlanConfig:
-    preset: str = "B"
+    manifest: str = ""  # splits.csv: its training originals are counted
+    out: str = ""  # where plan.csv goes
+    taxonomy: str | None = None
+    preset: str = "B"  # A: 5:95 synthetic:real, B: 10:90
     total: int = 0  # images; 0: the preset's share of the training set
     rare_max: int = 10  # combinations with at most this many training originals are rare
     confusion_share: float = 0.3  # of the budget, when confusion pairs are known
@@ -99,6 +102,7 @@ def make_plan(manifest: Manifest, config: PlanConfig) -> pd.DataFrame:
     counts["rare"] = _largest_remainder(np.where(rare, weights, 0), total - n_confusion, cap)
     counts["confusion"] = _largest_remainder(np.where(in_pair, weights, 0), n_confusion, cap) if n_confusion else 0
     pair_names = {c: f"{a} vs {b}" for a, b in pairs for c in (a, b)}
+    partner = {c: d for a, b in pairs for c, d in ((a, b), (b, a))}
     rows = []
     for combo in counts.itertuples(index=False):
         labels = {t: getattr(combo, t) for t in tasks}
@@ -110,6 +114,7 @@ def make_plan(manifest: Manifest, config: PlanConfig) -> pd.DataFrame:
                 reason = (f"rare: {combo.train_images} training image(s)" if purpose == "rare"
                           else f"confusion pair {pair_names[labels[config.confusion_task]]}")
                 rows.append({"item_id": "", "key": item, **labels, "purpose": purpose, "reason": reason,
+                             "pair_with": partner[labels[config.confusion_task]] if purpose == "confusion" else "",
                              "train_images": combo.train_images, "prompt": prompt,
                              "negative_prompt": config.negative_prompt, "seed": _item_seed(config.seed, item)})
     plan = pd.DataFrame(rows)

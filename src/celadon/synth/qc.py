@@ -1,10 +1,15 @@
 """`celadon synth qc`: automatic quality control of synthetic images before they may reach training.
 
 Per image: integrity (decodes, expected size, not blank), image statistics against the real training
-distribution (robust z-scores of brightness, contrast, saturation, sharpness), memorisation (near copy of
-a real training image) and duplicates among the synthetic set, and label fidelity (a baseline classifier
-trained on real data agrees with the intended labels). Per set: FID and KID against the real images.
-Writes `qc.csv` (the table + `qc_pass`, `qc_reasons`, predictions) which `celadon train --synthetic` reads.
+distribution (robust z-scores of brightness, contrast, saturation, sharpness: an image that no longer looks
+like a photo of a vessel), memorisation (near copy of a real training image, or of its own img2img source
+photo) and duplicates among the synthetic set, and label fidelity (a baseline classifier trained on real
+data agrees with the intended labels). Per set: FID and KID against the real images.
+
+With `task_masks`, a label the judge reads differently does not fail the image: it masks that task, and
+`qc_tasks` names the tasks the image may train: those the judge confirmed, and (for img2img) those it
+inherits unchanged from its source photo. An image fails when no task is left.
+Writes `qc.csv` (the table + `qc_pass`, `qc_reasons`, predictions) which `celadon synth curate` reads.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import pandas as pd
 from PIL import Image
 
 from celadon.data.check import scan_paths
-from celadon.data.duplicates import DEFAULT_NEAR_DISTANCE, find_duplicates
+from celadon.data.duplicates import DEFAULT_NEAR_DISTANCE, find_duplicates, is_near_copy
 from celadon.data.images import ImageInfo, ImageReadError, load_image
 from celadon.data.manifest import Manifest, read_manifest, write_manifest
 from celadon.errors import CeladonError
@@ -32,20 +37,19 @@ STATISTICS = ("brightness", "contrast", "saturation", "sharpness")
 class QCConfig:
     table: str = ""  # synthetic images: a manifest with the intended labels (plus prompt, seed, ...)
     real: str = ""  # the real splits.csv; its training rows are the reference
-    out: str = ""
-    model_dir: str | None = None  # a baseline classifier trained on real data, for label fidelity
-    # Trust the judge only where it can tell: with its metrics.json on real *validation* photos, an image is
-    # failed for a wrong label only when the judge's recall of the intended class is at least this (0: always).
-    judge_metrics: str | None = None
-    judge_min_recall: float = 0.0
+    out: str = ""  # where qc.csv and qc_summary.json go
+    model_dir: str | None = None  # a baseline classifier trained on real data (celadon train), the judge
+    judge_metrics: str | None = None  # the judge's metrics.json on real validation photos (evaluate --split val)
+    judge_min_recall: float = 0.0  # fail a wrong label only where the judge's val recall of the class is this high
     allow_test_metrics: bool = False  # accept a test-split judge_metrics (test labels then gate training images)
     fidelity_tasks: tuple[str, ...] | None = None  # None: the taxonomy's combination role
-    expected_size: int | None = None  # required width and height; None accepts any
+    task_masks: bool = False  # a wrong label masks its task (qc_tasks) instead of failing the image
+    expected_size: int | None = None  # required image side in pixels; None accepts any
     min_contrast: float = 2.0  # grey-level std below which an image is blank
     outlier_z: float = 4.0  # robust z-score beyond which a statistic is an outlier
     near_distance: int = DEFAULT_NEAR_DISTANCE
     max_real_reference: int = 600  # real images sampled for statistics and FID/KID
-    inception: str | None = None  # local Inception weights for FID/KID; default EfficientNet-Lite0 features
+    inception: str | None = None  # local Inception-v3 weights for FID/KID; default EfficientNet-Lite0 features
     taxonomy: str | None = None
     seed: int = 0
 
@@ -128,20 +132,71 @@ def run_qc(config: QCConfig, progress: bool = True) -> dict:
             first = synthetic.frame["path"].iat[pair.first - n_real]
             reasons[second].append(("duplicate", f"duplicate of synthetic {first}"))
 
-    predictions, fidelity = _label_fidelity(synthetic, images, config, reasons)
+    source_bits = _source_copies(synthetic, synthetic_infos, config, reasons)
+    masked: list[list[tuple[str, str]]] = [[] for _ in range(len(synthetic))]
+    predictions, fidelity = _label_fidelity(synthetic, images, config, masked if config.task_masks else reasons)
     table = synthetic.frame.copy()
+    if source_bits is not None:
+        table["source_distance"] = source_bits
+    if config.task_masks:
+        table["qc_tasks"] = _verified_tasks(synthetic, predictions, config, reasons)
     for name in STATISTICS:
         table[name] = stats[name].round(3).to_numpy()
     for task, values in predictions.items():
         table[f"pred_{task}"] = values
     table["qc_pass"] = [not r for r in reasons]
     table["qc_reasons"] = ["; ".join(message for _, message in r) for r in reasons]
+    if config.task_masks:
+        table["qc_masked"] = ["; ".join(message for _, message in m) for m in masked]
     out = Path(config.out)
     write_manifest(synthetic.with_frame(table), out / "qc.csv")
     summary = _summary(table, reasons, fidelity, real_images, images, config)
     write_json(out / "qc_summary.json", summary)
     write_run_info(out, "synth qc", asdict(config), config.seed)
     return summary
+
+
+def _source_copies(synthetic: Manifest, infos: list, config: QCConfig,
+                   reasons: list[list[tuple[str, str]]]) -> list | None:
+    """An img2img image that is a near copy of its own source photo fails (too little was re-rendered); the
+    pHash distance to the source, per image, for the strength sweep."""
+    from celadon.data.manifest import SOURCE_COLUMN, resolve_image_path
+
+    if SOURCE_COLUMN not in synthetic.frame or synthetic.frame[SOURCE_COLUMN].isna().all():
+        return None
+    column = synthetic.frame[SOURCE_COLUMN]
+    wanted = sorted({str(resolve_image_path(synthetic.root, s)) for s in column if isinstance(s, str) and s})
+    found = dict(zip(wanted, scan_paths([Path(s) for s in wanted], progress=False), strict=True))
+    bits: list = [None] * len(synthetic)
+    for i, (source, info) in enumerate(zip(column, infos, strict=True)):
+        if not isinstance(source, str) or not source or not isinstance(info, ImageInfo):
+            continue
+        path = str(resolve_image_path(synthetic.root, source))
+        original = found[path]
+        if not isinstance(original, ImageInfo):
+            raise CeladonError(f"{config.table}: source photo {path} of {synthetic.frame['path'].iat[i]} is "
+                               f"unreadable ({original.detail})")
+        copy, bits[i] = is_near_copy(info, original, config.near_distance)
+        if copy:
+            reasons[i].append(("copy_of_source", f"near copy of its source photo {path} ({bits[i]} bits)"))
+    return bits
+
+
+def _verified_tasks(synthetic: Manifest, predictions: dict[str, list], config: QCConfig,
+                    reasons: list[list[tuple[str, str]]]) -> list[str]:
+    """Per image, the tasks QC can vouch for: the judge agrees, or (tasks the judge does not check) the label
+    is unchanged from the img2img source photo. No task left fails the image."""
+    shared = synthetic.frame.get("source_shared")
+    verified = []
+    for i, row in enumerate(synthetic.frame[synthetic.tasks].to_dict("records")):
+        inherited = set(str(shared.iat[i]).split(",")) if shared is not None and isinstance(shared.iat[i], str) \
+            else set()
+        tasks = [t for t in synthetic.tasks if row[t] is not None and (
+            predictions[t][i] == row[t] if t in predictions else t in inherited)]
+        if not tasks and not any(kind == "unreadable" for kind, _ in reasons[i]):
+            reasons[i].append(("no_verified_task", "no label could be verified"))
+        verified.append(",".join(tasks))
+    return verified
 
 
 def _label_fidelity(synthetic: Manifest, images: dict[int, Image.Image], config: QCConfig,
@@ -168,7 +223,7 @@ def _label_fidelity(synthetic: Manifest, images: dict[int, Image.Image], config:
             correct.append(predicted == intended)
             agree[task].append(predicted == intended)
             trusted = task not in recall or recall[task].get(intended, 0.0) >= config.judge_min_recall
-            if predicted != intended and trusted:
+            if predicted != intended and (trusted or config.task_masks):  # a mask needs no trust
                 reasons[i].append((f"wrong_{task}", f"{task} looks like {predicted}, intended {intended}"))
         if len(tasks) > 1 and len(correct) == len(tasks):
             agree[joint].append(all(correct))  # the paper's "correct glaze-type combination"

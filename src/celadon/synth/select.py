@@ -26,6 +26,9 @@ PAPER_TOTAL, PAPER_TRAIN_ORIGINALS = 1000, 5068
 
 @dataclass
 class SelectConfig:
+    manifest: str = ""  # augmented.csv (or splits.csv): its training rows are the pool
+    out: str = ""  # where selection.csv and selection_summary.csv go
+    taxonomy: str | None = None
     total: int = 0  # 0: the paper's proportion, 1,000 per 5,068 original training images
     key: tuple[str, ...] | None = None  # None: the taxonomy's combination role
     confusion_task: str | None = None  # None: the taxonomy's confusion role
