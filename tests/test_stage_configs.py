@@ -89,3 +89,61 @@ def test_run_yaml_mistakes_are_one_line_errors(qc_folder, tmp_path, capsys):
     (tmp_path / "c" / "run.yaml").write_text("command: synth curate\nconfig: {qc: x, out: y, colour: red}\n")
     assert main(["synth", "curate", "-c", str(tmp_path / "c"), "--quiet"]) == 2
     assert "colour is not a setting of this command" in capsys.readouterr().err
+
+
+def test_data_stages_re_run_from_their_run_yaml(tmp_path):
+    from celadon.data.augment import AugmentConfig
+    from celadon.data.embedded import EmbeddedConfig
+    from celadon.data.split import SplitConfig
+
+    first = tmp_path / "demo"
+    assert main(["data", "make-demo", str(first), "--n", "60", "--size", "32", "--workers", "1", "--quiet"]) == 0
+    assert load_config(EmbeddedConfig, first, "data make-demo") == EmbeddedConfig(out=str(first), n=60, size=32,
+                                                                                   workers=1)
+    again = tmp_path / "again"
+    assert main(["data", "make-demo", str(again), "-c", str(first), "--quiet"]) == 0
+    assert (again / "manifest.csv").read_bytes() == (first / "manifest.csv").read_bytes()
+    assert (again / "images" / "00007.jpg").read_bytes() == (first / "images" / "00007.jpg").read_bytes()
+    assert main(["data", "split", str(first / "manifest.csv"), "--out", str(tmp_path / "split"), "--seed", "3",
+                 "--quiet"]) == 0
+    split_config = load_config(SplitConfig, tmp_path / "split", "data split")
+    assert (split_config.seed, split_config.manifest) == (3, str(first / "manifest.csv"))
+    assert main(["data", "split", "-c", str(tmp_path / "split"), "--out", str(tmp_path / "split2"), "--quiet"]) == 0
+    splits = tmp_path / "split" / "splits.csv"
+    assert (tmp_path / "split2" / "splits.csv").read_text() == splits.read_text()
+    assert main(["data", "augment", str(splits), "--out", str(tmp_path / "aug"), "--threshold", "8", "--target",
+                 "10", "--quiet"]) == 0
+    recorded = load_config(AugmentConfig, tmp_path / "aug", "data augment")
+    assert (recorded.splits, recorded.threshold, recorded.target) == (str(splits), 8, 10)
+    assert main(["data", "augment", "-c", str(tmp_path / "aug"), "--out", str(tmp_path / "aug2"), "--quiet"]) == 0
+    assert (tmp_path / "aug2" / "augmented.csv").read_text() == (tmp_path / "aug" / "augmented.csv").read_text()
+
+
+def test_analyze_and_caption_re_run_from_their_run_yaml(tmp_path):
+    from celadon.data.embedded import EmbeddedConfig, make_demo
+    from celadon.data.imbalance import AnalyzeConfig
+    from celadon.synth.captions import CaptionConfig
+
+    manifest = make_demo(tmp_path / "demo", EmbeddedConfig(n=40, size=32, workers=1), progress=False)
+    assert main(["data", "analyze", str(manifest), "--out", str(tmp_path / "a"), "--quiet"]) == 0
+    assert load_config(AnalyzeConfig, tmp_path / "a", "data analyze") == AnalyzeConfig(str(manifest),
+                                                                                         str(tmp_path / "a"))
+    assert main(["data", "analyze", "-c", str(tmp_path / "a"), "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    assert (tmp_path / "b" / "imbalance.json").read_text() == (tmp_path / "a" / "imbalance.json").read_text()
+    assert main(["synth", "caption", str(manifest), "--out", str(tmp_path / "c"), "--quiet"]) == 0
+    assert load_config(CaptionConfig, tmp_path / "c", "synth caption") == CaptionConfig(str(manifest),
+                                                                                          str(tmp_path / "c"))
+    assert main(["synth", "caption", "-c", str(tmp_path / "c"), "--out", str(tmp_path / "d"), "--quiet"]) == 0
+    assert (tmp_path / "d" / "metadata.jsonl").read_text() == (tmp_path / "c" / "metadata.jsonl").read_text()
+
+
+def test_settings_added_to_a_stage_leave_earlier_study_keys_alone():
+    from celadon.data.split import SplitConfig
+    from celadon.experiment.stages import stage_key
+
+    before = {"seed": 0, "key": None, "small_fractions": (0.70, 0.15, 0.15),
+              "standard_fractions": (0.70, 0.20, 0.10), "standard_min": 10}  # SplitConfig's fields until f8fc319
+    config = SplitConfig(manifest="m.csv", out="o", taxonomy="t.yaml")
+    assert stage_key("split", config.key_settings(), []) == stage_key("split", before, [])
+    assert SplitConfig(keep_split="fold").key_settings() == before | {"keep_split": "fold"}
+    assert SplitConfig(group_duplicates=False).key_settings()["group_duplicates"] is False

@@ -16,10 +16,11 @@ def _taxonomy(args: argparse.Namespace):
 
 
 def cmd_make_demo(args: argparse.Namespace) -> int:
+    from celadon.cli.options import config_from_args
     from celadon.data.embedded import EmbeddedConfig, make_demo
 
-    config = EmbeddedConfig(n=args.n, size=args.size, seed=args.seed, workers=args.workers)
-    path = make_demo(args.out, config, progress=not args.quiet)
+    config = config_from_args(EmbeddedConfig, args, "data make-demo", required=("out",))
+    path = make_demo(config.out, config, progress=not args.quiet)
     print(f"embedded dataset: {path}")
     return 0
 
@@ -46,17 +47,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    from celadon.cli.options import config_from_args
     from celadon.data.check import ImageCheckConfig, read_checked, require_no_errors
-    from celadon.data.imbalance import analyze_manifest
+    from celadon.data.imbalance import AnalyzeConfig, analyze_manifest
+    from celadon.taxonomy import load_taxonomy
 
-    taxonomy, check = _taxonomy(args), ImageCheckConfig(root=args.root, allow_outside_root=args.allow_outside_root)
+    config = config_from_args(AnalyzeConfig, args, "data analyze", required=("manifest", "out"))
+    taxonomy = load_taxonomy(config.taxonomy)
+    check = ImageCheckConfig(root=config.root, allow_outside_root=config.allow_outside_root)
     tables = []
-    for path in [args.manifest] + ([args.compare] if args.compare else []):
+    for path in [config.manifest] + ([config.compare] if config.compare else []):
         table, _, problems = read_checked(path, taxonomy, check, progress=not args.quiet)
         require_no_errors(problems, path)
         tables.append(table)
-    manifest, other = tables[0], (tables[1] if args.compare else None)
-    result = analyze_manifest(manifest, args.out, other)
+    manifest, other = tables[0], (tables[1] if config.compare else None)
+    result = analyze_manifest(manifest, config.out, other, config=config)
     described = result if other is None else result["datasets"]["before"]
     print(f"{'grouping':<14}{'classes':>8}{'images':>8}{'ratio':>9}{'CV':>7}{'Gini':>7}{'H_norm':>8}  buckets")
     for name, g in described["groupings"].items():
@@ -75,38 +80,37 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    from celadon.data.check import ImageCheckConfig
+    from celadon.cli.options import config_from_args
     from celadon.data.split import SplitConfig, run_split
+    from celadon.taxonomy import load_taxonomy
 
-    key = tuple(args.key.split(",")) if args.key else None
-    config = SplitConfig(seed=args.seed, key=key)
-    check = ImageCheckConfig(root=args.root, allow_outside_root=args.allow_outside_root)
-    result = run_split(args.manifest, _taxonomy(args), args.out, config, near_distance=args.near_distance,
-                       check_leakage=not args.no_leakage_check, group_duplicates=not args.no_group_duplicates,
-                       progress=not args.quiet, check=check, keep_split=args.keep_split)
-    if result.duplicate_pairs and not args.no_group_duplicates and not args.keep_split:
+    config = config_from_args(SplitConfig, args, "data split", required=("manifest", "out"))
+    result = run_split(config.manifest, load_taxonomy(config.taxonomy), config.out, config, progress=not args.quiet)
+    if result.duplicate_pairs and config.group_duplicates and not config.keep_split:
         print(f"{result.duplicate_pairs} duplicate pairs found; each duplicate group was kept in one split")
     print(result.summary.to_string())
     for line in result.leakage_lines[:WARNINGS_SHOWN]:
         print(line)
     if len(result.leakage_lines) > WARNINGS_SHOWN:
-        print(f"... {len(result.leakage_lines) - WARNINGS_SHOWN} more in {Path(args.out) / 'leakage.csv'}")
-    if result.leakage_lines and args.keep_split:
+        print(f"... {len(result.leakage_lines) - WARNINGS_SHOWN} more in {Path(config.out) / 'leakage.csv'}")
+    if result.leakage_lines and config.keep_split:
         print(f"warning: your split keeps {len(result.leakage_lines)} pairs of copies in different splits; "
               "`celadon train` refuses it unless --allow-leakage (or split without --keep-split)")
-    print(f"{len(result.leakage_lines)} leaking duplicate pairs across splits" if not args.no_leakage_check
+    print(f"{len(result.leakage_lines)} leaking duplicate pairs across splits" if config.leakage_check
           else "leakage check skipped")
     print(f"splits written to {result.path}")
     return 0
 
 
 def cmd_augment(args: argparse.Namespace) -> int:
+    from celadon.cli.options import config_from_args
     from celadon.data.augment import AugmentConfig, augment_manifest
     from celadon.data.manifest import read_manifest
+    from celadon.taxonomy import load_taxonomy
 
-    config = AugmentConfig(threshold=args.threshold, target=args.target, mode=args.mode, seed=args.seed)
-    manifest = read_manifest(args.splits, _taxonomy(args))
-    path, plan = augment_manifest(manifest, args.out, config, progress=not args.quiet)
+    config = config_from_args(AugmentConfig, args, "data augment", required=("splits", "out"))
+    manifest = read_manifest(config.splits, load_taxonomy(config.taxonomy))
+    path, plan = augment_manifest(manifest, config.out, config, progress=not args.quiet)
     train = int((manifest.frame["split"] == "train").sum())
     print(f"training images: {train} real + {len(plan)} augmented ({config.mode}) = {train + len(plan)} "
           f"({(train + len(plan)) / max(train, 1):.2f}x); val/test untouched")
@@ -180,12 +184,13 @@ def add_parsers(stages, add) -> None:
     data = stages.add_parser("data", help="manifests, validation, analysis, splits, augmentation")
     verbs = data.add_subparsers(dest="verb", required=True, metavar="VERB")
 
+    from celadon.cli.options import add_config_arguments
+    from celadon.data.augment import AugmentConfig
+    from celadon.data.embedded import EmbeddedConfig
+    from celadon.data.split import SplitConfig
+
     p = add(verbs, "make-demo", cmd_make_demo, "render the embedded procedural porcelain dataset")
-    p.add_argument("out")
-    p.add_argument("--n", type=int, default=3000, help="approximate number of images")
-    p.add_argument("--size", type=int, default=128, help="image side in pixels")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
+    add_config_arguments(p, EmbeddedConfig, positional=("out",))
 
     p = add(verbs, "validate", cmd_validate, "check every row and image; exit 1 if there are errors")
     p.add_argument("manifest")
@@ -200,32 +205,17 @@ def add_parsers(stages, add) -> None:
     p.add_argument("--allow-unlabelled", action="store_true",
                    help="accept rows without any label (images kept for prediction only)")
 
+    from celadon.data.imbalance import AnalyzeConfig
+
     p = add(verbs, "analyze", cmd_analyze, "imbalance metrics and plots per task and label combination")
-    p.add_argument("manifest")
-    p.add_argument("--out", required=True)
-    p.add_argument("--compare", help="a second manifest (e.g. with synthetic images) to put beside the first")
-    _root_options(p)
+    add_config_arguments(p, AnalyzeConfig, positional=("manifest",), skip=("taxonomy",))
 
     p = add(verbs, "split", cmd_split, "adaptive train/val/test split by label-combination frequency")
-    p.add_argument("manifest")
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--key", help="comma-separated tasks forming the combination (default: all tasks)")
-    p.add_argument("--near-distance", type=int, default=DEFAULT_NEAR_DISTANCE, help="pHash bits for near duplicates")
-    p.add_argument("--no-leakage-check", action="store_true")
-    p.add_argument("--no-group-duplicates", action="store_true",
-                   help="split duplicates independently (default: a duplicate group stays in one split)")
-    p.add_argument("--keep-split", metavar="COLUMN",
-                   help="keep the split you already have in COLUMN (train/val/test); leakage is still checked")
-    _root_options(p)
+    add_config_arguments(p, SplitConfig, positional=("manifest",), skip=("taxonomy",))
 
     p = add(verbs, "augment", cmd_augment, "threshold offline augmentation of rare training combinations")
-    p.add_argument("splits", help="splits.csv from `celadon data split`")
-    p.add_argument("--out", required=True)
-    p.add_argument("--threshold", type=int, default=50)
-    p.add_argument("--target", type=int, default=100)
-    p.add_argument("--mode", choices=["virtual", "files"], default="virtual")
-    p.add_argument("--seed", type=int, default=0)
+    add_config_arguments(p, AugmentConfig, positional=("splits",), skip=("taxonomy",),
+                         choices={"mode": ["virtual", "files"]})
 
     p = add(verbs, "weights", cmd_weights, "effective-number class weights and 1/sqrt(n) sampling summary")
     p.add_argument("splits")

@@ -31,12 +31,14 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
+    from celadon.cli.options import config_from_args
     from celadon.data.manifest import read_manifest
-    from celadon.synth.captions import write_lora_folder
+    from celadon.synth.captions import CaptionConfig, write_lora_folder
     from celadon.taxonomy import load_taxonomy
 
-    selection = read_manifest(args.selection, load_taxonomy(args.taxonomy))
-    metadata = write_lora_folder(selection, args.out, progress=not args.quiet)
+    config = config_from_args(CaptionConfig, args, "synth caption", required=("selection", "out"))
+    selection = read_manifest(config.selection, load_taxonomy(config.taxonomy))
+    metadata = write_lora_folder(selection, config.out, progress=not args.quiet, taxonomy=config.taxonomy)
     print(f"{len(selection)} captioned images; diffusers metadata in {metadata}, kohya .txt sidecars beside them")
     return 0
 
@@ -110,7 +112,13 @@ def cmd_bench_lora(args: argparse.Namespace) -> int:
 def cmd_bench_generate(args: argparse.Namespace) -> int:
     from celadon.synth.bench import bench_generate
 
-    result = bench_generate(_generate_config(args, "bench generate", ("plan",)), items=args.items)
+    config = _generate_config(args, "synth generate", ("plan",))  # -c takes a generation's run.yaml
+    if config.generator != "txt2img":
+        from celadon.errors import CeladonError
+
+        raise CeladonError(f"bench generate measures txt2img against a plain pipeline loop; {config.generator} "
+                           "has no plain counterpart here")
+    result = bench_generate(config, items=args.items)
     print(f" celadon: {result['celadon']['images_per_s']:.2f} images/s")
     print(f"   plain: {result['plain']['images_per_s']:.2f} images/s (StableDiffusionPipeline, one call per image)")
     print(f"celadon / plain: {result['ratio']:.2f}x (target >= 1.0x)")
@@ -180,9 +188,10 @@ def add_parsers(stages, add, bench_verbs) -> None:
     p = add(verbs, "select", cmd_select, "seven-tier selection of LoRA training images (paper Table 3)")
     add_config_arguments(p, SelectConfig, positional=("manifest",), skip=("taxonomy",))
 
+    from celadon.synth.captions import CaptionConfig
+
     p = add(verbs, "caption", cmd_caption, "write the LoRA folder: images, metadata.jsonl, .txt captions")
-    p.add_argument("selection", help="selection.csv from `celadon synth select`")
-    p.add_argument("--out", required=True)
+    add_config_arguments(p, CaptionConfig, positional=("selection",), skip=("taxonomy",))
 
     from celadon.synth.curate import CurateConfig
     from celadon.synth.qc import QCConfig
@@ -227,6 +236,8 @@ def add_parsers(stages, add, bench_verbs) -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: the free cores)")
 
+    from celadon.synth.generate import GENERATORS
+
     p = add(bench_verbs, "generate", cmd_bench_generate, "images/s: celadon generate vs a plain pipeline loop")
-    _generation_arguments(p, "out", "shard")
+    _generation_arguments(p, "out", "shard", *GENERATORS["img2img"].settings, "generator")  # txt2img only
     p.add_argument("--items", type=int, default=16)

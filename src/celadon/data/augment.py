@@ -37,9 +37,12 @@ ORIGIN = "origin"
 
 @dataclass
 class AugmentConfig:
+    splits: str = ""  # splits.csv from `celadon data split`
+    out: str = ""  # where augmented.csv (and, in files mode, the images) go
+    taxonomy: str | None = None
     threshold: int = 50  # combinations with fewer training images than this are augmented
     target: int = 100  # ... up to this many images (originals + copies)
-    mode: str = "virtual"  # "virtual" (seeds only) or "files" (materialised images)
+    mode: str = "virtual"  # virtual (seeds only) or files (materialised images)
     seed: int = 0
     key: tuple[str, ...] | None = None  # tasks forming the combination; None = all tasks
 
@@ -136,5 +139,6 @@ def augment_manifest(manifest: Manifest, out_dir: str | Path, config: AugmentCon
     combined = pd.concat([originals, plan], ignore_index=True).astype(object)
     combined = combined.where(combined.notna(), None)
     path = write_manifest(Manifest(combined, manifest.root, manifest.taxonomy), out_dir / "augmented.csv")
-    write_run_info(out_dir, "data augment", {**asdict(config), "splits": manifest.source}, config.seed)
+    write_run_info(out_dir, "data augment", {**asdict(config), "splits": config.splits or manifest.source,
+                                             "out": str(out_dir)}, config.seed)
     return path, plan

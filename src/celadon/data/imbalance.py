@@ -8,6 +8,7 @@ taxonomy classes are listed separately. `analyze_manifest(..., compare=other)` p
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -96,9 +97,19 @@ def describe(manifest: Manifest) -> dict:
     return result
 
 
+@dataclass
+class AnalyzeConfig:
+    manifest: str = ""  # the manifest to analyse
+    out: str = ""  # where imbalance.json and the long-tail and Lorenz plots go
+    compare: str | None = None  # a second manifest (e.g. with synthetic images) to put beside the first
+    taxonomy: str | None = None
+    root: str | None = None  # image paths must resolve inside this folder (default: the manifest's folder)
+    allow_outside_root: bool = False  # accept image paths outside the root
+
+
 def analyze_manifest(
     manifest: Manifest, out_dir: str | Path, compare: Manifest | None = None,
-    labels: tuple[str, str] = ("before", "after"),
+    labels: tuple[str, str] = ("before", "after"), config: AnalyzeConfig | None = None,
 ) -> dict:
     """Write `imbalance.json` and long-tail/Lorenz plots per grouping; with `compare`, both side by side."""
     out_dir = Path(out_dir)
@@ -112,7 +123,9 @@ def analyze_manifest(
     result = datasets[labels[0]] if compare is None else {"datasets": datasets, "change": _change(datasets, labels)}
     write_json(out_dir / "imbalance.json", result)
     other = compare.source if compare is not None else None
-    write_run_info(out_dir, "data analyze", {"manifest": manifest.source, "compare": other, "labels": list(labels)})
+    # From the command line: its config (`celadon data analyze -c` re-runs it); in a study, what was compared.
+    write_run_info(out_dir, "data analyze", config or {"manifest": manifest.source, "compare": other,
+                                                      "labels": list(labels)})
     return result
 
 

@@ -34,11 +34,31 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class SplitConfig:
+    manifest: str = ""  # the manifest to split (every row and image is checked first)
+    out: str = ""  # where splits.csv, split_summary.csv and leakage.csv go
+    taxonomy: str | None = None
+    keep_split: str | None = None  # keep the split you already have in this column (train/val/test)
     seed: int = 0
     key: tuple[str, ...] | None = None  # tasks forming the combination; None = all tasks
     small_fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)  # for 3 <= n < standard_min
     standard_fractions: tuple[float, float, float] = (0.70, 0.20, 0.10)  # for n >= standard_min
     standard_min: int = 10
+    near_distance: int = DEFAULT_NEAR_DISTANCE  # pHash bits for near duplicates
+    leakage_check: bool = True  # report copies that sit in different splits (leakage.csv)
+    group_duplicates: bool = True  # a duplicate group stays in one split (off: duplicates split independently)
+    root: str | None = None  # image paths must resolve inside this folder (default: the manifest's folder)
+    allow_outside_root: bool = False  # accept image paths outside the root
+
+    def key_settings(self) -> dict:
+        """What decides the split, for a study's stage key: the settings above minus paths, and each added
+        setting only where it differs from its default (so keys of earlier studies hold)."""
+        values = {k: v for k, v in asdict(self).items() if k not in ("manifest", "out", "taxonomy")}
+        defaults = asdict(SplitConfig())
+        for name in ("keep_split", "near_distance", "leakage_check", "group_duplicates", "root",
+                     "allow_outside_root"):
+            if values[name] == defaults[name]:
+                values.pop(name)
+        return values
 
 
 def _round(x: float) -> int:
@@ -135,12 +155,12 @@ def kept_split(manifest: Manifest, column: str) -> pd.Series:
 
 
 def run_split(manifest_path: str | Path, taxonomy: Taxonomy, out_dir: str | Path, config: SplitConfig,
-              near_distance: int = DEFAULT_NEAR_DISTANCE, check_leakage: bool = True,
-              group_duplicates: bool = True, progress: bool = True, check: ImageCheckConfig | None = None,
-              keep_split: str | None = None) -> SplitResult:
+              progress: bool = True, check: ImageCheckConfig | None = None) -> SplitResult:
     """Check every image (errors stop the split, all listed), split (duplicate groups kept together unless
     `group_duplicates` is off; or keep the user's split from column `keep_split`), write `splits.csv` +
     `split_summary.csv`, and report any duplicates that still cross splits."""
+    near_distance, keep_split = config.near_distance, config.keep_split
+    check = check or ImageCheckConfig(root=config.root, allow_outside_root=config.allow_outside_root)
     out_dir = Path(out_dir)
     manifest, infos, problems = read_checked(manifest_path, taxonomy, check, progress)
     pairs = find_duplicates(originals(manifest, infos), near_distance)
@@ -148,7 +168,7 @@ def run_split(manifest_path: str | Path, taxonomy: Taxonomy, out_dir: str | Path
     require_no_errors(problems, str(manifest_path))
     if keep_split:
         splits = kept_split(manifest, keep_split)
-    elif group_duplicates and pairs:
+    elif config.group_duplicates and pairs:
         splits = grouped_split(manifest, config, duplicate_groups(len(manifest), pairs))
     else:
         splits = adaptive_split(manifest, config)
@@ -157,7 +177,7 @@ def run_split(manifest_path: str | Path, taxonomy: Taxonomy, out_dir: str | Path
     summary = split_summary(manifest.combination_keys(config.key), splits, config)
     atomic_write_text(out_dir / "split_summary.csv", summary.to_csv())
     leaks, lines = [], []
-    if check_leakage:
+    if config.leakage_check:
         leaks = find_leakage(pairs, list(splits))
         paths = list(manifest.frame["path"])
         lines = [
@@ -170,7 +190,6 @@ def run_split(manifest_path: str | Path, taxonomy: Taxonomy, out_dir: str | Path
               "second_split": splits.iat[p.second], "exact": p.exact, "distance": p.distance} for p in leaks],
             columns=["first", "first_split", "second", "second_split", "exact", "distance"],
         ).to_csv(index=False))
-    settings = {**asdict(config), "near_distance": near_distance, "check_leakage": check_leakage,
-                "group_duplicates": group_duplicates, "duplicate_pairs": len(pairs), "manifest": str(manifest_path)}
-    write_run_info(out_dir, "data split", settings | ({"keep_split": keep_split} if keep_split else {}), config.seed)
+    write_run_info(out_dir, "data split", asdict(config) | {"manifest": str(manifest_path), "out": str(out_dir)},
+                   config.seed)
     return SplitResult(path, summary, leaks, lines, len(pairs))

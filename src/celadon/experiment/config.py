@@ -126,9 +126,9 @@ def check_overrides(config: ExperimentConfig) -> None:
     from celadon.synth.select import SelectConfig
 
     s = config.synthesis
-    sections = [(EmbeddedConfig, "embedded", config.embedded, ("workers",)),
-                (SplitConfig, "split", _without(config.split, "keep_split"), ()),
-                (AugmentConfig, "augment", config.augment or {}, ()),
+    sections = [(EmbeddedConfig, "embedded", config.embedded, ("workers", "out")),
+                (SplitConfig, "split", config.split, ("manifest", "out", "taxonomy", "root", "allow_outside_root")),
+                (AugmentConfig, "augment", config.augment or {}, ("splits", "out", "taxonomy")),
                 (TrainConfig, "classifier", config.classifier, _TRAIN_OWNED),
                 (EvaluateConfig, "evaluate", config.evaluate, ("model_dir", "splits", "out", "cache_dir")),
                 (LoraConfig, "synthesis.lora", s.lora, ("data", "out", "model")),

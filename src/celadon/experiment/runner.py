@@ -124,15 +124,13 @@ class Experiment:
         from celadon.data.check import ImageCheckConfig
         from celadon.data.split import SplitConfig, run_split
 
-        settings = dict(self.config.split or {})
-        keep = settings.pop("keep_split", None)  # the user's own split column (`data split --keep-split`)
-        config = make(SplitConfig, settings)
-        key = _settings(config) | ({"keep_split": keep} if keep else {})  # absent when unused: keys stay as they were
-        check = ImageCheckConfig(root=self.config.image_root)
-        label = "adaptive split + leakage check" if not keep else f"split kept from {keep!r}"
-        return self.stages.run("split", key, [data], lambda p: {"splits": str(run_split(
-            data.info["manifest"], self.taxonomy, p, config, progress=self.progress, check=check,
-            keep_split=keep).path)}, label)
+        config = make(SplitConfig, dict(self.config.split or {}), manifest=data.info["manifest"],
+                      taxonomy=self.config.taxonomy)
+        check = ImageCheckConfig(root=self.config.image_root)  # the study's image_root decides
+        label = "adaptive split + leakage check" if not config.keep_split else f"split kept from {config.keep_split!r}"
+        return self.stages.run("split", config.key_settings(), [data], lambda p: {"splits": str(run_split(
+            config.manifest, self.taxonomy, p, dataclasses.replace(config, out=str(p)), progress=self.progress,
+            check=check).path)}, label)
 
     def augment(self, split: Stage) -> Stage:
         from celadon.data.augment import AugmentConfig, augment_manifest
@@ -145,7 +143,8 @@ class Experiment:
             table, plan = augment_manifest(manifest, path, config, progress=self.progress)
             return {"table": str(table), "copies": len(plan)}
 
-        return self.stages.run("augment", _settings(config), [split], work, "threshold augmentation")
+        return self.stages.run("augment", _settings(config, "splits", "taxonomy"), [split], work,
+                               "threshold augmentation")
 
     def imbalance(self, name: str, split: Stage, curated: Stage | None) -> Stage:
         """Training-set imbalance (paper Tables 10-12): the real set, or real vs real + a curated synthetic set."""
@@ -224,8 +223,8 @@ class Experiment:
                                                dataclasses.replace(select, out=str(p)))[0])},
             "select LoRA training set")
         caption = self.stages.run("caption", {}, [runs.selection], lambda p: {"folder": str(write_lora_folder(
-            read_manifest(runs.selection.info["table"], taxonomy), p, progress=self.progress).parent)},
-            "caption LoRA training set")
+            read_manifest(runs.selection.info["table"], taxonomy), p, progress=self.progress,
+            taxonomy=self.config.taxonomy).parent)}, "caption LoRA training set")
         lora = make(LoraConfig, s.lora, model=s.model, threads=self.config.threads)
         model = {"model": s.model, "weights": model_fingerprint(s.model)}  # a rebuilt model redoes synthesis
         runs.lora = self.stages.run("lora", _settings(lora, "data", "model") | model, [caption],

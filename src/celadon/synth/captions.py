@@ -7,6 +7,7 @@ import io
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
@@ -57,7 +58,15 @@ def caption(labels: Mapping[str, str | None], taxonomy: Taxonomy) -> str:
     return ", ".join(part for part in parts if part)
 
 
-def write_lora_folder(selection: Manifest, out_dir: str | Path, progress: bool = True) -> Path:
+@dataclass
+class CaptionConfig:
+    selection: str = ""  # selection.csv from `celadon synth select`
+    out: str = ""  # the LoRA training folder: images/, metadata.jsonl, .txt captions
+    taxonomy: str | None = None
+
+
+def write_lora_folder(selection: Manifest, out_dir: str | Path, progress: bool = True,
+                      taxonomy: str | None = None) -> Path:
     """Materialise the selected images (virtual augmentations rendered) as PNGs with captions beside them.
     Re-running keeps finished images: each is written atomically under a name fixed by its row."""
     out_dir = Path(out_dir)
@@ -78,6 +87,5 @@ def write_lora_folder(selection: Manifest, out_dir: str | Path, progress: bool =
                         "tier": int(row["tier"]) if row.get("tier") is not None else None})
     metadata = out_dir / "metadata.jsonl"
     atomic_write_text(metadata, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    write_run_info(out_dir, "synth caption", {"selection": selection.source, "images": len(records),
-                                              "taxonomy": selection.taxonomy.source})
+    write_run_info(out_dir, "synth caption", CaptionConfig(selection.source, str(out_dir), taxonomy))
     return metadata

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -65,15 +65,16 @@ NAMED_RARE = [
 
 @dataclass
 class EmbeddedConfig:
-    n: int = 3000
-    size: int = 128
+    out: str = ""  # where manifest.csv and images/ go
+    n: int = 3000  # approximate number of images
+    size: int = 128  # image side in pixels
     seed: int = 0
     combinations: int = 0  # 0 = scale with n (90 at 3,000 images)
     zipf: float = 1.3
     singletons: int = 4  # combinations with a single image (the paper's collection has 4)
     missing_rate: float = 0.03  # rows with an unknown dynasty or kiln, as catalogues have
-    workers: int = 2
-    quality: int = 92
+    workers: int = 2  # rendering processes
+    quality: int = 92  # JPEG quality
 
 
 def _all_combinations() -> tuple[list[tuple[str, str, str, str]], np.ndarray]:
@@ -150,6 +151,7 @@ def make_demo(out: str | Path, config: EmbeddedConfig | None = None, progress: b
     stamp = out / "demo.yaml"
     settings = asdict(config)
     settings.pop("workers")
+    settings.pop("out")  # where it is written is not what it is
     if stamp.exists() and yaml.safe_load(stamp.read_text()) != settings:
         raise CeladonError(f"{out} holds a demo set made with other settings ({stamp}); "
                            "choose another folder or delete it")
@@ -170,5 +172,5 @@ def make_demo(out: str | Path, config: EmbeddedConfig | None = None, progress: b
             frame.loc[hidden.fillna(False).astype(bool), task] = None
     manifest = out / "manifest.csv"
     atomic_write_text(manifest, frame.drop(columns="render_seed").to_csv(index=False, lineterminator="\n"))
-    write_run_info(out, "data make-demo", config, config.seed)
+    write_run_info(out, "data make-demo", replace(config, out=str(out)), config.seed)
     return manifest
