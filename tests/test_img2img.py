@@ -206,3 +206,16 @@ def test_relative_fidelity_divides_by_the_judge_on_real_photos_of_the_same_combi
     assert rows6["relative fidelity glaze+type"] == {"lora": pytest.approx(0.2), "img2img": pytest.approx(0.5)}
     assert rows6["QC fails: copy of source"] == {"lora": None, "img2img": 2}
     assert table["judge_real_top1"] == {"glaze": 0.6}
+
+
+def test_sources_do_not_depend_on_where_the_collection_lives(splits, tmp_path):
+    import shutil
+
+    moved = tmp_path / "elsewhere" / "deeper"
+    shutil.copytree(splits.parent / "photos", moved / "photos")
+    shutil.copy(splits, moved / "splits.csv")
+    plan = _plan([IVORY] * 5 + [{**IVORY, "glaze": "white"}] * 4)
+    here = assign_sources(plan, read_manifest(splits, load_taxonomy()), max_uses=1)
+    there = assign_sources(plan, read_manifest(moved / "splits.csv", load_taxonomy()), max_uses=1)
+    assert [Path(p).relative_to(splits.parent) for p in here["source"]] == [
+        Path(p).relative_to(moved) for p in there["source"]]

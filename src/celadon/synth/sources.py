@@ -10,8 +10,9 @@ Among the candidates, a photo of the target's own class of the rendered task com
 the demo it keeps more glazes recognisable than translating from another glaze: 39.6% vs 34.1% at CFG 3,
 strength 0.5); `translate=True` puts *another* class first (Diff-Mix's inter-class translation). A
 confusion item b of the pair a-b always starts from a photo of a where one fits. Then the least-used photo,
-then a hash of the item's seed: deterministic, and no photo is used more than `max_uses` times while
-another candidate is free. Validation and test photos are never sources.
+then a hash of the item's seed and the photo's path as the manifest writes it: deterministic wherever the
+study folder lives, and no photo is used more than `max_uses` times while another candidate is free.
+Validation and test photos are never sources.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import hashlib
 import numpy as np
 import pandas as pd
 
-from celadon.data.manifest import Manifest
+from celadon.data.manifest import PATH_COLUMN, Manifest
 from celadon.errors import CeladonError
 
 SOURCE_COLUMN = "source"  # the source photo's absolute path (a manifest column rebased like any source)
@@ -55,6 +56,7 @@ def assign_sources(plan: pd.DataFrame, real: Manifest, max_uses: int = 2, transl
     rendered = taxonomy.confusion
     pool = training_photos(real)
     paths = [str(p.resolve()) for p in pool.image_paths()]
+    names = [str(v) for v in pool.frame[PATH_COLUMN]]  # as the manifest writes them: the same on every machine
     labels = pool.frame[pool.tasks].astype(object).where(pool.frame[pool.tasks].notna(), None)
     structure = structure_tasks(pool.tasks, rendered, taxonomy.combination)
     tiers = [structure[i:] for i in range(len(structure) + 1)]
@@ -73,10 +75,10 @@ def assign_sources(plan: pd.DataFrame, real: Manifest, max_uses: int = 2, transl
             free = match & (uses < max_uses) if max_uses else match
             if free.any():
                 chosen = min(np.flatnonzero(free), key=lambda i: (not prefer[i], uses[i],
-                                                                   _tiebreak(int(item["seed"]), paths[i])))
+                                                                   _tiebreak(int(item["seed"]), names[i])))
                 break
         if chosen is None:  # every candidate is used max_uses times: the least used of all
-            chosen = min(range(len(pool)), key=lambda i: (uses[i], _tiebreak(int(item["seed"]), paths[i])))
+            chosen = min(range(len(pool)), key=lambda i: (uses[i], _tiebreak(int(item["seed"]), names[i])))
         uses[chosen] += 1
         sources.append(paths[chosen])
         shared.append(",".join(t for t in pool.tasks if values[t][chosen] is not None
