@@ -50,12 +50,12 @@ def field_help(cls: type) -> dict[str, str]:
     return helps
 
 
-def _plain(hint: Any) -> tuple[Any, bool]:
-    """The type without `| None`, and whether None was allowed."""
+def _plain(hint: Any) -> Any:
+    """The type without `| None`."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return (args[0] if len(args) == 1 else hint), len(args) < len(typing.get_args(hint))
-    return hint, False
+        return args[0] if len(args) == 1 else hint
+    return hint
 
 
 def _items(text: str) -> list[str]:
@@ -77,19 +77,19 @@ def _mapping(value_type: type):
         values = {}
         for item in _items(text):
             name, sep, value = item.partition("=")
+            if not sep:
+                raise argparse.ArgumentTypeError(f"{item!r} is not name=value")
             try:
                 values[name.strip()] = value_type(value)
             except ValueError:
                 raise argparse.ArgumentTypeError(f"{item!r} is not name={value_type.__name__}") from None
-            if not sep:
-                raise argparse.ArgumentTypeError(f"{item!r} is not name=value")
         return values
     return parse
 
 
 def _argument(hint: Any) -> dict | None:
     """argparse keywords for a field type; None for a type the command line cannot give."""
-    hint, _ = _plain(hint)
+    hint = _plain(hint)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is bool:
         return {"action": argparse.BooleanOptionalAction}

@@ -139,7 +139,7 @@ def run_qc(config: QCConfig, progress: bool = True) -> dict:
     if source_bits is not None:
         table["source_distance"] = source_bits
     if config.task_masks:
-        table["qc_tasks"] = _verified_tasks(synthetic, predictions, config, reasons)
+        table["qc_tasks"] = _verified_tasks(synthetic, predictions, reasons)
     for name in STATISTICS:
         table[name] = stats[name].round(3).to_numpy()
     for task, values in predictions.items():
@@ -182,11 +182,13 @@ def _source_copies(synthetic: Manifest, infos: list, config: QCConfig,
     return bits
 
 
-def _verified_tasks(synthetic: Manifest, predictions: dict[str, list], config: QCConfig,
+def _verified_tasks(synthetic: Manifest, predictions: dict[str, list],
                     reasons: list[list[tuple[str, str]]]) -> list[str]:
     """Per image, the tasks QC can vouch for: the judge agrees, or (tasks the judge does not check) the label
     is unchanged from the img2img source photo. No task left fails the image."""
-    shared = synthetic.frame.get("source_shared")
+    from celadon.synth.sources import SHARED_COLUMN
+
+    shared = synthetic.frame.get(SHARED_COLUMN)
     verified = []
     for i, row in enumerate(synthetic.frame[synthetic.tasks].to_dict("records")):
         inherited = set(str(shared.iat[i]).split(",")) if shared is not None and isinstance(shared.iat[i], str) \
