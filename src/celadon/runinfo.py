@@ -105,8 +105,10 @@ def versions() -> dict[str, str]:
     return found
 
 
-def write_run_info(out_dir: str | Path, command: str, config: Any, seed: int | None = None) -> Path:
-    """Record what produced `out_dir`: `run.yaml` with the command, resolved config, seed and versions."""
+def write_run_info(out_dir: str | Path, command: str, config: Any, seed: int | None = None,
+                   device: str | None = None) -> Path:
+    """Record what produced `out_dir`: `run.yaml` with the command, resolved config, seed, versions and, for a
+    stage that runs a network, the device it ran on (a GPU's bfloat16 numbers differ from the CPU's)."""
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         config = dataclasses.asdict(config)
     config = json.loads(json.dumps(config, default=_jsonable))
@@ -116,11 +118,22 @@ def write_run_info(out_dir: str | Path, command: str, config: Any, seed: int | N
         "seed": seed,
         "config": config,
         "versions": versions(),
+        **({"device": describe_device(device)} if device else {}),
         "written": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     path = Path(out_dir) / "run.yaml"
     atomic_write_text(path, yaml.safe_dump(info, sort_keys=False, allow_unicode=True))
     return path
+
+
+def describe_device(device: str) -> str:
+    """`cpu`, or `cuda:0 (NVIDIA H200)`: the device a run used, by name."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return device
+    index = torch.device(device).index or 0
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
 
 
 def read_run_config(path: str | Path, command: str | None = None) -> dict:

@@ -98,13 +98,14 @@ def jitter_colours(batch: torch.Tensor, brightness: float = 0.2, contrast: float
     x = batch.float()
     n = x.shape[0]
 
-    def factors(amount: float) -> torch.Tensor:
-        return (1 + (torch.rand(n) * 2 - 1) * amount).view(n, 1, 1, 1)
+    def factors(amount: float) -> torch.Tensor:  # drawn on the CPU: the same numbers on every device
+        return (1 + (torch.rand(n) * 2 - 1) * amount).view(n, 1, 1, 1).to(x.device)
 
     x = x * factors(brightness)
-    grey_mean = (x * _LUMA).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+    luma = _LUMA.to(x.device)
+    grey_mean = (x * luma).sum(1, keepdim=True).mean((2, 3), keepdim=True)
     x = (x - grey_mean) * factors(contrast) + grey_mean
-    grey = (x * _LUMA).sum(1, keepdim=True)
+    grey = (x * luma).sum(1, keepdim=True)
     x = grey + (x - grey) * factors(saturation)
     if hue:
         angle = (torch.rand(n) * 2 - 1) * hue * 2 * torch.pi
@@ -113,7 +114,7 @@ def jitter_colours(batch: torch.Tensor, brightness: float = 0.2, contrast: float
         rotation[:, 0, 0] = 1
         rotation[:, 1, 1], rotation[:, 1, 2], rotation[:, 2, 1], rotation[:, 2, 2] = cos, -sin, sin, cos
         matrix = torch.linalg.inv(_RGB_TO_YIQ) @ rotation @ _RGB_TO_YIQ
-        x = torch.einsum("bij,bjhw->bihw", matrix, x)
+        x = torch.einsum("bij,bjhw->bihw", matrix.to(x.device), x)
     return x.clamp_(0, 255)
 
 
@@ -184,6 +185,6 @@ class CachedDataset(Dataset):
 
 def normalise(batch: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """NCHW in 0..255 (uint8 or float) -> normalised float, channels_last (faster convolutions on CPU)."""
-    mean_t = torch.tensor(mean).view(1, 3, 1, 1) * 255
-    std_t = torch.tensor(std).view(1, 3, 1, 1) * 255
+    mean_t = torch.tensor(mean, device=batch.device).view(1, 3, 1, 1) * 255
+    std_t = torch.tensor(std, device=batch.device).view(1, 3, 1, 1) * 255
     return ((batch.float() - mean_t) / std_t).contiguous(memory_format=torch.channels_last)

@@ -14,6 +14,7 @@ from celadon.checkpoint import load_tensors
 from celadon.classify.data import CachedDataset, cache_resolution, eval_transform, normalise
 from celadon.classify.models import ModelConfig, MultiTaskNet
 from celadon.data.images import IMAGE_EXTENSIONS, ImageReadError, load_image, resize_square
+from celadon.device import autocast, on_gpu
 from celadon.errors import CeladonError
 
 
@@ -30,8 +31,9 @@ class LoadedModel:
         return self.card["classes"][task]
 
 
-def load_model(model_dir: str | Path) -> LoadedModel:
-    """Rebuild the network from `model.json` and load `model.safetensors` (no pickle involved)."""
+def load_model(model_dir: str | Path, device: str = "cpu") -> LoadedModel:
+    """Rebuild the network from `model.json` and load `model.safetensors` (no pickle involved), on `device`
+    (a resolved one: see celadon.device)."""
     model_dir = Path(model_dir)
     card_path = model_dir / "model.json"
     if not card_path.exists():
@@ -40,7 +42,7 @@ def load_model(model_dir: str | Path) -> LoadedModel:
     model = MultiTaskNet(ModelConfig(**card["model"]))
     model.load_state_dict(load_tensors(model_dir / "model.safetensors"))
     model.pretrained = card.get("pretrained", model.pretrained)
-    return LoadedModel(model.eval().to(memory_format=torch.channels_last), card)
+    return LoadedModel(model.eval().to(device, memory_format=torch.channels_last), card)
 
 
 def expand_images(inputs: list[str]) -> list[Path]:
@@ -66,8 +68,10 @@ def predict_images(loaded: LoadedModel, paths: list[Path], top_k: int = 3, batch
     def flush() -> None:
         if not batch:
             return
-        images = normalise(torch.stack(batch), loaded.model.mean, loaded.model.std)
-        outputs = {t: v.softmax(-1).numpy() for t, v in loaded.model(images).items()}
+        device = next(loaded.model.parameters()).device
+        images = normalise(torch.stack(batch).to(device), loaded.model.mean, loaded.model.std)
+        with autocast(device.type):
+            outputs = {t: v.float().softmax(-1).cpu().numpy() for t, v in loaded.model(images).items()}
         for i, name in enumerate(names):
             row = {"image": name}
             for task, probs in outputs.items():
@@ -92,11 +96,15 @@ def predict_images(loaded: LoadedModel, paths: list[Path], top_k: int = 3, batch
 
 
 @torch.no_grad()
-def predict_logits(model: MultiTaskNet, dataset: CachedDataset, batch_size: int) -> dict[str, np.ndarray]:
+def predict_logits(model: MultiTaskNet, dataset: CachedDataset, batch_size: int, device: str = "cpu"
+                   ) -> dict[str, np.ndarray]:
+    """Logits of every row of `dataset`, in order; the model must already sit on `device`."""
     model.eval()
     outputs: dict[str, list[np.ndarray]] = {t: [] for t in model.task_names}
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, pin_memory=on_gpu(device))
     for images, _ in loader:
-        for task, value in model(normalise(images, model.mean, model.std)).items():
-            outputs[task].append(value.float().numpy())
+        with autocast(device):
+            logits = model(normalise(images.to(device, non_blocking=True), model.mean, model.std))
+        for task, value in logits.items():
+            outputs[task].append(value.float().cpu().numpy())
     return {t: np.concatenate(v) if v else np.zeros((0, model.config.tasks[t])) for t, v in outputs.items()}

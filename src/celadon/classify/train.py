@@ -34,6 +34,7 @@ from celadon.classify.data import (
     prepare_samples,
     train_transform,
 )
+from celadon.classify.device_batches import DeviceBatches
 from celadon.classify.metrics import mean_macro_f1, task_metrics
 from celadon.classify.models import ModelConfig, MultiTaskNet
 from celadon.classify.predict import predict_logits
@@ -41,6 +42,7 @@ from celadon.cpu import set_threads
 from celadon.data.check import check_split_manifest
 from celadon.data.manifest import Manifest, passed_qc, read_manifest
 from celadon.data.sampling import combination_sample_weights, effective_number_weights
+from celadon.device import autocast, on_gpu, resolve_device
 from celadon.errors import CeladonError
 from celadon.runinfo import atomic_write_text, default_cache_dir, write_run_info
 from celadon.taxonomy import Taxonomy, load_taxonomy
@@ -81,6 +83,10 @@ class TrainConfig:
     mixing: str = "replace"
     synthetic_tasks: list[str] | None = None  # tasks synthetic images train; None = all
     seed: int = 0
+    device: str = "auto"  # auto (the GPU when there is one), cpu, cuda or cuda:N
+    # where training images are augmented: auto (on a GPU: whole batches on the device; on the CPU: per image in
+    # the loader), loader, or device (the GPU path, also on the CPU)
+    augment_on: str = "auto"
     threads: int = 0  # torch threads; 0 = the cores other processes leave free (celadon.cpu)
     workers: int = 0  # DataLoader workers; 0 keeps decoding-free loading in the training process
     cache_dir: str | None = None  # default $CELADON_CACHE or ~/.cache/celadon
@@ -121,6 +127,7 @@ def sample_weights(manifest: Manifest, samples: Samples, tasks: list[str], schem
 
 
 MIXING = ("replace", "add")
+AUGMENT_ON = ("auto", "loader", "device")
 
 
 def epoch_draws(real_weights: np.ndarray, n_synthetic: int, ratio: float, draws: int, seed: int) -> list[int]:
@@ -140,19 +147,21 @@ def epoch_draws(real_weights: np.ndarray, n_synthetic: int, ratio: float, draws:
 
 def multitask_loss(logits: dict[str, torch.Tensor], targets: torch.Tensor, tasks: list[str],
                    class_weights: dict[str, torch.Tensor], task_weights: dict[str, float]
-                   ) -> tuple[torch.Tensor, dict[str, float]]:
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Sum over tasks of lambda_t * L_t, L_t = mean over labelled samples of w_y * CE (paper eq. 1-2);
-    samples whose label is missing (or masked) do not count for that task."""
-    total = logits[tasks[0]].new_zeros(())
+    samples whose label is missing (or masked) do not count for that task. The parts are detached tensors, so a
+    GPU step does not wait for them."""
+    total = logits[tasks[0]].new_zeros((), dtype=torch.float32)
     parts = {}
     for j, task in enumerate(tasks):
         y = targets[:, j]
-        labelled = int((y != MISSING).sum())
-        if labelled == 0:
+        labelled = (y != MISSING).sum()
+        if y.device.type == "cpu" and int(labelled) == 0:
             continue
-        ce = F.cross_entropy(logits[task], y, weight=class_weights[task], ignore_index=MISSING, reduction="none")
-        loss = ce.sum() / labelled
-        parts[task] = float(loss.detach())
+        ce = F.cross_entropy(logits[task].float(), y, weight=class_weights[task], ignore_index=MISSING,
+                             reduction="none")
+        loss = ce.sum() / labelled.clamp(min=1)
+        parts[task] = loss.detach()
         total = total + task_weights.get(task, 1.0) * loss
     return total, parts
 
@@ -172,6 +181,10 @@ class Trainer:
     def __init__(self, config: TrainConfig, progress: bool = True):
         self.config, self.progress = config, progress
         set_threads(config.threads)
+        self.device = resolve_device(config.device)
+        if config.augment_on not in AUGMENT_ON:
+            raise CeladonError(f"augment_on: {config.augment_on!r} is not one of {', '.join(AUGMENT_ON)}")
+        self.on_device = config.augment_on == "device" or (config.augment_on == "auto" and on_gpu(self.device))
         self.out = Path(config.out)
         self.taxonomy = load_taxonomy(config.taxonomy)
         self.tasks = config.tasks or self.taxonomy.task_names
@@ -212,6 +225,7 @@ class Trainer:
         self.epoch_size = int(round(len(real.rows) / (1 - config.synthetic_ratio))) if grow else len(real.rows)
         val_samples = prepare_samples(self.val_manifest, self.tasks, cache, progress=progress)
         pixels = cache.array()  # after every image is cached: the memmap's shape is fixed when opened
+        self.pixels = pixels
         self.train_set = CachedDataset(pixels, self.samples, train_transform(config.image_size))
         self.val_set = CachedDataset(pixels, val_samples, eval_transform(config.image_size))
         self.class_weights = {}  # from the real training counts: the same in every arm of a study
@@ -220,11 +234,11 @@ class Trainer:
             counts = np.bincount(labels[labels != MISSING], minlength=len(self.taxonomy.task(task).codes))
             self.class_weights[task] = torch.tensor(
                 effective_number_weights(counts, config.class_weight_beta, config.class_weight_cap),
-                dtype=torch.float32)
+                dtype=torch.float32, device=self.device)
         n_classes = {t: len(self.taxonomy.task(t).codes) for t in self.tasks}
         torch.manual_seed(config.seed)
         self.model = MultiTaskNet(ModelConfig(config.backbone, config.weights, n_classes, config.projection,
-                                              config.dropout)).to(memory_format=torch.channels_last)
+                                              config.dropout)).to(self.device, memory_format=torch.channels_last)
         head_ids = {id(p) for p in self.model.head_parameters()}
         self.optimizer = torch.optim.AdamW(
             [{"params": [p for p in self.model.parameters() if id(p) not in head_ids], "lr": config.lr_backbone},
@@ -246,13 +260,20 @@ class Trainer:
         torch.manual_seed(self._epoch_seed(epoch))
         draws = epoch_draws(self.real_weights, self.n_synthetic, self.config.synthetic_ratio,
                             self.steps_per_epoch * self.config.batch_size, self._epoch_seed(epoch))
-        loader = DataLoader(self.train_set, batch_size=self.config.batch_size, sampler=draws,
-                            num_workers=self.config.workers)
-        totals: dict[str, float] = {"loss": 0.0}
+        if self.on_device:
+            loader = DeviceBatches(self.pixels, self.samples, draws, self.config.batch_size, self.config.image_size,
+                                   self.device, self._epoch_seed(epoch))
+        else:
+            loader = DataLoader(self.train_set, batch_size=self.config.batch_size, sampler=draws,
+                                num_workers=self.config.workers, pin_memory=on_gpu(self.device))
+        totals: dict[str, torch.Tensor] = {}
         batches = 0
         bar = tqdm(loader, total=self.steps_per_epoch, desc=f"epoch {epoch}", disable=not self.progress, leave=False)
         for images, targets in bar:
-            logits = self.model(normalise(jitter_colours(images), self.model.mean, self.model.std))
+            images = images.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            with autocast(self.device):
+                logits = self.model(normalise(jitter_colours(images), self.model.mean, self.model.std))
             loss, parts = multitask_loss(logits, targets, self.tasks, self.class_weights, self.config.task_weights)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -260,17 +281,17 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             batches += 1
-            value = float(loss.detach())
-            totals["loss"] += value
-            for task, part in parts.items():
-                totals[f"loss_{task}"] = totals.get(f"loss_{task}", 0.0) + part
-            bar.set_postfix(loss=f"{value:.3f}")
+            for key, value in {"loss": loss.detach(), **{f"loss_{t}": v for t, v in parts.items()}}.items():
+                totals[key] = totals.get(key, 0) + value  # summed on the device: no wait per step
+            if batches % 10 == 1:
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         synthetic = sum(1 for i in draws if i >= self.n_real)
-        return {**{k: v / max(batches, 1) for k, v in totals.items()}, "optimizer_steps": batches,
+        means = {k: float(v) / max(batches, 1) for k, v in totals.items()}
+        return {"loss": means.pop("loss", 0.0), **means, "optimizer_steps": batches,
                 "real_presentations": len(draws) - synthetic, "synthetic_presentations": synthetic}
 
     def validate(self) -> dict[str, float]:
-        logits = predict_logits(self.model, self.val_set, self.config.batch_size)
+        logits = predict_logits(self.model, self.val_set, self.config.batch_size, self.device)
         result = {}
         for j, task in enumerate(self.tasks):
             metrics = task_metrics(self.val_set.samples.targets[:, j], logits[task], self.taxonomy.task(task).codes)
@@ -299,9 +320,10 @@ class Trainer:
         elif (ckpt / "latest.json").exists():
             raise CeladonError(f"{self.out} already holds a training run; pass --resume to continue it, "
                                "or choose another --out")
-        write_run_info(self.out, "train", self.config, self.config.seed)
+        write_run_info(self.out, "train", self.config, self.config.seed, self.device)
         writer = self._tensorboard(start)
-        print(f"backbone {self.config.backbone}: {self.model.pretrained}")
+        path = "augmented on the device" if self.on_device else "augmented per image in the loader"
+        print(f"backbone {self.config.backbone}: {self.model.pretrained}; on {self.device}, images {path}")
         for epoch in range(start, self.config.epochs + 1):
             if state["stale"] >= self.config.patience:
                 break

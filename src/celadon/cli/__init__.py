@@ -63,6 +63,8 @@ def _run_overrides(args: argparse.Namespace) -> dict:
     overrides: dict = {}
     if args.out:
         overrides["out"] = args.out
+    if args.device:
+        overrides["device"] = args.device
     if args.seeds:
         try:
             overrides["seeds"] = [int(s) for s in args.seeds.split(",")]
@@ -75,7 +77,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     """`celadon run CONFIG` and `celadon demo` (= `celadon run demo`)."""
     from celadon.experiment.study import run_study
 
-    run_study(args.config, _run_overrides(args), args.set, progress=not args.quiet)
+    settings = list(args.set)
+    if args.gpus:  # generation: one concurrent shard per GPU (the other stages use one GPU)
+        settings.append(f"synthesis.generate.devices=[{','.join(f'cuda:{i}' for i in range(args.gpus))}]")
+    run_study(args.config, _run_overrides(args), settings, progress=not args.quiet)
     return 0
 
 
@@ -111,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (demo, run):
         p.add_argument("--out", help="output folder (default: the config's out)")
         p.add_argument("--seeds", help="comma-separated seeds (default: the config's)")
+        p.add_argument("--device", help="auto (the GPU when there is one; the default), cpu, cuda or cuda:N: "
+                                        "every stage that runs a network")
+        p.add_argument("--gpus", type=int, metavar="N", help="generate on N GPUs at once (one shard each)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config setting, e.g. --set classifier.epochs=10 (repeatable)")
 

@@ -10,6 +10,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+DEVICE_HELP = "auto (the GPU when there is one), cpu, cuda or cuda:N"
+
 
 def cmd_train(args: argparse.Namespace) -> int:
     from celadon.classify.train import TrainConfig, train
@@ -53,11 +55,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from celadon.classify.predict import expand_images, load_model, predict_images
     from celadon.classify.train import set_threads
+    from celadon.device import resolve_device
     from celadon.errors import CeladonError
     from celadon.runinfo import atomic_write_text, write_json
 
     set_threads(0)
-    loaded = load_model(args.model_dir)
+    loaded = load_model(args.model_dir, resolve_device(args.device))
     paths = expand_images(args.images)
     if not paths:
         raise CeladonError(f"no images found in {' '.join(args.images)}")
@@ -87,7 +90,7 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     from celadon.classify.bench import BenchConfig, bench_train
 
     result = bench_train(BenchConfig(args.backbone, args.image_size, args.batch_size, args.steps, args.source_size,
-                                     args.threads, args.data, args.cache_dir, args.workers),
+                                     args.threads, args.data, args.cache_dir, args.workers, args.device),
                          progress=not args.quiet)
     print(json.dumps(result, indent=2))
     print(f"ratios: cached/compute {result['cached_vs_compute']:.2f} (target >= 0.85), "
@@ -114,6 +117,7 @@ def add_parsers(stages, add):
     p.add_argument("model_dir")
     p.add_argument("images", nargs="+")
     p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--csv")
     p.add_argument("--json")
 
@@ -129,4 +133,5 @@ def add_parsers(stages, add):
     p.add_argument("--data", default="runs/bench-data")
     p.add_argument("--cache-dir", default="runs/bench-cache")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers for both pipelines")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     return verbs

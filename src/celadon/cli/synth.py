@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 
@@ -64,6 +65,8 @@ def cmd_train_lora(args: argparse.Namespace) -> int:
 
     config = config_from_args(LoraConfig, args, "synth train-lora", required=("data", "out"))
     folder = train_lora(config, progress=not args.quiet)
+    if os.environ.get("RANK", "0") != "0":  # one of several `accelerate launch` processes: the first one reports
+        return 0
     print(f"LoRA written to {folder} (diffusers format; kohya/A1111 keys in {folder}/kohya); "
           f"sample grids in {config.out}/samples")
     return 0
@@ -101,7 +104,9 @@ def cmd_bench_lora(args: argparse.Namespace) -> int:
     from celadon.synth.bench import bench_lora
     from celadon.synth.lora import LoraConfig
 
-    result = bench_lora(LoraConfig(data=args.data, model=args.model, batch_size=args.batch_size, threads=args.threads),
+    result = bench_lora(LoraConfig(data=args.data, model=args.model, batch_size=args.batch_size, threads=args.threads,
+                                   resolution=args.resolution, mixed_precision=args.mixed_precision,
+                                   device=args.device, gradient_checkpointing=args.gradient_checkpointing),
                         steps=args.steps)
     for name in ("recipe", "celadon"):
         print(f"{name:>8}: {result[name]['steps_per_s']:.3f} steps/s (run {result[name]['wall_s']:.0f} s)")
@@ -231,13 +236,17 @@ def add_parsers(stages, add, bench_verbs) -> None:
 
     p = add(bench_verbs, "lora", cmd_bench_lora, "LoRA steps/s: cached latents vs the diffusers recipe")
     p.add_argument("data", help="a folder from `celadon synth caption`")
-    p.add_argument("--model", default="tiny")
+    p.add_argument("--model", default="tiny", help="tiny, sd15-random (SD 1.5's size, random weights) or a path")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--resolution", type=int, default=0, help="0: the model's own (512 for SD 1.5)")
+    p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: the free cores)")
 
     from celadon.synth.generate import GENERATORS
 
     p = add(bench_verbs, "generate", cmd_bench_generate, "images/s: celadon generate vs a plain pipeline loop")
-    _generation_arguments(p, "out", "shard", *GENERATORS["img2img"].settings, "generator")  # txt2img only
+    _generation_arguments(p, "out", "shard", "devices", *GENERATORS["img2img"].settings, "generator")  # txt2img only
     p.add_argument("--items", type=int, default=16)

@@ -57,7 +57,7 @@ class Distances:
 
 
 def image_distances(real: np.ndarray, synthetic: np.ndarray, inception: str | None = None,
-                    batch_size: int = 32, seed: int = 0) -> Distances:
+                    batch_size: int = 32, seed: int = 0, device: str = "cpu") -> Distances:
     """FID and KID of two uint8 NHWC arrays of the same size. KID's random subsets come from `seed`, so the same
     images always give the same figures (a resumed study's results equal an uninterrupted one's)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
@@ -81,9 +81,11 @@ def image_distances(real: np.ndarray, synthetic: np.ndarray, inception: str | No
         fid = FrechetInceptionDistance(feature=extractor, input_img_size=(3, 224, 224))
         kid = KernelInceptionDistance(feature=extractor, subset_size=subset)
         label = LITE0_LABEL
+    fid, kid = fid.to(device), kid.to(device)
     for array, is_real in ((real, True), (synthetic, False)):
         for start in range(0, len(array), batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(array[start:start + batch_size])).permute(0, 3, 1, 2)
+            batch = batch.to(device)
             fid.update(batch, real=is_real)
             kid.update(batch, real=is_real)
     with torch.random.fork_rng():  # torchmetrics draws KID's subsets from torch's global generator

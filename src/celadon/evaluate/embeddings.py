@@ -18,6 +18,7 @@ import torch  # noqa: E402
 
 from celadon.data.images import load_image  # noqa: E402
 from celadon.data.manifest import Manifest, read_manifest  # noqa: E402
+from celadon.device import resolve_device  # noqa: E402
 from celadon.runinfo import atomic_write_text  # noqa: E402
 from celadon.taxonomy import load_taxonomy  # noqa: E402
 
@@ -33,22 +34,22 @@ def _sample(manifest: Manifest, n: int, seed: int) -> Manifest:
 
 
 @torch.no_grad()
-def image_features(manifest: Manifest, batch_size: int = 32) -> np.ndarray:
+def image_features(manifest: Manifest, batch_size: int = 32, device: str = "cpu") -> np.ndarray:
     from celadon.data.images import resize_square
     from celadon.evaluate.distances import Lite0Features
 
-    extractor = Lite0Features()
+    extractor = Lite0Features().to(device)
     paths = manifest.image_paths()
     chunks = []
     for start in range(0, len(paths), batch_size):
         pixels = np.stack([resize_square(load_image(p), FEATURE_SIZE) for p in paths[start:start + batch_size]])
-        chunks.append(extractor(torch.from_numpy(pixels).permute(0, 3, 1, 2)).float().numpy())
+        chunks.append(extractor(torch.from_numpy(pixels).permute(0, 3, 1, 2).to(device)).float().cpu().numpy())
     return np.concatenate(chunks) if chunks else np.zeros((0, 1280), dtype=np.float32)
 
 
 def tsne_real_vs_synthetic(splits: str | Path, synthetic: dict[str, str | Path], out_dir: str | Path,
                            per_set: int = 300, seed: int = 0, taxonomy: str | None = None,
-                           label_task: str | None = None) -> Path:
+                           label_task: str | None = None, device: str = "auto") -> Path:
     """Embed up to `per_set` real training images and as many of each synthetic set; write `tsne.csv` and
     `tsne.png` (left: by set; right: by `label_task`, default the taxonomy's confusion role, real as dots and
     synthetic as crosses)."""
@@ -60,7 +61,8 @@ def tsne_real_vs_synthetic(splits: str | Path, synthetic: dict[str, str | Path],
     real = real.subset((real.frame["split"] == "train").to_numpy() & (real.augmentation_seeds() < 0))
     sets = {"real": _sample(real, per_set, seed)}
     sets |= {name: _sample(read_manifest(table, tax), per_set, seed) for name, table in synthetic.items()}
-    features = np.concatenate([image_features(m) for m in sets.values()])
+    device = resolve_device(device)
+    features = np.concatenate([image_features(m, device=device) for m in sets.values()])
     frame = pd.concat([pd.DataFrame({"set": name, label_task: m.frame[label_task].to_numpy(),
                                      "path": [str(p) for p in m.image_paths()]}) for name, m in sets.items()],
                       ignore_index=True)

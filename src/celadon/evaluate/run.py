@@ -23,6 +23,7 @@ from celadon.classify.predict import (
 )
 from celadon.cpu import set_threads  # noqa: E402
 from celadon.data.manifest import read_manifest  # noqa: E402
+from celadon.device import resolve_device  # noqa: E402
 from celadon.errors import CeladonError  # noqa: E402
 from celadon.runinfo import atomic_write_text, default_cache_dir, write_json, write_run_info  # noqa: E402
 from celadon.taxonomy import load_taxonomy  # noqa: E402
@@ -40,12 +41,14 @@ class EvaluateConfig:
     batch_size: int = 64
     cache_dir: str | None = None  # default $CELADON_CACHE or ~/.cache/celadon
     threads: int = 0  # torch threads (0: the cores other processes leave free)
+    device: str = "auto"  # auto (the GPU when there is one), cpu, cuda or cuda:N
     taxonomy: str | None = None  # default: the taxonomy the model was trained with
 
 
 def evaluate_model(config: EvaluateConfig, progress: bool = True) -> dict:
     set_threads(config.threads)
-    loaded = load_model(config.model_dir)
+    device = resolve_device(config.device)
+    loaded = load_model(config.model_dir, device)
     source = config.taxonomy or loaded.card.get("taxonomy", "")
     taxonomy = load_taxonomy(None if source.startswith("celadon:") or not source else source)
     manifest = read_manifest(config.splits, taxonomy)
@@ -59,7 +62,7 @@ def evaluate_model(config: EvaluateConfig, progress: bool = True) -> dict:
     cache = ImageCache(default_cache_dir(config.cache_dir), cache_resolution(loaded.image_size))
     samples = prepare_samples(part, tasks, cache, progress=progress)
     logits = predict_logits(loaded.model, CachedDataset(cache.array(), samples, eval_transform(loaded.image_size)),
-                            config.batch_size)
+                            config.batch_size, device)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {"schema": METRICS_SCHEMA, "split": config.split, "n_images": len(part), "model": str(config.model_dir),

@@ -83,6 +83,9 @@ class ExperimentConfig:
     statistics: StatisticsConfig = field(default_factory=StatisticsConfig)
     tsne_per_set: int = 300  # images per set (real, each synthetic set) in the t-SNE
     threads: int = 0  # torch threads (0: the cores other processes leave free)
+    # every stage that runs a network (classifier, evaluation, LoRA, generation, QC's judge, FID/KID, t-SNE):
+    # auto (the GPU when there is one), cpu, cuda or cuda:N; not part of any stage key, like threads
+    device: str = "auto"
     workers: int = 2  # processes for rendering and decoding
 
 

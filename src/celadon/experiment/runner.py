@@ -33,7 +33,7 @@ def make(cls, overrides: dict[str, Any], **owned: Any):
 def _settings(obj: Any, *drop: str) -> dict:
     """A stage config (or its dict) minus the paths the stage graph already encodes, for the stage key."""
     values = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(obj)
-    for key in ("out", "threads", "workers", "cache_dir", "allow_leakage", *drop):
+    for key in ("out", "threads", "device", "workers", "cache_dir", "allow_leakage", *drop):
         values.pop(key, None)
     return values
 
@@ -181,7 +181,7 @@ class Experiment:
                       synthetic=synthetic.info["table"] if synthetic else None,
                       synthetic_ratio=arm.ratio if synthetic and arm else 0.0,
                       synthetic_tasks=arm.tasks if synthetic and arm else None,
-                      threads=self.config.threads, log_tensorboard=False)
+                      threads=self.config.threads, device=self.config.device, log_tensorboard=False)
         settings = _settings(config, "splits", "synthetic", "taxonomy")  # the taxonomy is in the data stage's key
         training = self.stages.run("train", settings, inputs + ([synthetic] if synthetic else []),
                                    lambda p: self._fit(config, p, train), f"train {label} (seed {seed})")
@@ -192,7 +192,8 @@ class Experiment:
         from celadon.evaluate.run import EvaluateConfig, evaluate_model
 
         config = make(EvaluateConfig, self.config.evaluate, model_dir=str(training.path), split=split,
-                      splits=str(self.split_table), cache_dir=self.cache_dir, threads=self.config.threads)
+                      splits=str(self.split_table), cache_dir=self.cache_dir, threads=self.config.threads,
+                      device=self.config.device)
         return self.stages.run("evaluate", _settings(config, "model_dir", "splits"), [training, self.split_stage],
                                lambda p: {"mean_f1_macro": evaluate_model(dataclasses.replace(config, out=str(p)),
                                                                           progress=self.progress)["mean_f1_macro"]},
@@ -225,7 +226,7 @@ class Experiment:
         caption = self.stages.run("caption", {}, [runs.selection], lambda p: {"folder": str(write_lora_folder(
             read_manifest(runs.selection.info["table"], taxonomy), p, progress=self.progress,
             taxonomy=self.config.taxonomy).parent)}, "caption LoRA training set")
-        lora = make(LoraConfig, s.lora, model=s.model, threads=self.config.threads)
+        lora = make(LoraConfig, s.lora, model=s.model, threads=self.config.threads, device=self.config.device)
         model = {"model": s.model, "weights": model_fingerprint(s.model)}  # a rebuilt model redoes synthesis
         runs.lora = self.stages.run("lora", _settings(lora, "data", "model") | model, [caption],
                                     lambda p: {"folder": str(train_lora(dataclasses.replace(
@@ -262,9 +263,11 @@ class Experiment:
         lora = runs.lora if spec.get("lora", True) else None
         config = make(GenerateConfig, s.generate | {k: v for k, v in spec.items() if k != "lora"}, model=s.model,
                       plan=plan.info["table"], lora=str(lora.path) if lora else None, threads=self.config.threads,
+                      device=self.config.device,
                       real=runs.split.info["splits"], taxonomy=self.config.taxonomy)
         sources = [runs.split] if get_generator(config.generator).needs_sources else []
-        settings = _settings(generator_settings(config), "plan", "lora", "shard", "model", "real", "taxonomy") | model
+        settings = _settings(generator_settings(config), "plan", "lora", "shard", "devices", "model", "real",
+                             "taxonomy") | model
         return self.stages.run("generate", settings, [plan] + ([lora] if lora else []) + sources, lambda p: {
             "table": str(generate(dataclasses.replace(config, out=str(p)), progress=self.progress))},
             f"generate {label}")
@@ -275,6 +278,7 @@ class Experiment:
         config = make(QCConfig, {"fidelity_tasks": self.taxonomy.combination} | self.config.synthesis.qc,
                       table=generation.info["table"],
                       real=runs.split.info["splits"], model_dir=str(runs.reference.path), taxonomy=self.config.taxonomy,
+                      device=self.config.device,
                       judge_metrics=str(judge.path / "metrics.json") if judge else None)
 
         def work(path: Path) -> dict:
@@ -353,15 +357,19 @@ class Experiment:
         settings = {"per_set": self.config.tsne_per_set, "seed": self.config.seeds[0]}
         return self.stages.run("tsne", settings, [runs.split, *runs.generations.values()], lambda p: {
             "plot": str(tsne_real_vs_synthetic(runs.split.info["splits"], sets, p, self.config.tsne_per_set,
-                                               self.config.seeds[0], self.config.taxonomy))},
+                                               self.config.seeds[0], self.config.taxonomy,
+                                               device=self.config.device))},
             "t-SNE real vs synthetic")
 
 
 def run_experiment(config: ExperimentConfig, progress: bool = True) -> Path:
     """Run (or resume) every stage, then write results and the report; returns report.html."""
+    from celadon.device import resolve_device
     from celadon.experiment.results import collect_results
     from celadon.report.html import write_report
 
+    for device in (config.device, *config.synthesis.generate.get("devices", ())):
+        resolve_device(device)  # a missing GPU stops the study before its first stage, not after
     began = time.perf_counter()
     experiment = Experiment(config, progress)
     runs = experiment.run()

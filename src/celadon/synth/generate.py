@@ -18,7 +18,7 @@ import io
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -27,9 +27,10 @@ from tqdm import tqdm
 
 from celadon.cpu import set_threads
 from celadon.data.manifest import PATH_COLUMN
+from celadon.device import resolve_device
 from celadon.errors import CeladonError
 from celadon.runinfo import atomic_write_bytes, atomic_write_text, write_run_info
-from celadon.synth.pipeline import default_clip_skip, load_pipeline, resolve_device, resolve_profile
+from celadon.synth.pipeline import default_clip_skip, load_pipeline, resolve_profile
 
 PLAN_COLUMNS = ("item_id", "prompt", "negative_prompt", "seed")
 
@@ -48,6 +49,8 @@ class GenerateConfig:
     batch_size: int = 8  # images per pipeline call (each item keeps its own seed)
     shard: str = "0/1"  # i/n: this process generates every n-th item from i
     device: str = "auto"  # auto (the GPU when there is one), cpu, cuda, cuda:N
+    # several devices: one shard per device, run concurrently, merged when all are done (e.g. cuda:0,cuda:1)
+    devices: tuple[str, ...] = ()
     threads: int = 0  # torch threads (0: the cores other processes leave free)
     generator: str = "txt2img"  # a name in GENERATORS
     strength: float = 0.5  # img2img: share of the denoising redone on the source (0: the photo, 1: txt2img)
@@ -130,6 +133,8 @@ def generator_settings(config: GenerateConfig) -> dict:
     values = {k: v for k, v in asdict(config).items() if k not in unused}
     if config.generator == "txt2img":
         values.pop("generator")
+    if not config.devices:
+        values.pop("devices")
     return values
 
 
@@ -164,6 +169,33 @@ def _lora_file(path: str) -> str:
             return str(option / "pytorch_lora_weights.safetensors")
     raise CeladonError(f"--lora {path}: no LoRA weights there; give a `celadon synth train-lora` output folder "
                        "or a .safetensors LoRA file")
+
+
+def _generate_concurrently(plan: pd.DataFrame, config: GenerateConfig, progress: bool) -> Path:
+    """One `generate` process per device, shard i of n on device i; each writes its items atomically (a killed
+    shard resumes where it stopped), and the table is collected once all are done: nothing missing or twice."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from celadon.cpu import usable_cores
+
+    if config.shard != "0/1":
+        raise CeladonError(f"--shard {config.shard} and --devices {','.join(config.devices)}: give one of them (the "
+                           "devices split the plan themselves)")
+    devices = [resolve_device(d) for d in config.devices]  # every device checked before any process starts
+    count = len(devices)
+    threads = config.threads or max(1, usable_cores() // count)  # shards on one CPU share its cores
+    shards = [replace(config, devices=(), device=d, shard=f"{i}/{count}", threads=threads)
+              for i, d in enumerate(devices)]
+    write_run_info(config.out, "synth generate", asdict(config), device=",".join(devices))
+    with ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for future in [pool.submit(generate, shard, False) for shard in shards]:
+            future.result()  # a shard's CeladonError arrives here as itself
+    table = collect(plan, Path(config.out))
+    write_run_info(config.out, "synth generate", asdict(config), device=",".join(devices))  # over the shards'
+    if progress:
+        print(f"{count} shards on {', '.join(devices)}: {len(plan)} items")
+    return table
 
 
 def prepare_generator_pipeline(config: GenerateConfig, fuse: bool = True):
@@ -202,7 +234,8 @@ def _call_kwargs(config: GenerateConfig) -> dict:
 
 
 def generate(config: GenerateConfig, progress: bool = True) -> Path:
-    """Generate every pending item of this shard; returns the metadata table (`generated.csv`)."""
+    """Generate every pending item of this shard (of every shard, one process per device, when `devices` names
+    several); returns the metadata table (`generated.csv`)."""
     set_threads(config.threads)
     method = get_generator(config.generator)
     plan = read_plan(config.plan)
@@ -211,7 +244,12 @@ def generate(config: GenerateConfig, progress: bool = True) -> Path:
     index, count = parse_shard(config.shard)
     out = Path(config.out)
     _check_same_settings(out, config)
-    write_run_info(out, "synth generate", asdict(config))
+    if len(config.devices) > 1:
+        return _generate_concurrently(plan, config, progress)
+    if config.devices:
+        config = replace(config, device=config.devices[0], devices=())
+    device = resolve_device(config.device)
+    write_run_info(out, "synth generate", asdict(config), device=device)
     mine = plan.iloc[index::count]
     pending = mine[[not (out / "items" / f"{item}.json").exists() for item in mine["item_id"]]]
     if len(pending):
@@ -247,7 +285,7 @@ def _with_sources(plan: pd.DataFrame, config: GenerateConfig) -> pd.DataFrame:
 def _check_same_settings(out: Path, config: GenerateConfig) -> None:
     """Resuming is only sound with the settings the finished images were made with (shards may differ)."""
     settings = {k: v for k, v in generator_settings(config).items()
-                if k not in ("out", "shard", "batch_size", "threads", "device")}
+                if k not in ("out", "shard", "batch_size", "threads", "device", "devices")}
     settings["plan"] = str(Path(config.plan).resolve())
     stamp = out / "generation.json"
     if stamp.exists():

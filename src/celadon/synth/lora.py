@@ -23,13 +23,13 @@ from tqdm import tqdm
 from celadon.checkpoint import load_checkpoint, save_checkpoint, save_tensors
 from celadon.cpu import set_threads
 from celadon.data.images import load_image
+from celadon.device import resolve_device
 from celadon.errors import CeladonError
 from celadon.runinfo import append_csv_row, atomic_write_text, write_json, write_run_info
 from celadon.synth.pipeline import (
     default_clip_skip,
     load_pipeline,
     min_snr_weight,
-    resolve_device,
     resolve_profile,
     save_grid,
 )
@@ -103,6 +103,18 @@ def _encode_prompts(pipe, texts: list[str], clip_skip: int | None) -> torch.Tens
     return embeds
 
 
+def encode_for_training(pipe, text_encoder, texts: list[str], clip_skip: int | None) -> torch.Tensor:
+    """`pipe.encode_prompt`'s embeddings, computed through `text_encoder`: when it is trained on several
+    processes that is accelerate's DistributedDataParallel wrapper, whose forward synchronises its gradients
+    (calling the pipeline's own module would leave each process with its own text-encoder LoRA)."""
+    ids = pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
+                         return_tensors="pt").input_ids.to(pipe.device)
+    if not clip_skip:
+        return text_encoder(ids)[0]
+    hidden = text_encoder(ids, output_hidden_states=True).hidden_states[-(clip_skip + 1)]
+    return pipe.text_encoder.text_model.final_layer_norm(hidden)
+
+
 class _Batches:
     """Training inputs: cached latents/embeddings, or the recipe's per-step decode + VAE + text encoder."""
 
@@ -122,7 +134,7 @@ class _Batches:
                     self.embeds = torch.cat([_encode_prompts(pipe, self.texts[i:i + 64], config.clip_skip)
                                              for i in range(0, len(self.texts), 64)])
 
-    def get(self, index: torch.Tensor, flip: torch.Tensor, generator: torch.Generator):
+    def get(self, index: torch.Tensor, flip: torch.Tensor, generator: torch.Generator, text_encoder=None):
         pipe = self.pipe
         if self.config.cache:
             latents = self.latents[index, flip.long()]
@@ -133,7 +145,7 @@ class _Batches:
                 latents = pipe.vae.encode(x).latent_dist.sample(generator) * pipe.vae.config.scaling_factor
         texts = [self.texts[i] for i in index.tolist()]
         if self.config.train_text_encoder:
-            embeds = _encode_prompts(pipe, texts, self.config.clip_skip)
+            embeds = encode_for_training(pipe, text_encoder or pipe.text_encoder, texts, self.config.clip_skip)
         elif self.config.cache:
             embeds = self.embeds[index]
         else:
@@ -169,11 +181,11 @@ def _restore_lora(pipe, weights: dict[str, torch.Tensor], config: LoraConfig) ->
         raise refusal
 
 
-def prepare_pipeline(config: LoraConfig):
+def prepare_pipeline(config: LoraConfig, device: str | None = None):
     """The pipeline with fresh LoRA adapters on the UNet (and text encoder), everything else frozen."""
     from peft import LoraConfig as PeftLora
 
-    pipe = load_pipeline(config.model, resolve_device(config.device))
+    pipe = load_pipeline(config.model, device or resolve_device(config.device))
     for part in (pipe.unet, pipe.vae, pipe.text_encoder):
         part.requires_grad_(False)
     torch.manual_seed(config.seed)
@@ -229,18 +241,31 @@ def _repair_log(path: Path, step: int, row: dict | None) -> None:
 def train_lora(config: LoraConfig, progress: bool = True, stop_after: int | None = None,
                step_times: list[float] | None = None) -> Path:
     """Train (or resume) to `config.steps`; returns the exported LoRA folder. `stop_after` ends the run early
-    after that many steps of this invocation (as a kill would); `step_times` collects seconds per step."""
+    after that many steps of this invocation (as a kill would); `step_times` collects seconds per step.
+
+    Under `accelerate launch` with N processes it trains data-parallel: `batch_size` is per process, every
+    trained module (UNet, text encoder) is prepared by accelerate, and all processes draw the same global
+    batch (images, flips, noise, timesteps from one seeded generator) and each takes its slice, so N
+    processes train what one process would with N x batch_size."""
     from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
 
     set_threads(config.threads)
     device = resolve_device(config.device)
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=device == "cpu")
+    if config.clip_skip is None:
+        config = replace(config, clip_skip=default_clip_skip(config.model) or None)
+    # A clip skip leaves the text encoder's last layers out of the forward: DDP must not wait for their grads.
+    unused = DistributedDataParallelKwargs(find_unused_parameters=bool(config.train_text_encoder and config.clip_skip))
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=device == "cpu", kwargs_handlers=[unused])
+    if accelerator.num_processes > 1:
+        device = str(accelerator.device)  # one GPU per process, as the launcher assigned them
     records = read_caption_folder(config.data)
     out = Path(config.out)
-    write_run_info(out, "synth train-lora", asdict(config), config.seed)
-    pipe = prepare_pipeline(config)
+    if accelerator.is_main_process:
+        write_run_info(out, "synth train-lora", asdict(config), config.seed, device)
+    pipe = prepare_pipeline(config, device)
     resolution = config.resolution or resolve_profile(config.model).resolution
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     groups = [{"params": _cast_trainable_to_fp32(pipe.unet), "lr": config.learning_rate}]
@@ -249,8 +274,15 @@ def train_lora(config: LoraConfig, progress: bool = True, stop_after: int | None
     optimizer = torch.optim.AdamW(groups, weight_decay=1e-2)
     lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps,
                                  num_training_steps=config.steps)
-    unet, optimizer, lr_scheduler = accelerator.prepare(pipe.unet, optimizer, lr_scheduler)
-    generator = torch.Generator().manual_seed(config.seed + accelerator.process_index)
+    if config.train_text_encoder:
+        unet, text_encoder, optimizer, lr_scheduler = accelerator.prepare(pipe.unet, pipe.text_encoder, optimizer,
+                                                                          lr_scheduler)
+    else:
+        unet, optimizer, lr_scheduler = accelerator.prepare(pipe.unet, optimizer, lr_scheduler)
+        text_encoder = None
+    generator = torch.Generator().manual_seed(config.seed)  # the same on every process: one global batch
+    mine = slice(accelerator.process_index * config.batch_size, (accelerator.process_index + 1) * config.batch_size)
+    global_batch = config.batch_size * accelerator.num_processes
     step, log_row = 0, None
     if (found := load_checkpoint(out / "ckpt")) is not None:
         step, weights, state = found
@@ -259,8 +291,6 @@ def train_lora(config: LoraConfig, progress: bool = True, stop_after: int | None
         lr_scheduler.load_state_dict(state["lr_scheduler"])
         generator.set_state(state["generator"])
         log_row = state.get("log_row")
-    if config.clip_skip is None:
-        config = replace(config, clip_skip=default_clip_skip(config.model) or None)
     show = progress and accelerator.is_main_process
     batches = _Batches(pipe, records, config, resolution, show) if step < config.steps else None  # done: export only
     prompts = _validation_prompts(records, config)
@@ -275,11 +305,11 @@ def train_lora(config: LoraConfig, progress: bool = True, stop_after: int | None
     unet.train()
     while step < config.steps and (stop_after is None or step - first < stop_after):
         step_began = time.monotonic()
-        index = torch.randint(0, len(records), (config.batch_size,), generator=generator)
-        flip = torch.rand(config.batch_size, generator=generator) < 0.5
-        latents, embeds = batches.get(index, flip, generator)
-        noise = torch.randn(latents.shape, generator=generator).to(latents)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
+        index = torch.randint(0, len(records), (global_batch,), generator=generator)
+        flip = torch.rand(global_batch, generator=generator) < 0.5
+        latents, embeds = batches.get(index[mine], flip[mine], generator, text_encoder)
+        noise = torch.randn((global_batch, *latents.shape[1:]), generator=generator)[mine].to(latents)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (global_batch,), generator=generator)[mine]
         with accelerator.autocast():
             prediction = unet(noise_scheduler.add_noise(latents, noise, t.to(latents.device)), t.to(latents.device),
                               embeds).sample
@@ -296,8 +326,10 @@ def train_lora(config: LoraConfig, progress: bool = True, stop_after: int | None
             step_times.append(time.monotonic() - step_began)
         bar.update()
         bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            mean_loss = accelerator.reduce(loss.detach(), "mean").item()  # every process takes part
         if accelerator.is_main_process and (step % config.checkpoint_every == 0 or step == config.steps):
-            row = {"step": step, "loss": round(loss.item(), 5), "lr": lr_scheduler.get_last_lr()[0],
+            row = {"step": step, "loss": round(mean_loss, 5), "lr": lr_scheduler.get_last_lr()[0],
                    "seconds": round(time.monotonic() - started, 1)}
             # The checkpoint first, holding its own log row: a kill at any point leaves a log that the next
             # run can make exact (no row twice, none missing) and a sample grid it can redraw.

@@ -2,10 +2,14 @@
 
 Profiles: `tiny` is the SD-architecture model shipped in this package (64 px); `sd15` (or any path) is a
 local diffusers folder or a single `.safetensors`/`.ckpt` checkpoint. Nothing is ever downloaded.
+`sd15-random` is SD 1.5's architecture with seeded random weights: it measures speed at real size on a machine
+without the weights, so only `celadon bench` may load it (its images are noise).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +18,24 @@ from celadon.errors import CeladonError
 
 TINY_PATH = Path(__file__).parent / "assets" / "tiny-sd"
 DEFAULT_NEGATIVE = "low quality, blurry, modern, damaged, cracked"
+RANDOM_SD15 = "sd15-random"
+_BENCHMARKING = contextvars.ContextVar("celadon_benchmarking", default=False)
+
+
+@contextlib.contextmanager
+def benchmarking():
+    """Inside this block `sd15-random` loads; everywhere else it is refused."""
+    token = _BENCHMARKING.set(True)
+    try:
+        yield
+    finally:
+        _BENCHMARKING.reset(token)
+
+
+def _config_folder() -> Path:
+    from celadon.synth.sd15 import write_sd15_config
+
+    return write_sd15_config(Path(os.environ.get("CELADON_CACHE", Path.home() / ".cache" / "celadon")) / "sd15-config")
 
 
 @dataclass(frozen=True)
@@ -25,6 +47,11 @@ class Profile:
 
 def resolve_profile(model: str) -> Profile:
     """`tiny`, `sd15:/path` or a path -> where the weights are and the native resolution."""
+    if model == RANDOM_SD15:
+        if not _BENCHMARKING.get():
+            raise CeladonError(f"{RANDOM_SD15} has random weights and makes noise: it is for `celadon bench lora` "
+                               "and `celadon bench generate` only; give a local SD 1.5 folder or .safetensors file")
+        return Profile(_config_folder(), 512, half=True)
     if model == "tiny":
         if not (TINY_PATH / "model_index.json").exists():
             raise CeladonError(f"the shipped tiny model is missing from {TINY_PATH}; rebuild it with "
@@ -68,13 +95,6 @@ def _native_resolution(path: Path) -> int:
     unet = json.loads((path / "unet" / "config.json").read_text())
     vae = json.loads((path / "vae" / "config.json").read_text())
     return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-
-
-def resolve_device(device: str) -> str:
-    """`auto` -> the GPU when there is one, else the CPU."""
-    import torch
-
-    return device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def min_snr_weight(alphas_cumprod, timesteps, gamma: float):
@@ -126,15 +146,13 @@ def load_pipeline(model: str, device: str = "cpu"):
     if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1":  # set by --quiet; read here, not only at import
         silence_hf_progress_bars()
     try:
-        if profile.path.is_dir():
+        if model == RANDOM_SD15:
+            pipe = random_sd15_pipeline(dtype)
+        elif profile.path.is_dir():
             pipe = StableDiffusionPipeline.from_pretrained(profile.path, dtype=dtype, safety_checker=None,
                                                            requires_safety_checker=False, local_files_only=True)
         else:
-            from celadon.synth.sd15 import write_sd15_config
-
-            config = write_sd15_config(Path(os.environ.get("CELADON_CACHE", Path.home() / ".cache" / "celadon"))
-                                       / "sd15-config")
-            pipe = StableDiffusionPipeline.from_single_file(profile.path, config=str(config), dtype=dtype,
+            pipe = StableDiffusionPipeline.from_single_file(profile.path, config=str(_config_folder()), dtype=dtype,
                                                             safety_checker=None, requires_safety_checker=False,
                                                             local_files_only=True)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
@@ -147,6 +165,29 @@ def load_pipeline(model: str, device: str = "cpu"):
 
         pipe.unet.set_attn_processor(AttnProcessor2_0())
     return pipe.to(device)
+
+
+def random_sd15_pipeline(dtype=None, device: str = "cpu"):
+    """SD 1.5's UNet (860 M parameters), VAE and CLIP ViT-L text encoder from the shipped configs, weights drawn
+    from seed 0 (`device="meta"` builds the shapes without memory)."""
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from celadon.synth.sd15 import SCHEDULER, TEXT, UNET, VAE
+
+    def plain(config: dict) -> dict:
+        return {k: v for k, v in config.items() if not k.startswith("_")}
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        unet = UNet2DConditionModel.from_config(plain(UNET))
+        vae = AutoencoderKL.from_config(plain(VAE))
+        text_encoder = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in TEXT.items() if k != "architectures"}))
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=CLIPTokenizer.from_pretrained(
+        _config_folder() / "tokenizer"), unet=unet, scheduler=PNDMScheduler.from_config(plain(SCHEDULER)),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    return pipe.to(dtype=dtype) if dtype is not None and device != "meta" else pipe
 
 
 def save_grid(images, path: str | Path, columns: int = 4, labels: list[str] | None = None) -> Path:

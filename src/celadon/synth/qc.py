@@ -25,6 +25,7 @@ from celadon.data.check import scan_paths
 from celadon.data.duplicates import DEFAULT_NEAR_DISTANCE, find_duplicates, is_near_copy
 from celadon.data.images import ImageInfo, ImageReadError, load_image
 from celadon.data.manifest import Manifest, read_manifest, write_manifest
+from celadon.device import resolve_device
 from celadon.errors import CeladonError
 from celadon.runinfo import write_json, write_run_info
 from celadon.taxonomy import load_taxonomy
@@ -52,6 +53,7 @@ class QCConfig:
     inception: str | None = None  # local Inception-v3 weights for FID/KID; default EfficientNet-Lite0 features
     taxonomy: str | None = None
     seed: int = 0
+    device: str = "auto"  # for the judge and FID/KID features: auto (the GPU when there is one), cpu, cuda, cuda:N
 
 
 def image_statistics(img: Image.Image) -> dict[str, float]:
@@ -88,6 +90,7 @@ def run_qc(config: QCConfig, progress: bool = True) -> dict:
     taxonomy = load_taxonomy(config.taxonomy)
     if config.fidelity_tasks is None:
         config = replace(config, fidelity_tasks=taxonomy.combination)
+    config = replace(config, device=resolve_device(config.device))  # a missing GPU fails before any work
     synthetic = read_manifest(config.table, taxonomy)
     if len(synthetic) == 0:
         raise CeladonError(f"{config.table}: no synthetic images to check")
@@ -207,7 +210,7 @@ def _label_fidelity(synthetic: Manifest, images: dict[int, Image.Image], config:
         return {}, {}
     from celadon.classify.predict import load_model, predict_images
 
-    loaded = load_model(config.model_dir)
+    loaded = load_model(config.model_dir, resolve_device(config.device))
     tasks = [t for t in config.fidelity_tasks if t in loaded.model.task_names]
     recall = _judge_recall(config, tasks)
     readable = sorted(images)
@@ -258,7 +261,8 @@ def _summary(table: pd.DataFrame, reasons: list[list[tuple[str, str]]], fidelity
     size = 128
     real = np.stack([resize_square(img, size) for img in real_images])
     fake = np.stack([resize_square(images[i], size) for i in sorted(images)]) if images else np.zeros((0,))
-    distances = asdict(image_distances(real, fake, config.inception, seed=config.seed)) if len(fake) >= 2 else None
+    distances = (asdict(image_distances(real, fake, config.inception, seed=config.seed,
+                                        device=resolve_device(config.device))) if len(fake) >= 2 else None)
     return {"n_images": len(table), "n_pass": int(table["qc_pass"].sum()),
             "pass_rate": float(table["qc_pass"].mean()), "reasons": dict(sorted(counts.items())),
             "label_fidelity": fidelity, "distances": distances, "real_reference": len(real_images)}

