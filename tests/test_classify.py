@@ -228,3 +228,16 @@ def test_sampler_choice():
     hierarchical = sample_weights(manifest, samples, ["type"], "auto")  # no glaze task: 1/sqrt(n) combinations
     assert hierarchical.tolist() == pytest.approx(combination_sample_weights(manifest.combination_keys()).tolist())
     assert sample_weights(manifest, samples, ["type"], "none").tolist() == [1.0] * 5
+
+
+def test_frozen_depthwise_kernels_stay_put_while_the_rest_trains(tiny_splits, tmp_path):
+    trainer = Trainer(tiny_config(tiny_splits, tmp_path / "frozen", epochs=1, train_depthwise=False), progress=False)
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    trainer.fit()
+    depthwise = {f"backbone.{name}.weight" for name, m in trainer.model.backbone.named_modules()
+                 if isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels}
+    assert len(depthwise) >= 10
+    after = dict(trainer.model.named_parameters())
+    assert all(torch.equal(before[name], after[name]) for name in depthwise)
+    moved = [name for name in after if name not in depthwise and not torch.equal(before[name], after[name])]
+    assert len(moved) > 0.9 * (len(after) - len(depthwise))  # pointwise convs, norms, heads: all trained

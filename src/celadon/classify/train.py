@@ -61,6 +61,9 @@ class TrainConfig:
     weights: str = "auto"  # auto (offline ImageNet weights where shipped), none, or a weights file
     projection: bool = True  # a shared projection layer before the task heads
     dropout: float = 0.5
+    # False freezes the backbone's depthwise kernels (4% of EfficientNet-Lite0's weights, whose weight gradient
+    # is about half of a CPU training step); everything else still trains
+    train_depthwise: bool = True
     image_size: int = 224
     batch_size: int = 64
     epochs: int = 50
@@ -93,6 +96,15 @@ class TrainConfig:
     max_steps_per_epoch: int = 0  # 0 = one pass over the training draws
     allow_leakage: bool = False  # train although copies of one image sit in two splits (stated, not silent)
     log_tensorboard: bool = True  # TensorBoard event files beside history.csv
+
+    def key_settings(self) -> dict:
+        """What decides the trained model, for a study's stage key: settings added since studies began count only
+        where they differ from their defaults (so the keys of earlier studies hold)."""
+        values = asdict(self)
+        for name, default in (("train_depthwise", True), ("augment_on", "auto")):
+            if values[name] == default:
+                values.pop(name)
+        return values
 
 
 def load_synthetic(path: str, taxonomy: Taxonomy) -> Manifest:
@@ -239,6 +251,10 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.model = MultiTaskNet(ModelConfig(config.backbone, config.weights, n_classes, config.projection,
                                               config.dropout)).to(self.device, memory_format=torch.channels_last)
+        if not config.train_depthwise:
+            for module in self.model.backbone.modules():
+                if isinstance(module, torch.nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels:
+                    module.weight.requires_grad_(False)
         head_ids = {id(p) for p in self.model.head_parameters()}
         self.optimizer = torch.optim.AdamW(
             [{"params": [p for p in self.model.parameters() if id(p) not in head_ids], "lr": config.lr_backbone},

@@ -182,7 +182,8 @@ class Experiment:
                       synthetic_ratio=arm.ratio if synthetic and arm else 0.0,
                       synthetic_tasks=arm.tasks if synthetic and arm else None,
                       threads=self.config.threads, device=self.config.device, log_tensorboard=False)
-        settings = _settings(config, "splits", "synthetic", "taxonomy")  # the taxonomy is in the data stage's key
+        # the taxonomy is in the data stage's key
+        settings = _settings(config.key_settings(), "splits", "synthetic", "taxonomy")
         training = self.stages.run("train", settings, inputs + ([synthetic] if synthetic else []),
                                    lambda p: self._fit(config, p, train), f"train {label} (seed {seed})")
         return training, self._evaluate(training, split, f"evaluate {label} on {split} (seed {seed})"
