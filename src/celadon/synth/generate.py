@@ -176,6 +176,7 @@ def _generate_concurrently(plan: pd.DataFrame, config: GenerateConfig, progress:
     shard resumes where it stopped), and the table is collected once all are done: nothing missing or twice."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     from celadon.cpu import usable_cores
 
@@ -189,8 +190,12 @@ def _generate_concurrently(plan: pd.DataFrame, config: GenerateConfig, progress:
               for i, d in enumerate(devices)]
     write_run_info(config.out, "synth generate", asdict(config), device=",".join(devices))
     with ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for future in [pool.submit(generate, shard, False) for shard in shards]:
-            future.result()  # a shard's CeladonError arrives here as itself
+        try:
+            for future in [pool.submit(generate, shard, False) for shard in shards]:
+                future.result()  # a shard's CeladonError arrives here as itself
+        except BrokenProcessPool:
+            raise CeladonError(f"{config.out}: a generation shard died (killed, or out of memory); run the same "
+                               "command again: finished images are kept and only the rest is generated") from None
     table = collect(plan, Path(config.out))
     write_run_info(config.out, "synth generate", asdict(config), device=",".join(devices))  # over the shards'
     if progress:

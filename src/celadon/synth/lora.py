@@ -145,7 +145,8 @@ class _Batches:
                 latents = pipe.vae.encode(x).latent_dist.sample(generator) * pipe.vae.config.scaling_factor
         texts = [self.texts[i] for i in index.tolist()]
         if self.config.train_text_encoder:
-            embeds = encode_for_training(pipe, text_encoder or pipe.text_encoder, texts, self.config.clip_skip)
+            encoder = pipe.text_encoder if text_encoder is None else text_encoder
+            embeds = encode_for_training(pipe, encoder, texts, self.config.clip_skip)
         elif self.config.cache:
             embeds = self.embeds[index]
         else:
