@@ -33,9 +33,10 @@ def benchmarking():
 
 
 def _config_folder() -> Path:
+    from celadon.runinfo import default_cache_dir
     from celadon.synth.sd15 import write_sd15_config
 
-    return write_sd15_config(Path(os.environ.get("CELADON_CACHE", Path.home() / ".cache" / "celadon")) / "sd15-config")
+    return write_sd15_config(default_cache_dir(None) / "sd15-config")
 
 
 @dataclass(frozen=True)
