@@ -241,3 +241,10 @@ def test_frozen_depthwise_kernels_stay_put_while_the_rest_trains(tiny_splits, tm
     assert all(torch.equal(before[name], after[name]) for name in depthwise)
     moved = [name for name in after if name not in depthwise and not torch.equal(before[name], after[name])]
     assert len(moved) > 0.9 * (len(after) - len(depthwise))  # pointwise convs, norms, heads: all trained
+
+
+def test_settings_added_later_enter_a_study_key_only_when_changed():
+    plain = TrainConfig(splits="s.csv").key_settings()
+    assert "train_depthwise" not in plain and "augment_on" not in plain and plain["epochs"] == 50
+    changed = TrainConfig(splits="s.csv", train_depthwise=False, augment_on="device").key_settings()
+    assert changed["train_depthwise"] is False and changed["augment_on"] == "device"
