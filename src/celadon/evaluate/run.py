@@ -81,7 +81,7 @@ def evaluate_model(config: EvaluateConfig, progress: bool = True) -> dict:
     _write_predictions(out, part, tasks, samples.targets, logits, loaded)
     result = defined(result)
     write_json(out / "metrics.json", result)
-    write_run_info(out, "evaluate", config)
+    write_run_info(out, "evaluate", config, device=device)
     return result
 
 

@@ -90,7 +90,7 @@ def run_qc(config: QCConfig, progress: bool = True) -> dict:
     taxonomy = load_taxonomy(config.taxonomy)
     if config.fidelity_tasks is None:
         config = replace(config, fidelity_tasks=taxonomy.combination)
-    config = replace(config, device=resolve_device(config.device))  # a missing GPU fails before any work
+    device = resolve_device(config.device)  # a missing GPU fails before any work
     synthetic = read_manifest(config.table, taxonomy)
     if len(synthetic) == 0:
         raise CeladonError(f"{config.table}: no synthetic images to check")
@@ -155,7 +155,7 @@ def run_qc(config: QCConfig, progress: bool = True) -> dict:
     write_manifest(synthetic.with_frame(table), out / "qc.csv")
     summary = _summary(table, reasons, fidelity, real_images, images, config)
     write_json(out / "qc_summary.json", summary)
-    write_run_info(out, "synth qc", asdict(config), config.seed)
+    write_run_info(out, "synth qc", asdict(config), config.seed, device)
     return summary
 
 
