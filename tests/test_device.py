@@ -111,3 +111,12 @@ def test_a_study_on_a_missing_gpu_stops_before_its_first_stage(no_gpu, tmp_path,
         assert main(["run", "demo", "--out", str(tmp_path / "study"), *flags, "--quiet"]) == 2
         assert "no CUDA GPU" in capsys.readouterr().err
         assert not (tmp_path / "study" / "stages").exists()
+
+
+def test_run_records_name_every_device_of_a_sharded_run(monkeypatch):
+    from celadon.runinfo import describe_device
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: f"GPU {index}")
+    assert describe_device("cpu") == "cpu" and describe_device("cpu,cpu") == "cpu,cpu"
+    assert describe_device("cuda") == "cuda:0 (GPU 0)"
+    assert describe_device("cuda:0,cuda:1") == "cuda:0 (GPU 0),cuda:1 (GPU 1)"

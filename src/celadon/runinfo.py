@@ -127,9 +127,11 @@ def write_run_info(out_dir: str | Path, command: str, config: Any, seed: int | N
 
 
 def describe_device(device: str) -> str:
-    """`cpu`, or `cuda:0 (NVIDIA H200)`: the device a run used, by name."""
+    """`cpu`, or `cuda:0 (NVIDIA H200)`: the device(s) a run used, by name (comma-separated for sharded runs)."""
     import torch
 
+    if "," in device:
+        return ",".join(describe_device(part) for part in device.split(","))
     if not device.startswith("cuda"):
         return device
     index = torch.device(device).index or 0
