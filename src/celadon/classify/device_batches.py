@@ -30,7 +30,7 @@ def warp_parameters(n: int, generator: torch.Generator) -> torch.Tensor:
     area = uniform(*SCALE)
     ratio = uniform(math.log(RATIO[0]), math.log(RATIO[1])).exp()
     width, height = (area * ratio).sqrt(), (area / ratio).sqrt()
-    # a crop wider (taller) than the photo keeps its area at full width (height), as torchvision's retry would
+    # a crop wider (taller) than the photo keeps its area at full width (height); torchvision would draw again
     width, height = torch.where(width > 1, 1.0, torch.where(height > 1, area, width)), \
         torch.where(height > 1, 1.0, torch.where(width > 1, area, height))
     centre_x, centre_y = uniform(-1, 1) * (1 - width), uniform(-1, 1) * (1 - height)
