@@ -237,7 +237,6 @@ class Trainer:
         self.epoch_size = int(round(len(real.rows) / (1 - config.synthetic_ratio))) if grow else len(real.rows)
         val_samples = prepare_samples(self.val_manifest, self.tasks, cache, progress=progress)
         pixels = cache.array()  # after every image is cached: the memmap's shape is fixed when opened
-        self.pixels = pixels
         self.train_set = CachedDataset(pixels, self.samples, train_transform(config.image_size))
         self.val_set = CachedDataset(pixels, val_samples, eval_transform(config.image_size))
         self.class_weights = {}  # from the real training counts: the same in every arm of a study
@@ -277,8 +276,8 @@ class Trainer:
         draws = epoch_draws(self.real_weights, self.n_synthetic, self.config.synthetic_ratio,
                             self.steps_per_epoch * self.config.batch_size, self._epoch_seed(epoch))
         if self.on_device:
-            loader = DeviceBatches(self.pixels, self.samples, draws, self.config.batch_size, self.config.image_size,
-                                   self.device, self._epoch_seed(epoch))
+            loader = DeviceBatches(self.train_set.pixels, self.samples, draws, self.config.batch_size,
+                                   self.config.image_size, self.device, self._epoch_seed(epoch))
         else:
             loader = DataLoader(self.train_set, batch_size=self.config.batch_size, sampler=draws,
                                 num_workers=self.config.workers, pin_memory=on_gpu(self.device))

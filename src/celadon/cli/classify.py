@@ -10,7 +10,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-DEVICE_HELP = "auto (the GPU when there is one), cpu, cuda or cuda:N"
+from celadon.cli.options import DEVICE_HELP
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -25,6 +25,9 @@ from celadon.errors import CeladonError
 _FIELD_LINE = re.compile(r"^\s{4}(\w+)\s*:")
 
 
+DEVICE_HELP = "auto (the GPU when there is one), cpu, cuda or cuda:N"
+
+
 @functools.cache
 def field_help(cls: type) -> dict[str, str]:
     """Each field's comment in the class source: the comment lines just above it, then its trailing one."""

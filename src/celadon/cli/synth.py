@@ -8,6 +8,8 @@ import json
 import os
 from pathlib import Path
 
+from celadon.cli.options import DEVICE_HELP
+
 
 def cmd_select(args: argparse.Namespace) -> int:
     from celadon.cli.options import config_from_args
@@ -242,7 +244,7 @@ def add_parsers(stages, add, bench_verbs) -> None:
     p.add_argument("--resolution", type=int, default=0, help="0: the model's own (512 for SD 1.5)")
     p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: the free cores)")
 
     from celadon.synth.generate import GENERATORS

@@ -188,7 +188,6 @@ def _generate_concurrently(plan: pd.DataFrame, config: GenerateConfig, progress:
     threads = config.threads or max(1, usable_cores() // count)  # shards on one CPU share its cores
     shards = [replace(config, devices=(), device=d, shard=f"{i}/{count}", threads=threads)
               for i, d in enumerate(devices)]
-    write_run_info(config.out, "synth generate", asdict(config), device=",".join(devices))
     with ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn")) as pool:
         try:
             for future in [pool.submit(generate, shard, False) for shard in shards]:
@@ -197,7 +196,7 @@ def _generate_concurrently(plan: pd.DataFrame, config: GenerateConfig, progress:
             raise CeladonError(f"{config.out}: a generation shard died (killed, or out of memory); run the same "
                                "command again: finished images are kept and only the rest is generated") from None
     table = collect(plan, Path(config.out))
-    write_run_info(config.out, "synth generate", asdict(config), device=",".join(devices))  # over the shards'
+    write_run_info(config.out, "synth generate", asdict(config), device=",".join(devices))  # over the shards' own
     if progress:
         print(f"{count} shards on {', '.join(devices)}: {len(plan)} items")
     return table

@@ -329,16 +329,16 @@ def train_lora(config: LoraConfig, progress: bool = True, stop_after: int | None
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % config.checkpoint_every == 0 or step == config.steps:
             mean_loss = accelerator.reduce(loss.detach(), "mean").item()  # every process takes part
-        if accelerator.is_main_process and (step % config.checkpoint_every == 0 or step == config.steps):
-            row = {"step": step, "loss": round(mean_loss, 5), "lr": lr_scheduler.get_last_lr()[0],
-                   "seconds": round(time.monotonic() - started, 1)}
-            # The checkpoint first, holding its own log row: a kill at any point leaves a log that the next
-            # run can make exact (no row twice, none missing) and a sample grid it can redraw.
-            save_checkpoint(out / "ckpt", step, _lora_state(pipe, config),
-                            {"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
-                             "generator": generator.get_state(), "log_row": row}, kind="step")
-            append_csv_row(out / "train_log.csv", row)
-            _sample_grid(pipe, prompts, resolution, config, out / "samples" / f"step_{step:05d}.png")
+            if accelerator.is_main_process:
+                row = {"step": step, "loss": round(mean_loss, 5), "lr": lr_scheduler.get_last_lr()[0],
+                       "seconds": round(time.monotonic() - started, 1)}
+                # The checkpoint first, holding its own log row: a kill at any point leaves a log that the next
+                # run can make exact (no row twice, none missing) and a sample grid it can redraw.
+                save_checkpoint(out / "ckpt", step, _lora_state(pipe, config),
+                                {"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
+                                 "generator": generator.get_state(), "log_row": row}, kind="step")
+                append_csv_row(out / "train_log.csv", row)
+                _sample_grid(pipe, prompts, resolution, config, out / "samples" / f"step_{step:05d}.png")
     bar.close()
     if step < config.steps:
         return out

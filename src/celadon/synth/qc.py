@@ -137,7 +137,8 @@ def run_qc(config: QCConfig, progress: bool = True) -> dict:
 
     source_bits = _source_copies(synthetic, synthetic_infos, config, reasons)
     masked: list[list[tuple[str, str]]] = [[] for _ in range(len(synthetic))]
-    predictions, fidelity = _label_fidelity(synthetic, images, config, masked if config.task_masks else reasons)
+    predictions, fidelity = _label_fidelity(synthetic, images, config, masked if config.task_masks else reasons,
+                                            device)
     table = synthetic.frame.copy()
     if source_bits is not None:
         table["source_distance"] = source_bits
@@ -153,7 +154,7 @@ def run_qc(config: QCConfig, progress: bool = True) -> dict:
         table["qc_masked"] = ["; ".join(message for _, message in m) for m in masked]
     out = Path(config.out)
     write_manifest(synthetic.with_frame(table), out / "qc.csv")
-    summary = _summary(table, reasons, fidelity, real_images, images, config)
+    summary = _summary(table, reasons, fidelity, real_images, images, config, device)
     write_json(out / "qc_summary.json", summary)
     write_run_info(out, "synth qc", asdict(config), config.seed, device)
     return summary
@@ -205,12 +206,12 @@ def _verified_tasks(synthetic: Manifest, predictions: dict[str, list],
 
 
 def _label_fidelity(synthetic: Manifest, images: dict[int, Image.Image], config: QCConfig,
-                    reasons: list[list[tuple[str, str]]]) -> tuple[dict[str, list], dict[str, float]]:
+                    reasons: list[list[tuple[str, str]]], device: str) -> tuple[dict[str, list], dict[str, float]]:
     if not config.model_dir:
         return {}, {}
     from celadon.classify.predict import load_model, predict_images
 
-    loaded = load_model(config.model_dir, resolve_device(config.device))
+    loaded = load_model(config.model_dir, device)
     tasks = [t for t in config.fidelity_tasks if t in loaded.model.task_names]
     recall = _judge_recall(config, tasks)
     readable = sorted(images)
@@ -250,7 +251,7 @@ def _judge_recall(config: QCConfig, tasks: list[str]) -> dict[str, dict[str, flo
 
 
 def _summary(table: pd.DataFrame, reasons: list[list[tuple[str, str]]], fidelity: dict[str, float],
-             real_images: list[Image.Image], images: dict[int, Image.Image], config: QCConfig) -> dict:
+             real_images: list[Image.Image], images: dict[int, Image.Image], config: QCConfig, device: str) -> dict:
     from celadon.data.images import resize_square
     from celadon.evaluate.distances import image_distances
 
@@ -262,7 +263,7 @@ def _summary(table: pd.DataFrame, reasons: list[list[tuple[str, str]]], fidelity
     real = np.stack([resize_square(img, size) for img in real_images])
     fake = np.stack([resize_square(images[i], size) for i in sorted(images)]) if images else np.zeros((0,))
     distances = (asdict(image_distances(real, fake, config.inception, seed=config.seed,
-                                        device=resolve_device(config.device))) if len(fake) >= 2 else None)
+                                        device=device)) if len(fake) >= 2 else None)
     return {"n_images": len(table), "n_pass": int(table["qc_pass"].sum()),
             "pass_rate": float(table["qc_pass"].mean()), "reasons": dict(sorted(counts.items())),
             "label_fidelity": fidelity, "distances": distances, "real_reference": len(real_images)}
