@@ -202,25 +202,6 @@ def test_the_report_is_rebuilt_from_results_json_and_the_files_it_names_alone(st
     assert "a file results.json names is missing" in capsys.readouterr().err
 
 
-def test_table6_real_column_is_the_judge_on_real_photos_of_the_plans_combinations(tmp_path):
-    from types import SimpleNamespace
-
-    from celadon.experiment.results import judge_on_real
-
-    (tmp_path / "predictions.csv").write_text(
-        "path,glaze,pred_glaze,type,pred_type\n"
-        "a.jpg,celadon,celadon,vase,vase\n"      # a planned combination, both right
-        "b.jpg,celadon,celadon,vase,jar\n"       # planned, type wrong
-        "c.jpg,black,celadon,bowl,bowl\n"        # planned, glaze wrong
-        "d.jpg,white,white,plate,plate\n")       # not in the plan: left out
-    plan = tmp_path / "plan.csv"
-    plan.write_text("item_id,glaze,type\ni0,celadon,vase\ni1,black,bowl\ni2,celadon,vase\n")
-    runs = SimpleNamespace(reference_eval=SimpleNamespace(path=tmp_path), config=SimpleNamespace(taxonomy=None))
-    real = judge_on_real(runs, plan, ["label fidelity glaze", "label fidelity type", "label fidelity glaze+type"])
-    assert real == {"images": 3.0, "label fidelity glaze": 2 / 3, "label fidelity type": 2 / 3,
-                    "label fidelity glaze+type": 1 / 3}
-
-
 def test_verdicts_need_the_adjusted_p_and_every_adjusted_interval():
     clear = {"n": 5, "p_adjusted": 0.01, "adj_low": 0.01, "adj_high": 0.03, "adj_boot_low": 0.005,
              "adj_boot_high": 0.04}

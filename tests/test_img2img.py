@@ -146,10 +146,12 @@ def test_task_masks_train_only_what_qc_verified(splits, tmp_path):
                  "--epochs", "1", "--max-steps-per-epoch", "1", "--threads", "1", "--cache-dir",
                  str(tmp_path / "cache"), "--quiet"]) == 0
     rows = []
+    sources = read_manifest(splits, load_taxonomy()).image_paths()
     for i in range(4):
         noise_image(700 + i, 32).save(tmp_path / f"s{i}.png")
-        rows.append({"path": f"s{i}.png", **IVORY, "item_id": f"i{i}",
-                     "source_shared": "dynasty,kiln,type" if i < 3 else ""})  # i3: txt2img, no source
+        rows.append({"path": f"s{i}.png", **IVORY, "item_id": f"i{i}",  # i3: txt2img, no source
+                     "source": str(sources[i].resolve()) if i < 3 else "",
+                     "source_shared": "dynasty,kiln,type" if i < 3 else ""})
     command = ["synth", "qc", str(tmp_path / "generated.csv"), "--real", str(splits), "--out", str(tmp_path / "qc"),
                "--model", str(tmp_path / "judge"), "--fidelity-tasks", "glaze,type", "--task-masks", "--quiet"]
     pd.DataFrame(rows).to_csv(tmp_path / "generated.csv", index=False)
@@ -168,6 +170,17 @@ def test_task_masks_train_only_what_qc_verified(splits, tmp_path):
         assert row["qc_pass"] == bool(expected)
         assert ("glaze looks like" in row["qc_masked"]) == ("glaze" not in judged)
         assert "looks like" not in row["qc_reasons"]  # masked, not failed
+    # The judge also read each source photo (what img2img started from), against the intended labels.
+    from celadon.classify.predict import load_model, predict_images
+
+    readings, _ = predict_images(load_model(tmp_path / "judge"), sources[:3], top_k=1)
+    assert qc["source_pred_type"].tolist() == [r["type"][0][0] for r in readings] + [""]
+    source_fidelity = json.loads((tmp_path / "qc" / "qc_summary.json").read_text())["source_fidelity"]
+    right = [(r["glaze"][0][0] == qc.at[f"i{i}", "glaze"], r["type"][0][0] == qc.at[f"i{i}", "type"])
+             for i, r in enumerate(readings)]
+    assert source_fidelity == {"glaze": pytest.approx(sum(g for g, _ in right) / 3),
+                               "type": pytest.approx(sum(t for _, t in right) / 3),
+                               "glaze+type": pytest.approx(sum(g and t for g, t in right) / 3)}
     assert main(["synth", "curate", str(tmp_path / "qc"), "--out", str(tmp_path / "curated"), "--quiet"]) == 0
     accepted = pd.read_csv(tmp_path / "curated" / "accepted.csv", keep_default_na=False).set_index("item_id")
     assert qc.at["i0", "qc_tasks"] == "dynasty,kiln,glaze,type" and qc.at["i3", "qc_tasks"] == "glaze,type"
@@ -175,36 +188,89 @@ def test_task_masks_train_only_what_qc_verified(splits, tmp_path):
     assert accepted["train_tasks"].to_dict() == passed["qc_tasks"].to_dict()
 
 
-def test_relative_fidelity_divides_by_the_judge_on_real_photos_of_the_same_combinations(tmp_path):
-    from celadon.experiment.results import relative_fidelity, table6
+# Constructed judge readings. Real validation photos (glaze, type, read glaze, read type): the plan's
+# celadon bowl has one photo (glaze misread), its white vase three (type misread once); black jars are not
+# in the plan. The plan: three celadon bowls, one white vase, one brown dish (no real photo of it).
+REAL_READINGS = [("celadon", "bowl", "white", "bowl"), ("white", "vase", "white", "vase"),
+                 ("white", "vase", "white", "vase"), ("white", "vase", "white", "jar"),
+                 ("black", "jar", "black", "jar"), ("black", "jar", "white", "jar")]
+PLAN = [("celadon", "bowl")] * 3 + [("white", "vase"), ("brown", "dish")]
+# Per generator, the judge's reading of each plan item, plus a sixth celadon bowl that was never judged.
+SYNTHETIC_READINGS = {
+    "img2img": [("celadon", "bowl"), ("white", "bowl"), ("white", "bowl"), ("white", "jar"), ("brown", "dish")],
+    "lora": [("white", "bowl")] * 3 + [("black", "vase"), ("white", "dish")]}
 
-    assert relative_fidelity({"lora": 0.3, "img2img": 0.54, "real photos": 0.6}, 0.6) == {
-        "lora": pytest.approx(0.5), "img2img": pytest.approx(0.9)}
-    assert relative_fidelity({"lora": None, "img2img": 0.2}, 0.0) == {"lora": None, "img2img": None}
-    # Constructed judge predictions on real validation photos: of the plan's two combinations, glaze right on
-    # 3 of 4 photos, type on 2 of 4, both on 2 of 4; a photo of another combination is not counted.
+
+def _readings(rows) -> pd.DataFrame:
+    return pd.DataFrame([{"path": f"v{i}.png", "glaze": g, "type": t, "pred_glaze": pg, "pred_type": pt}
+                         for i, (g, t, pg, pt) in enumerate(rows)])
+
+
+def test_relative_fidelity_weights_real_photos_to_the_plans_mix_of_combinations():
+    from celadon.evaluate.fidelity import relative_fidelity, standardised_real
+
+    real = _readings(REAL_READINGS)
+    plan = pd.DataFrame(PLAN, columns=["glaze", "type"])
+    keys = ["glaze", "type"]
+    # Pooled, the plan's four photos would give glaze 3/4; weighted 3:1 to the plan, (3*0 + 1*1)/4.
+    assert standardised_real(plan, real, keys, ["glaze"]) == pytest.approx(0.25)
+    assert standardised_real(plan, real, keys, ["type"]) == pytest.approx((3 * 1 + 2 / 3) / 4)
+    assert standardised_real(plan, real, keys, ["glaze", "type"]) == pytest.approx((2 / 3) / 4)
+    assert standardised_real(plan.iloc[4:], real, keys, ["glaze"]) is None  # no real photo of a brown dish
+    synthetic = _readings([(*c, *r) for c, r in zip(PLAN, SYNTHETIC_READINGS["img2img"], strict=True)]
+                          + [("celadon", "bowl", "", "")])
+    glaze = relative_fidelity(synthetic, real, keys, ["glaze"])
+    # The dish has no real photo and the unjudged bowl no reading: 4 items compared, 2 glazes right.
+    assert (glaze.items, glaze.photos, glaze.synthetic) == (4, 4, pytest.approx(0.5))
+    assert glaze.relative == pytest.approx(0.5 / 0.25)
+    assert relative_fidelity(synthetic, real, keys, ["type"]).relative == pytest.approx(0.75 / ((3 + 2 / 3) / 4))
+    both = relative_fidelity(synthetic, real, keys, ["glaze", "type"])
+    assert both.relative == pytest.approx(0.25 / ((2 / 3) / 4))
+    assert both.interval is None  # four photos: too many resamples lose every right reading to bound it
+    # Ten and forty times the items and photos (same mix): the same estimate, intervals around it that
+    # narrow about as 1/sqrt(n).
+    bigger, biggest = (relative_fidelity(pd.concat([synthetic] * n), pd.concat([real] * n), keys, ["glaze", "type"])
+                       for n in (10, 40))
+    assert bigger.relative == pytest.approx(both.relative) == biggest.relative
+    assert bigger.interval[0] < both.relative < bigger.interval[1]
+    assert biggest.interval[0] < both.relative < biggest.interval[1]
+    width = [b.interval[1] - b.interval[0] for b in (bigger, biggest)]
+    assert 0.35 < width[1] / width[0] < 0.65
+    never = relative_fidelity(pd.concat([synthetic.assign(pred_glaze="black")] * 10), pd.concat([real] * 10),
+                              keys, ["glaze"])
+    assert never.relative == 0.0 and never.interval == (0.0, 0.0)
+
+
+def test_table6_shows_standardised_real_photos_relative_fidelity_and_the_sources(tmp_path):
+    from celadon.experiment.results import table6
+
     reference = tmp_path / "reference"
     reference.mkdir()
-    rows = [("celadon", "bowl", "celadon", "bowl"), ("celadon", "bowl", "celadon", "vase"),
-            ("white", "vase", "white", "vase"), ("white", "vase", "black", "jar"), ("black", "jar", "white", "jar")]
-    pd.DataFrame([{"path": f"v{i}.png", "glaze": g, "type": t, "pred_glaze": pg, "pred_type": pt}
-                  for i, (g, t, pg, pt) in enumerate(rows)]).to_csv(reference / "predictions.csv", index=False)
+    _readings(REAL_READINGS).to_csv(reference / "predictions.csv", index=False)
     (reference / "metrics.json").write_text(json.dumps({"split": "val", "tasks": {"glaze": {"top1": 0.6}}}))
-    pd.DataFrame({"glaze": ["celadon", "white"], "type": ["bowl", "vase"]}).to_csv(tmp_path / "plan.csv")
-    for name, glaze, joint in (("lora", 0.3, 0.1), ("img2img", 0.6, 0.25)):
+    pd.DataFrame(PLAN, columns=["glaze", "type"]).to_csv(tmp_path / "plan.csv", index=False)
+    for name, readings in SYNTHETIC_READINGS.items():
         (tmp_path / name).mkdir()
-        (tmp_path / name / "qc_summary.json").write_text(json.dumps({
-            "n_images": 10, "pass_rate": 0.5, "reasons": {"copy_of_source": 2} if name == "img2img" else {},
-            "label_fidelity": {"glaze": glaze, "type": 0.5, "glaze+type": joint}}))
+        _readings([(*c, *r) for c, r in zip(PLAN, readings, strict=True)]).to_csv(tmp_path / name / "qc.csv",
+                                                                                   index=False)
+        summary = {"n_images": 5, "pass_rate": 0.5, "reasons": {"copy_of_source": 2} if name == "img2img" else {},
+                   "label_fidelity": {"glaze": 0.6, "type": 0.6, "glaze+type": 0.4}}
+        if name == "img2img":
+            summary["source_fidelity"] = {"glaze": 0.8, "type": 1.0, "glaze+type": 0.8}
+        (tmp_path / name / "qc_summary.json").write_text(json.dumps(summary))
     runs = SimpleNamespace(reference_eval=SimpleNamespace(path=reference), config=SimpleNamespace(taxonomy=None))
     table = table6(runs, {"lora": tmp_path / "lora", "img2img": tmp_path / "img2img"}, tmp_path / "plan.csv")
-    rows6 = table["rows"]
-    assert rows6["label fidelity glaze"]["real photos"] == 0.75 and rows6["label fidelity glaze+type"][
-        "real photos"] == 0.5
-    assert rows6["relative fidelity glaze"] == {"lora": pytest.approx(0.4), "img2img": pytest.approx(0.8)}
-    assert rows6["relative fidelity type"] == {"lora": pytest.approx(1.0), "img2img": pytest.approx(1.0)}
-    assert rows6["relative fidelity glaze+type"] == {"lora": pytest.approx(0.2), "img2img": pytest.approx(0.5)}
-    assert rows6["QC fails: copy of source"] == {"lora": None, "img2img": 2}
+    rows = table["rows"]
+    assert rows["label fidelity glaze"]["real photos"] == pytest.approx(0.25)
+    assert rows["label fidelity glaze+type"]["real photos"] == pytest.approx(1 / 6)
+    assert rows["relative fidelity glaze"] == {"lora": 0.0, "img2img": pytest.approx(2.0)}
+    assert rows["relative fidelity type"] == {"lora": pytest.approx(1 / (11 / 12)),
+                                              "img2img": pytest.approx(0.75 / (11 / 12))}
+    assert rows["relative fidelity type, 95% interval"] == {"lora": None, "img2img": None}  # too few photos
+    assert rows["items compared (their combination has real photos)"] == {"lora": 4, "img2img": 4}
+    assert rows["images"] == {"lora": 5, "img2img": 5, "real photos": 4}  # the black jars are not the plan's
+    assert rows["source photos: label fidelity type"] == {"lora": None, "img2img": 1.0}
+    assert rows["QC fails: copy of source"] == {"lora": None, "img2img": 2}
     assert table["judge_real_top1"] == {"glaze": 0.6}
 
 

@@ -175,54 +175,42 @@ def _json(path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def judge_on_real(runs, plan_table: str | Path, rows: list[str]) -> dict[str, float]:
-    """The reference classifier's label fidelity on *real validation* photos of the plan's combinations (of the
-    taxonomy's combination role): what synthetic images as convincing as real ones would score in Table 6 (a
-    judge that misreads real photos cannot vouch for synthetic ones). Validation, like every reading that
-    steers synthesis."""
-    predictions = read_predictions(runs.reference_eval.path)
-    plan = pd.read_csv(plan_table, dtype=str, keep_default_na=False)
-    keys = [k for k in load_taxonomy(runs.config.taxonomy).combination if k in plan and k in predictions]
-    combos = set(plan[keys].itertuples(index=False, name=None))
-    real = predictions[[c in combos for c in predictions[keys].itertuples(index=False, name=None)]]
-    column: dict[str, float] = {"images": float(len(real))}
-    for row in rows:
-        tasks = row.removeprefix("label fidelity ").split("+")
-        labelled = real[(real[tasks] != "").all(axis=1)]
-        if len(labelled):
-            agree = labelled[tasks].to_numpy() == labelled[[f"pred_{t}" for t in tasks]].to_numpy()
-            column[row] = float(agree.all(axis=1).mean())
-    return column
-
-
 def table6(runs, qc_folders: dict[str, Path], plan_table: str | Path) -> dict:
-    """The paper's Table 6 for QC runs on one plan, one column per generator, with the judge on real validation
-    photos of the same combinations and each label fidelity relative to it (synthetic / real: 1.0 = as
-    convincing to the judge as real photos)."""
+    """The paper's Table 6 for QC runs on one plan, one column per generator, with the judge on *real
+    validation* photos of the same combinations (of the taxonomy's combination role), weighted to the plan's
+    mix of them: what synthetic images as convincing as real ones would score. Relative fidelity divides the
+    two over the items whose combination has real photos (1.0 = as convincing to the judge as real photos),
+    with a bootstrap interval (celadon.evaluate.fidelity). Validation, like every reading that steers
+    synthesis."""
+    from celadon.evaluate.fidelity import relative_fidelity, standardised_real
     from celadon.synth.qc import compare_qc
 
-    table = compare_qc(qc_folders)
-    judge = _metrics(runs.reference_eval.path)["tasks"]
-    rows = {str(k): v for k, v in table.to_dict("index").items()}
-    fidelity = [r for r in rows if r.startswith("label fidelity ")]
-    real = judge_on_real(runs, plan_table, fidelity)
-    for row, values in rows.items():
-        values["real photos"] = real.get(row)  # None where it has no meaning (FID, QC pass rate)
-    for row in fidelity:
-        rows[row.replace("label fidelity", "relative fidelity")] = relative_fidelity(rows[row], real.get(row))
+    rows = {str(k): {n: None if pd.isna(v) else v for n, v in values.items()}  # a row some runs lack: None
+            for k, values in compare_qc(qc_folders).to_dict("index").items()}
+    real = read_predictions(runs.reference_eval.path)
+    plan = pd.read_csv(plan_table, dtype=str, keep_default_na=False)
+    keys = [k for k in load_taxonomy(runs.config.taxonomy).combination if k in plan and k in real]
+    items = {name: pd.read_csv(Path(folder) / "qc.csv", dtype=str, keep_default_na=False)
+             for name, folder in qc_folders.items()}
+    combos = set(plan[keys].itertuples(index=False, name=None))
+    rows["images"]["real photos"] = sum(c in combos for c in real[keys].itertuples(index=False, name=None))
+    for row in [r for r in rows if r.startswith("label fidelity ")]:
+        tasks = row.removeprefix("label fidelity ").split("+")
+        rows[row]["real photos"] = standardised_real(plan, real, keys, tasks)
+        relative = {name: relative_fidelity(frame, real, keys, tasks) for name, frame in items.items()}
+        metric = row.replace("label fidelity", "relative fidelity")
+        rows[metric] = {g: r.relative for g, r in relative.items()}
+        rows[f"{metric}, 95% interval"] = {g: list(r.interval) if r.interval else None for g, r in relative.items()}
+        if "+" not in row:  # the same items for every task; said once
+            rows["items compared (their combination has real photos)"] = {g: r.items for g, r in relative.items()}
     for row in ("copy_of_source", "no_verified_task"):
         counts = {name: _json(Path(folder) / "qc_summary.json")["reasons"].get(row) for name, folder in
                   qc_folders.items()}
         if any(counts.values()):
             rows[f"QC fails: {row.replace('_', ' ')}"] = counts
     # label fidelity is only as good as the judge: its top-1 on real validation photos
+    judge = _metrics(runs.reference_eval.path)["tasks"]
     return {"rows": rows, "judge_real_top1": {t: judge[t]["top1"] for t in judge}}
-
-
-def relative_fidelity(synthetic: dict[str, float | None], real: float | None) -> dict[str, float | None]:
-    """Each generator's label fidelity divided by the judge's on real photos (None where either is missing)."""
-    return {name: (value / real if value is not None and real else None) for name, value in synthetic.items()
-            if name != "real photos"}
 
 
 def training_budgets(runs) -> dict[str, dict]:

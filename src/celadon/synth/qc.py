@@ -4,7 +4,9 @@ Per image: integrity (decodes, expected size, not blank), image statistics again
 distribution (robust z-scores of brightness, contrast, saturation, sharpness: an image that no longer looks
 like a photo of a vessel), memorisation (near copy of a real training image, or of its own img2img source
 photo) and duplicates among the synthetic set, and label fidelity (a baseline classifier trained on real
-data agrees with the intended labels). Per set: FID and KID against the real images.
+data agrees with the intended labels; for img2img it also reads each source photo, `source_pred_<task>`, so
+a label lost in re-rendering can be told from one the judge never saw). Per set: FID and KID against the
+real images.
 
 With `task_masks`, a label the judge reads differently does not fail the image: it masks that task, and
 `qc_tasks` names the tasks the image may train: those the judge confirmed, and (for img2img) those it
@@ -137,8 +139,8 @@ def run_qc(config: QCConfig, progress: bool = True) -> dict:
 
     source_bits = _source_copies(synthetic, synthetic_infos, config, reasons)
     masked: list[list[tuple[str, str]]] = [[] for _ in range(len(synthetic))]
-    predictions, fidelity = _label_fidelity(synthetic, images, config, masked if config.task_masks else reasons,
-                                            device)
+    predictions, fidelity, source_predictions = _label_fidelity(
+        synthetic, images, config, masked if config.task_masks else reasons, device)
     table = synthetic.frame.copy()
     if source_bits is not None:
         table["source_distance"] = source_bits
@@ -148,6 +150,8 @@ def run_qc(config: QCConfig, progress: bool = True) -> dict:
         table[name] = stats[name].round(3).to_numpy()
     for task, values in predictions.items():
         table[f"pred_{task}"] = values
+    for task, values in source_predictions.items():
+        table[f"source_pred_{task}"] = values
     table["qc_pass"] = [not r for r in reasons]
     table["qc_reasons"] = ["; ".join(message for _, message in r) for r in reasons]
     if config.task_masks:
@@ -155,6 +159,8 @@ def run_qc(config: QCConfig, progress: bool = True) -> dict:
     out = Path(config.out)
     write_manifest(synthetic.with_frame(table), out / "qc.csv")
     summary = _summary(table, reasons, fidelity, real_images, images, config, device)
+    if source_predictions:
+        summary["source_fidelity"] = _source_fidelity(table, list(source_predictions))
     write_json(out / "qc_summary.json", summary)
     write_run_info(out, "synth qc", asdict(config), config.seed, device)
     return summary
@@ -206,9 +212,11 @@ def _verified_tasks(synthetic: Manifest, predictions: dict[str, list],
 
 
 def _label_fidelity(synthetic: Manifest, images: dict[int, Image.Image], config: QCConfig,
-                    reasons: list[list[tuple[str, str]]], device: str) -> tuple[dict[str, list], dict[str, float]]:
+                    reasons: list[list[tuple[str, str]]], device: str
+                    ) -> tuple[dict[str, list], dict[str, float], dict[str, list]]:
+    """The judge's reading of each image (and of each img2img source photo), and its agreement rates."""
     if not config.model_dir:
-        return {}, {}
+        return {}, {}, {}
     from celadon.classify.predict import load_model, predict_images
 
     loaded = load_model(config.model_dir, device)
@@ -233,7 +241,38 @@ def _label_fidelity(synthetic: Manifest, images: dict[int, Image.Image], config:
                 reasons[i].append((f"wrong_{task}", f"{task} looks like {predicted}, intended {intended}"))
         if len(tasks) > 1 and len(correct) == len(tasks):
             agree[joint].append(all(correct))  # the paper's "correct glaze-type combination"
-    return predictions, {t: float(np.mean(v)) for t, v in agree.items() if v}
+    fidelity = {t: float(np.mean(v)) for t, v in agree.items() if v}
+    return predictions, fidelity, _judge_sources(loaded, synthetic, tasks)
+
+
+def _judge_sources(loaded, synthetic: Manifest, tasks: list[str]) -> dict[str, list]:
+    """The judge's reading of each img2img source photo: what it saw before re-rendering (a source it
+    misreads bounds what the re-rendered image can score)."""
+    from celadon.classify.predict import predict_images
+    from celadon.data.manifest import SOURCE_COLUMN, resolve_image_path
+
+    column = synthetic.frame.get(SOURCE_COLUMN)
+    if column is None or not column.map(lambda s: isinstance(s, str) and bool(s)).any():
+        return {}
+    paths = [resolve_image_path(synthetic.root, s) if isinstance(s, str) and s else None for s in column]
+    unique = sorted({p for p in paths if p is not None})
+    results, errors = predict_images(loaded, unique, top_k=1)
+    if errors:  # _source_copies has checked they decode; a failure here is a real problem
+        raise CeladonError(f"{synthetic.source}: {errors[0]}")
+    read = {Path(r["image"]): r for r in results}
+    return {t: [read[p][t][0][0] if p is not None else None for p in paths] for t in tasks}
+
+
+def _source_fidelity(table: pd.DataFrame, tasks: list[str]) -> dict[str, float]:
+    """Agreement of the judge's reading of the source photos with the items' intended labels."""
+    from celadon.evaluate.fidelity import agreement
+
+    sourced = table[table[f"source_pred_{tasks[0]}"].notna()]
+    readings = sourced[tasks].join(sourced[[f"source_pred_{t}" for t in tasks]].rename(
+        columns=lambda c: c.removeprefix("source_")))
+    groups = [[t] for t in tasks] + ([tasks] if len(tasks) > 1 else [])
+    rates = {"+".join(g): agreement(readings, g).mean() for g in groups}
+    return {k: float(v) for k, v in rates.items() if pd.notna(v)}
 
 
 def _judge_recall(config: QCConfig, tasks: list[str]) -> dict[str, dict[str, float]]:
@@ -287,5 +326,7 @@ def compare_qc(runs: dict[str, str | Path]) -> pd.DataFrame:
             column["KID"] = d["kid_mean"]
             column["KID std"] = d["kid_std"]
         column.update({f"label fidelity {task}": rate for task, rate in summary["label_fidelity"].items()})
+        column.update({f"source photos: label fidelity {task}": rate  # img2img: the judge on what it started from
+                       for task, rate in summary.get("source_fidelity", {}).items()})
         columns[name] = column
     return pd.DataFrame(columns)
