@@ -194,13 +194,13 @@ def _synthesis_section(results: dict, folder: Path) -> str:
         judge = ", ".join(f"{t} {v:.0%}" for t, v in compare.get("judge_real_top1", {}).items())
         out += (f"<p>Label fidelity is judged by the reference classifier, whose top-1 accuracy on real validation "
                 f"photos is {_e(judge)}. The <em>real photos</em> column is that judge on real validation photos of "
-                f"the plan's {shown} combinations, each combination weighted by its plan items (the plan favours "
-                "the rarest, where the judge reads real photos worst): synthetic images as convincing as real ones "
-                "would score about that. <em>Relative fidelity</em> divides the two over the items whose "
-                "combination has real photos (1.0 = as convincing as real photos), with a 95% bootstrap interval "
-                "over items and photos. For img2img, <em>source photos</em> is the judge on the training photos "
-                "the images started from, read against the intended labels. The reference is read on validation "
-                "only: no test label steers selection, plans or QC.</p>")
+                f"the plan's {shown} combinations, each combination weighted by its plan items (a plan favours "
+                "the rarest combinations, where a judge tends to read real photos worst): synthetic images as "
+                "convincing as real ones would score about that. <em>Relative fidelity</em> divides the two over "
+                "the items whose combination has real photos (1.0 = as convincing as real photos), with a 95% "
+                "bootstrap interval over items and photos. For img2img, <em>source photos</em> is the judge on the "
+                "training photos the images started from, read against the intended labels. The reference is read "
+                "on validation only: no test label steers selection, plans or QC.</p>")
     sweep = results.get("sweep")
     if sweep:
         out += (f"<h3>Strength sweep of {_e(sweep['generator'])} on plan {_e(sweep['plan'])}: higher strength "
