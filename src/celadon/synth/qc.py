@@ -139,8 +139,8 @@ def run_qc(config: QCConfig, progress: bool = True) -> dict:
 
     source_bits = _source_copies(synthetic, synthetic_infos, config, reasons)
     masked: list[list[tuple[str, str]]] = [[] for _ in range(len(synthetic))]
-    predictions, fidelity, source_predictions = _label_fidelity(
-        synthetic, images, config, masked if config.task_masks else reasons, device)
+    predictions, source_predictions = _label_fidelity(synthetic, images, config,
+                                                      masked if config.task_masks else reasons, device)
     table = synthetic.frame.copy()
     if source_bits is not None:
         table["source_distance"] = source_bits
@@ -158,9 +158,10 @@ def run_qc(config: QCConfig, progress: bool = True) -> dict:
         table["qc_masked"] = ["; ".join(message for _, message in m) for m in masked]
     out = Path(config.out)
     write_manifest(synthetic.with_frame(table), out / "qc.csv")
-    summary = _summary(table, reasons, fidelity, real_images, images, config, device)
+    summary = _summary(table, reasons, _agreement_rates(table, list(predictions), "pred_"), real_images, images,
+                       config, device)
     if source_predictions:
-        summary["source_fidelity"] = _source_fidelity(table, list(source_predictions))
+        summary["source_fidelity"] = _agreement_rates(table, list(source_predictions), "source_pred_")
     write_json(out / "qc_summary.json", summary)
     write_run_info(out, "synth qc", asdict(config), config.seed, device)
     return summary
@@ -212,11 +213,10 @@ def _verified_tasks(synthetic: Manifest, predictions: dict[str, list],
 
 
 def _label_fidelity(synthetic: Manifest, images: dict[int, Image.Image], config: QCConfig,
-                    reasons: list[list[tuple[str, str]]], device: str
-                    ) -> tuple[dict[str, list], dict[str, float], dict[str, list]]:
-    """The judge's reading of each image (and of each img2img source photo), and its agreement rates."""
+                    reasons: list[list[tuple[str, str]]], device: str) -> tuple[dict[str, list], dict[str, list]]:
+    """The judge's reading of each image and of each img2img source photo; a wrong label is a reason."""
     if not config.model_dir:
-        return {}, {}, {}
+        return {}, {}
     from celadon.classify.predict import load_model, predict_images
 
     loaded = load_model(config.model_dir, device)
@@ -225,24 +225,16 @@ def _label_fidelity(synthetic: Manifest, images: dict[int, Image.Image], config:
     readable = sorted(images)
     results, _ = predict_images(loaded, [synthetic.image_path(i) for i in readable], top_k=1)
     predictions: dict[str, list] = {t: [None] * len(synthetic) for t in tasks}
-    joint = "+".join(tasks)
-    agree: dict[str, list[bool]] = {t: [] for t in (*tasks, joint)}
     for i, row in zip(readable, results, strict=True):
-        correct = []
         for task in tasks:
             predicted, intended = row[task][0][0], synthetic.frame[task].iat[i]
             predictions[task][i] = predicted
             if intended is None:
                 continue
-            correct.append(predicted == intended)
-            agree[task].append(predicted == intended)
             trusted = task not in recall or recall[task].get(intended, 0.0) >= config.judge_min_recall
             if predicted != intended and (trusted or config.task_masks):  # a mask needs no trust
                 reasons[i].append((f"wrong_{task}", f"{task} looks like {predicted}, intended {intended}"))
-        if len(tasks) > 1 and len(correct) == len(tasks):
-            agree[joint].append(all(correct))  # the paper's "correct glaze-type combination"
-    fidelity = {t: float(np.mean(v)) for t, v in agree.items() if v}
-    return predictions, fidelity, _judge_sources(loaded, synthetic, tasks)
+    return predictions, _judge_sources(loaded, synthetic, tasks)
 
 
 def _judge_sources(loaded, synthetic: Manifest, tasks: list[str]) -> dict[str, list]:
@@ -263,13 +255,14 @@ def _judge_sources(loaded, synthetic: Manifest, tasks: list[str]) -> dict[str, l
     return {t: [read[p][t][0][0] if p is not None else None for p in paths] for t in tasks}
 
 
-def _source_fidelity(table: pd.DataFrame, tasks: list[str]) -> dict[str, float]:
-    """Agreement of the judge's reading of the source photos with the items' intended labels."""
+def _agreement_rates(table: pd.DataFrame, tasks: list[str], prefix: str) -> dict[str, float]:
+    """Per task, and jointly (the paper's "correct glaze-type combination"), how often the judge's reading in
+    the `prefix<task>` columns (of the images, or of their source photos) matches the intended labels, over
+    the rows that have both."""
     from celadon.evaluate.fidelity import agreement
 
-    sourced = table[table[f"source_pred_{tasks[0]}"].notna()]
-    readings = sourced[tasks].join(sourced[[f"source_pred_{t}" for t in tasks]].rename(
-        columns=lambda c: c.removeprefix("source_")))
+    readings = table[tasks].join(table[[f"{prefix}{t}" for t in tasks]].rename(
+        columns=lambda c: "pred_" + c.removeprefix(prefix)))
     groups = [[t] for t in tasks] + ([tasks] if len(tasks) > 1 else [])
     rates = {"+".join(g): agreement(readings, g).mean() for g in groups}
     return {k: float(v) for k, v in rates.items() if pd.notna(v)}
