@@ -15,11 +15,13 @@ import torch
 
 from celadon.checkpoint import load_checkpoint, load_tensors
 from celadon.classify.data import MISSING, ImageCache
+from celadon.classify.models import ModelConfig, MultiTaskNet
 from celadon.classify.train import TrainConfig, Trainer, epoch_draws, multitask_loss, train
 from celadon.cli import main
 from celadon.data.embedded import EmbeddedConfig, make_demo
 from celadon.data.sampling import make_sampler
 from celadon.data.split import SplitConfig, run_split
+from celadon.errors import CeladonError
 from celadon.taxonomy import load_taxonomy
 from conftest import noise_image
 
@@ -243,8 +245,42 @@ def test_frozen_depthwise_kernels_stay_put_while_the_rest_trains(tiny_splits, tm
     assert len(moved) > 0.9 * (len(after) - len(depthwise))  # pointwise convs, norms, heads: all trained
 
 
+def test_frozen_stages_stay_put_and_leave_the_backward_graph(tiny_splits, tmp_path):
+    trainer = Trainer(tiny_config(tiny_splits, tmp_path / "stages", epochs=1, freeze_stages=3), progress=False)
+    model = trainer.model
+    frozen = {id(p) for stage in model.stages[:3] for module in stage for p in module.parameters()}
+    assert len(model.stages) == 8 and len(frozen) >= 10  # Lite0: stem + 7 blocks
+    graph = []  # whether each stage's output is part of the autograd graph
+    hooks = [stage[-1].register_forward_hook(lambda m, i, out: graph.append(out.requires_grad))
+             for stage in model.stages]
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trainer.fit()
+    for hook in hooks:
+        hook.remove()
+    assert graph[:8] == [False] * 3 + [True] * 5  # no backward through the frozen prefix at all
+    after = dict(model.named_parameters())
+    assert all(torch.equal(before[n], p) for n, p in after.items() if id(p) in frozen)
+    moved = [n for n, p in after.items() if id(p) not in frozen and not torch.equal(before[n], p)]
+    assert len(moved) > 0.9 * (len(after) - len(frozen))
+    with pytest.raises(CeladonError, match="freeze_stages: 9 is outside 0..8"):
+        model.freeze_stages(9)
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v3_large", "resnet50"])
+def test_every_backbone_names_its_stages_in_forward_order(backbone):
+    model = MultiTaskNet(ModelConfig(backbone, "none", {"glaze": 3}, False, 0.0))
+    order = {id(m): i for i, m in enumerate(model.backbone.modules())}
+    first = [order[id(stage[0])] for stage in model.stages]
+    assert len(first) >= 5 and first == sorted(first)
+    model.freeze_stages(2)
+    grads = [[p.requires_grad for module in stage for p in module.parameters()] for stage in model.stages]
+    assert not any(grads[0] + grads[1]) and all(sum(grads[2:], []))
+
+
 def test_settings_added_later_enter_a_study_key_only_when_changed():
     plain = TrainConfig(splits="s.csv").key_settings()
     assert "train_depthwise" not in plain and "augment_on" not in plain and plain["epochs"] == 50
-    changed = TrainConfig(splits="s.csv", train_depthwise=False, augment_on="device").key_settings()
+    assert "freeze_stages" not in plain
+    changed = TrainConfig(splits="s.csv", train_depthwise=False, augment_on="device", freeze_stages=4).key_settings()
     assert changed["train_depthwise"] is False and changed["augment_on"] == "device"
+    assert changed["freeze_stages"] == 4

@@ -129,3 +129,25 @@ def test_kid_and_fid_separate_distributions():
     other = np.stack([np.asarray(render(Labels("song", "jian", "black", "teabowl"), 48, rng)) for _ in range(12)])
     near, far = image_distances(real, same), image_distances(real, other)
     assert far.kid_mean > near.kid_mean and far.fid > near.fid
+
+
+def test_the_real_sets_features_are_extracted_once_and_give_the_same_distances(monkeypatch):
+    from celadon.evaluate import distances
+
+    rng = np.random.default_rng(1)
+    real = np.stack([np.asarray(render(Labels(**LABELS), 40, rng)) for _ in range(10)])
+    first, second = (np.stack([np.asarray(render(Labels(**LABELS), 40, rng)) for _ in range(6)]) for _ in range(2))
+    images_seen = []
+    forward = distances.Lite0Features.forward
+    monkeypatch.setattr(distances.Lite0Features, "forward",
+                        lambda self, images: images_seen.append(len(images)) or forward(self, images))
+    monkeypatch.setattr(distances, "_REAL_FEATURES", {})
+    fresh = distances.image_distances(real, second, batch_size=4)
+    assert sum(images_seen) == 10 + 6
+    images_seen.clear()
+    distances.image_distances(real, first, batch_size=4)
+    cached = distances.image_distances(real, second, batch_size=4)
+    assert sum(images_seen) == 6 + 6  # the real set's 10 images were not extracted again
+    assert cached == fresh
+    distances.image_distances(real[:8], second, batch_size=4)  # other real images: extracted anew
+    assert sum(images_seen) == 6 + 6 + 8 + 6

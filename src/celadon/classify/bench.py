@@ -27,7 +27,7 @@ from celadon.classify.data import (
     prepare_samples,
     train_transform,
 )
-from celadon.classify.device_batches import DeviceBatches
+from celadon.classify.device_batches import DeviceBatches, augments_on_device
 from celadon.classify.models import ModelConfig, MultiTaskNet
 from celadon.classify.train import PAPER_TASK_WEIGHTS, multitask_loss, set_threads
 from celadon.data.embedded import EmbeddedConfig, make_demo
@@ -49,7 +49,8 @@ class BenchConfig:
     data: str = "runs/bench-data"
     cache_dir: str = "runs/bench-cache"
     workers: int = 0  # DataLoader workers for both input pipelines
-    device: str = "auto"  # on a GPU the cached path is celadon's device path (whole batches augmented there)
+    device: str = "auto"
+    augment_on: str = "auto"  # the cached path's augmentation, as in training: auto (device on a GPU), loader, device
 
 
 class NaiveJpegDataset(Dataset):
@@ -132,7 +133,7 @@ def bench_train(config: BenchConfig, progress: bool = True) -> dict:
         first_compute = compute_limit()
         bar.update()
         draws = list(make_sampler(np.ones(len(samples.rows)), sampler_size, seed=1))
-        if on_gpu(device):
+        if augments_on_device(config.augment_on, device):
             cached = DeviceBatches(cache.array(), samples, draws, config.batch_size, config.image_size, device, 1)
         else:
             cached = DataLoader(CachedDataset(cache.array(), samples, train_transform(config.image_size)),
@@ -154,6 +155,7 @@ def bench_train(config: BenchConfig, progress: bool = True) -> dict:
     results["cached_vs_naive"] = results["cached_images_per_s"] / results["naive_images_per_s"]
     results.update(backbone=config.backbone, image_size=config.image_size, batch_size=config.batch_size,
                    steps=config.steps, source_size=config.source_size, threads=torch.get_num_threads(),
-                   workers=config.workers, device=describe_device(device))
+                   workers=config.workers, device=describe_device(device),
+                   augmented_on="device" if augments_on_device(config.augment_on, device) else "loader")
     write_json(Path(config.data).parent / "bench-train.json", results)
     return results

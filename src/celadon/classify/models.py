@@ -31,6 +31,8 @@ class Backbone:
     std: tuple[float, float, float] = IMAGENET_STD
     load: Callable[[dict[str, torch.Tensor]], None] | None = None  # maps a foreign state dict onto module
     builtin_weights: Callable[[], dict[str, torch.Tensor]] | None = None  # offline pretrained weights
+    # The backbone's stages in forward order (stem first), so the first N can be frozen (`freeze_stages`)
+    stages: list[list[nn.Module]] = field(default_factory=list)
 
 
 _REGISTRY: dict[str, Callable[[], Backbone]] = {}
@@ -59,7 +61,12 @@ def _torchvision_backbone(name: str, feature_dim: int, head: str) -> Backbone:
     def load(state: dict[str, torch.Tensor]) -> None:
         _strict_load(full, {k: v for k, v in state.items() if not k.startswith(head + ".")})
 
-    return Backbone(features, feature_dim, load=load)
+    if hasattr(full, "features"):  # MobileNet, EfficientNet, ConvNeXt: the stem is features[0]
+        stages = [[module] for module in full.features]
+    else:  # ResNet
+        stages = [[full.conv1, full.bn1], full.layer1, full.layer2, full.layer3, full.layer4]
+        stages = [stage if isinstance(stage, list) else [stage] for stage in stages]
+    return Backbone(features, feature_dim, load=load, stages=stages)
 
 
 class _TorchvisionFeatures(nn.Module):
@@ -120,7 +127,8 @@ def _efficientnet_lite0() -> Backbone:
         state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
         _strict_load(model, state)
 
-    return Backbone(model, model.num_features, tuple(cfg["mean"]), tuple(cfg["std"]), load, _lite0_weights)
+    stages = [[model.conv_stem, model.bn1], *[[block] for block in model.blocks]]
+    return Backbone(model, model.num_features, tuple(cfg["mean"]), tuple(cfg["std"]), load, _lite0_weights, stages)
 
 
 def _lite0_weights() -> dict[str, torch.Tensor]:
@@ -214,6 +222,7 @@ class MultiTaskNet(nn.Module):
         backbone = _REGISTRY[config.backbone]()
         self.config = config
         self.backbone = backbone.module
+        self.stages = backbone.stages  # a plain list: the modules are registered once, under backbone
         self.mean, self.std = backbone.mean, backbone.std
         self.pretrained = _initialise(backbone, config)
         width = backbone.features
@@ -236,6 +245,17 @@ class MultiTaskNet(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features (for t-SNE, FID-style distances)."""
         return self.backbone(x)
+
+    def freeze_stages(self, count: int) -> None:
+        """Freeze the backbone's first `count` stages (stem = 1). With nothing before them trained, autograd
+        skips their backward altogether, the costliest part at high resolution; BatchNorm statistics still
+        follow the training data."""
+        if not 0 <= count <= len(self.stages):
+            raise CeladonError(f"freeze_stages: {count} is outside 0..{len(self.stages)}, the stages of "
+                               f"{self.config.backbone} (stem first)")
+        for stage in self.stages[:count]:
+            for module in stage:
+                module.requires_grad_(False)
 
     def head_parameters(self) -> list[nn.Parameter]:
         return [*self.projection.parameters(), *self.heads.parameters()]

@@ -34,7 +34,7 @@ from celadon.classify.data import (
     prepare_samples,
     train_transform,
 )
-from celadon.classify.device_batches import DeviceBatches
+from celadon.classify.device_batches import AUGMENT_ON, DeviceBatches, augments_on_device
 from celadon.classify.metrics import mean_macro_f1, task_metrics
 from celadon.classify.models import ModelConfig, MultiTaskNet
 from celadon.classify.predict import predict_logits
@@ -64,6 +64,8 @@ class TrainConfig:
     # False freezes the backbone's depthwise kernels (4% of EfficientNet-Lite0's weights, whose weight gradient
     # is about half of a CPU training step); everything else still trains
     train_depthwise: bool = True
+    # The backbone's first N stages (stem = 1) frozen: no backward through them at all; 0 trains every stage
+    freeze_stages: int = 0
     image_size: int = 224
     batch_size: int = 64
     epochs: int = 50
@@ -101,7 +103,7 @@ class TrainConfig:
         """What decides the trained model, for a study's stage key: settings added since studies began count only
         where they differ from their defaults (so the keys of earlier studies hold)."""
         values = asdict(self)
-        for name, default in (("train_depthwise", True), ("augment_on", "auto")):
+        for name, default in (("train_depthwise", True), ("augment_on", "auto"), ("freeze_stages", 0)):
             if values[name] == default:
                 values.pop(name)
         return values
@@ -139,7 +141,6 @@ def sample_weights(manifest: Manifest, samples: Samples, tasks: list[str], schem
 
 
 MIXING = ("replace", "add")
-AUGMENT_ON = ("auto", "loader", "device")
 
 
 def epoch_draws(real_weights: np.ndarray, n_synthetic: int, ratio: float, draws: int, seed: int) -> list[int]:
@@ -196,7 +197,7 @@ class Trainer:
         self.device = resolve_device(config.device)
         if config.augment_on not in AUGMENT_ON:
             raise CeladonError(f"augment_on: {config.augment_on!r} is not one of {', '.join(AUGMENT_ON)}")
-        self.on_device = config.augment_on == "device" or (config.augment_on == "auto" and on_gpu(self.device))
+        self.on_device = augments_on_device(config.augment_on, self.device)
         self.out = Path(config.out)
         self.taxonomy = load_taxonomy(config.taxonomy)
         self.tasks = config.tasks or self.taxonomy.task_names
@@ -254,6 +255,7 @@ class Trainer:
             for module in self.model.backbone.modules():
                 if isinstance(module, torch.nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels:
                     module.weight.requires_grad_(False)
+        self.model.freeze_stages(config.freeze_stages)
         head_ids = {id(p) for p in self.model.head_parameters()}
         self.optimizer = torch.optim.AdamW(
             [{"params": [p for p in self.model.parameters() if id(p) not in head_ids], "lr": config.lr_backbone},

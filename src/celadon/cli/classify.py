@@ -90,7 +90,8 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     from celadon.classify.bench import BenchConfig, bench_train
 
     result = bench_train(BenchConfig(args.backbone, args.image_size, args.batch_size, args.steps, args.source_size,
-                                     args.threads, args.data, args.cache_dir, args.workers, args.device),
+                                     args.threads, args.data, args.cache_dir, args.workers, args.device,
+                                     args.augment_on),
                          progress=not args.quiet)
     print(json.dumps(result, indent=2))
     print(f"ratios: cached/compute {result['cached_vs_compute']:.2f} (target >= 0.85), "
@@ -99,6 +100,7 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
 
 
 def add_parsers(stages, add):
+    from celadon.classify.device_batches import AUGMENT_ON
     from celadon.classify.train import TrainConfig
     from celadon.cli.options import add_config_arguments
     from celadon.evaluate.run import EvaluateConfig
@@ -134,4 +136,6 @@ def add_parsers(stages, add):
     p.add_argument("--cache-dir", default="runs/bench-cache")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers for both pipelines")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--augment-on", default="auto", choices=AUGMENT_ON,
+                   help="the cached path's augmentation (auto: on the device on a GPU, in the loader on the CPU)")
     return verbs
