@@ -1,6 +1,7 @@
 """The device rule (auto picks the CPU without a GPU; a missing GPU is a one-line error) and the GPU input path
 (whole batches gathered, warped and jittered on the device), exercised on the CPU."""
 
+import json
 import math
 
 import numpy as np
@@ -120,3 +121,15 @@ def test_run_records_name_every_device_of_a_sharded_run(monkeypatch):
     assert describe_device("cpu") == "cpu" and describe_device("cpu,cpu") == "cpu,cpu"
     assert describe_device("cuda") == "cuda:0 (GPU 0)"
     assert describe_device("cuda:0,cuda:1") == "cuda:0 (GPU 0),cuda:1 (GPU 1)"
+
+
+def test_bench_train_times_the_path_it_names_on_the_cpu(tmp_path, capsys):
+    base = ["bench", "train", "--image-size", "32", "--batch-size", "8", "--steps", "2", "--source-size", "40",
+            "--threads", "1", "--data", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    for path in ("loader", "device"):
+        assert main([*base, "--augment-on", path]) == 0
+        out = capsys.readouterr().out
+        result = json.loads(out[:out.rindex("}") + 1])
+        assert result["augmented_on"] == path and result["device"] == "cpu"
+        assert result["cached_images_per_s"] > 0 and result["compute_images_per_s"] > 0
+        assert "ratios: cached/compute" in out

@@ -1,6 +1,8 @@
-"""The GPU input path: whole uint8 batches gathered from the image cache in one indexing call, pinned, copied
-asynchronously and augmented on the device, one affine warp per sample, so no per-image Python runs in the
-training loop (only the few offline-augmented rows get their fixed augmentation on the CPU first).
+"""The batch input path: whole uint8 batches gathered from the image cache in one indexing call, (on a GPU)
+pinned and copied asynchronously, and augmented on the device, one affine warp per sample, so no per-image
+Python runs in the training loop (only the few offline-augmented rows get their fixed augmentation on the CPU
+first). The default on a GPU; on the CPU `augment_on: device` takes it too, and it beat the per-image loader
+there (the demo sets it).
 
 The warp draws what the CPU path's `train_transform` draws (RandomResizedCrop at scale 0.8-1 and ratio 3/4-4/3,
 a horizontal flip, rotation up to 15 degrees, translation up to 0.1) and applies them as one resampling.
@@ -24,7 +26,8 @@ AUGMENT_ON = ("auto", "loader", "device")
 
 def augments_on_device(augment_on: str, device: str) -> bool:
     """Whether training batches take this path: `device` always (on the CPU too, where one warp per batch beat
-    the loader's per-image transforms: 9.3 vs 12.4 s per demo epoch), `auto` on a GPU, `loader` never."""
+    the loader's per-image transforms: 95-108 s vs 139-143 s per demo training), `auto` on a GPU, `loader`
+    never."""
     return augment_on == "device" or (augment_on == "auto" and on_gpu(device))
 
 
