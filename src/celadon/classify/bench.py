@@ -105,6 +105,7 @@ def _synchronise(device: str) -> None:
 def bench_train(config: BenchConfig, progress: bool = True) -> dict:
     threads = set_threads(config.threads)
     device = resolve_device(config.device)
+    on_device = augments_on_device(config.augment_on, device)  # an unknown value fails before any work
     # A fixed set of photos (batches are drawn from it with replacement), so other settings reuse it.
     manifest_path = make_demo(config.data, EmbeddedConfig(n=640, size=config.source_size, seed=7), progress=progress)
     taxonomy = load_taxonomy()
@@ -133,7 +134,7 @@ def bench_train(config: BenchConfig, progress: bool = True) -> dict:
         first_compute = compute_limit()
         bar.update()
         draws = list(make_sampler(np.ones(len(samples.rows)), sampler_size, seed=1))
-        if augments_on_device(config.augment_on, device):
+        if on_device:
             cached = DeviceBatches(cache.array(), samples, draws, config.batch_size, config.image_size, device, 1)
         else:
             cached = DataLoader(CachedDataset(cache.array(), samples, train_transform(config.image_size)),
@@ -156,6 +157,6 @@ def bench_train(config: BenchConfig, progress: bool = True) -> dict:
     results.update(backbone=config.backbone, image_size=config.image_size, batch_size=config.batch_size,
                    steps=config.steps, source_size=config.source_size, threads=torch.get_num_threads(),
                    workers=config.workers, device=describe_device(device),
-                   augmented_on="device" if augments_on_device(config.augment_on, device) else "loader")
+                   augmented_on="device" if on_device else "loader")
     write_json(Path(config.data).parent / "bench-train.json", results)
     return results

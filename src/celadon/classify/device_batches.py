@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from celadon.classify.data import Samples
 from celadon.data.augment import augment_image
 from celadon.device import on_gpu
+from celadon.errors import CeladonError
 
 SCALE, RATIO, DEGREES, TRANSLATE = (0.8, 1.0), (3 / 4, 4 / 3), 15.0, 0.1
 AUGMENT_ON = ("auto", "loader", "device")
@@ -26,8 +27,10 @@ AUGMENT_ON = ("auto", "loader", "device")
 
 def augments_on_device(augment_on: str, device: str) -> bool:
     """Whether training batches take this path: `device` always (on the CPU too, where one warp per batch beat
-    the loader's per-image transforms: 95-108 s vs 139-143 s per demo training), `auto` on a GPU, `loader`
-    never."""
+    the loader's per-image transforms: 100-108 s vs 133-145 s per demo training), `auto` on a GPU, `loader`
+    never; any other value is a one-line error."""
+    if augment_on not in AUGMENT_ON:
+        raise CeladonError(f"augment_on: {augment_on!r} is not one of {', '.join(AUGMENT_ON)}")
     return augment_on == "device" or (augment_on == "auto" and on_gpu(device))
 
 

@@ -246,6 +246,13 @@ class MultiTaskNet(nn.Module):
         """Pooled backbone features (for t-SNE, FID-style distances)."""
         return self.backbone(x)
 
+    def freeze_depthwise(self) -> None:
+        """Freeze the backbone's depthwise kernels (one filter per channel): their weight gradient is about half of
+        a CPU training step for EfficientNet-Lite0, for 4% of its weights; everything else still trains."""
+        for module in self.backbone.modules():
+            if isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels:
+                module.weight.requires_grad_(False)
+
     def freeze_stages(self, count: int) -> None:
         """Freeze the backbone's first `count` stages (stem = 1). With nothing before them trained, autograd
         skips their backward altogether, the costliest part at high resolution; BatchNorm statistics still

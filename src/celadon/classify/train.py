@@ -34,7 +34,7 @@ from celadon.classify.data import (
     prepare_samples,
     train_transform,
 )
-from celadon.classify.device_batches import AUGMENT_ON, DeviceBatches, augments_on_device
+from celadon.classify.device_batches import DeviceBatches, augments_on_device
 from celadon.classify.metrics import mean_macro_f1, task_metrics
 from celadon.classify.models import ModelConfig, MultiTaskNet
 from celadon.classify.predict import predict_logits
@@ -195,8 +195,6 @@ class Trainer:
         self.config, self.progress = config, progress
         set_threads(config.threads)
         self.device = resolve_device(config.device)
-        if config.augment_on not in AUGMENT_ON:
-            raise CeladonError(f"augment_on: {config.augment_on!r} is not one of {', '.join(AUGMENT_ON)}")
         self.on_device = augments_on_device(config.augment_on, self.device)
         self.out = Path(config.out)
         self.taxonomy = load_taxonomy(config.taxonomy)
@@ -252,9 +250,7 @@ class Trainer:
         self.model = MultiTaskNet(ModelConfig(config.backbone, config.weights, n_classes, config.projection,
                                               config.dropout)).to(self.device, memory_format=torch.channels_last)
         if not config.train_depthwise:
-            for module in self.model.backbone.modules():
-                if isinstance(module, torch.nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels:
-                    module.weight.requires_grad_(False)
+            self.model.freeze_depthwise()
         self.model.freeze_stages(config.freeze_stages)
         head_ids = {id(p) for p in self.model.head_parameters()}
         self.optimizer = torch.optim.AdamW(
