@@ -183,6 +183,37 @@ def test_cache_decodes_each_content_once_and_survives_partial_writes(tmp_path):
     assert not np.all(array[2] == 7)
 
 
+def test_two_processes_appending_to_one_cache_keep_every_row_right(tmp_path):
+    """Trainings running at once share the cache: two processes decoding different photos into it at the same
+    moment leave an index whose every row holds that photo's pixels."""
+    from celadon.data.images import load_image, resize_square
+
+    sets = [[tmp_path / f"{who}{i}.png" for i in range(60)] for who in "ab"]
+    for n, path in enumerate(sets[0] + sets[1]):
+        noise_image(n, 40).save(path)
+    go = tmp_path / "go"
+    script = ("import sys, time, pathlib\nfrom celadon.classify.data import ImageCache\n"
+              "cache = ImageCache(sys.argv[1], 16)\n"  # reads the (empty) index before the other one writes
+              "pathlib.Path(sys.argv[2] + sys.argv[3]).touch()\n"
+              "while not pathlib.Path(sys.argv[2]).exists(): time.sleep(0.005)\n"
+              "cache.rows_for([pathlib.Path(p) for p in sys.argv[4:]], progress=False)\n")
+    processes = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "cache"), str(go), who,
+                                   *map(str, paths)], stderr=subprocess.PIPE)
+                 for who, paths in zip("ab", sets, strict=True)]
+    while not all(Path(f"{go}{who}").exists() for who in "ab"):  # both hold an index read before any append
+        assert all(p.poll() is None for p in processes), [p.stderr.read() for p in processes]
+        time.sleep(0.01)
+    go.touch()
+    assert [p.wait(timeout=120) for p in processes] == [0, 0], [p.stderr.read() for p in processes]
+    cache = ImageCache(tmp_path / "cache", 16)
+    paths = sets[0] + sets[1]
+    rows = cache.rows_for(paths, progress=False)
+    assert sorted(rows.tolist()) == list(range(120))  # nothing decoded twice, nothing missing
+    pixels = cache.array()
+    for path, row in zip(paths, rows, strict=True):
+        assert np.array_equal(pixels[row], resize_square(load_image(path), 16)), path
+
+
 def test_batch_colour_jitter():
     from celadon.classify.data import _LUMA, jitter_colours
 

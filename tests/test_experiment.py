@@ -33,6 +33,7 @@ SMALL = {
     "tsne_per_set": 20,
     "threads": 1,
     "workers": 1,
+    "jobs": 1,  # trainings one at a time, in this process (several at once: the test that sets jobs)
 }
 
 
@@ -85,6 +86,23 @@ def test_a_classifier_change_reruns_only_training_and_evaluation(study, tmp_path
     reran = [s["stage"] for s in stages if not s["reused"]]
     assert {label.split(" ")[0] for label in reran} == {"train", "evaluate"}
     assert len(reran) == 2 * 2 * 2  # 2 arms x 2 seeds x (train + evaluate); the reference has its own settings
+
+
+def test_trainings_at_once_in_their_own_processes_train_the_same_weights(study, tmp_path, capsys):
+    """jobs: 2 trains the arms two at a time in worker processes (each with the thread count it is given): the
+    same stages, bit-identical weights and the same test scores as one at a time in this process."""
+    out = _copy(study, tmp_path)
+    for stage in [*(out / "stages").glob("train-*"), *(out / "stages").glob("evaluate-*")]:
+        shutil.rmtree(stage)
+    stages = _run(SMALL | {"jobs": 2}, out, tmp_path)
+    assert "4 trainings, 2 at once (1 thread each)" in capsys.readouterr().out  # the reference: alone, here
+    assert sorted(s["stage"] for s in stages if not s["reused"] and s["stage"].startswith("train ")) == sorted(
+        ["train reference (seed 0)"] + [f"train {arm} (seed {seed})" for arm in ("baseline", "A") for seed in (0, 1)])
+    before, after = _stage_files(study / "out", ("train", "evaluate")), _stage_files(out, ("train", "evaluate"))
+    assert any(k.endswith("model.safetensors") for k in before) and before.keys() == after.keys()
+    assert [k for k in before if before[k] != after[k]] == []
+    scores = [json.loads((root / "results.json").read_text())["primary"] for root in (study / "out", out)]
+    assert scores[0] == scores[1]
 
 
 def test_a_review_rejection_reruns_curate_and_only_the_arm_that_mixes_the_image_in(study, tmp_path):

@@ -2,12 +2,16 @@
 
 The cache is one memory-mapped array per (resolution) in a cache folder, with rows keyed by the file's
 content hash, so the same photo listed twice, or re-used by another run, is decoded once. Appends are
-crash-safe: the index (written atomically, after the pixels) decides which rows exist.
+crash-safe: the index (written atomically, after the pixels) decides which rows exist. Trainings running at once
+(a study's `jobs`) share the cache: appends hold a lock on the folder and re-read the index first, so rows are
+never written twice at the same place; rows once written never move, so readers need no lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,10 +57,29 @@ class ImageCache:
                 raise result
         return [result.sha256 for result in results]
 
+    @contextlib.contextmanager
+    def _appending(self) -> Iterator[None]:
+        """Hold the folder's lock for this resolution, with the index as the last appender left it."""
+        try:
+            import fcntl
+        except ImportError:  # Windows: one writer at a time is the user's to keep
+            fcntl = None
+        with open(self.folder / f"lock_{self.size}", "a") as lock:
+            if fcntl:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            self.index = json.loads(self.index_path.read_text()) if self.index_path.exists() else {}
+            yield
+
     def rows_for(self, paths: list[Path], progress: bool = True) -> np.ndarray:
         """Row of each path, decoding and appending the images the cache does not hold yet."""
         digests = self._digests(paths, progress)
-        todo = {d: p for d, p in zip(digests, paths, strict=True) if d not in self.index}
+        if all(d in self.index for d in digests):
+            return np.array([self.index[d] for d in digests], dtype=np.int64)
+        with self._appending():
+            self._append({d: p for d, p in zip(digests, paths, strict=True) if d not in self.index}, progress)
+        return np.array([self.index[d] for d in digests], dtype=np.int64)
+
+    def _append(self, todo: dict[str, Path], progress: bool) -> None:
         if todo:
             committed = len(self.index) * self.row_bytes
             with open(self.pixels_path, "ab") as handle:
@@ -68,7 +91,6 @@ class ImageCache:
                     self.index[digest] = len(self.index)
                 handle.flush()
             atomic_write_text(self.index_path, json.dumps(self.index))
-        return np.array([self.index[d] for d in digests], dtype=np.int64)
 
     def array(self) -> np.ndarray:
         return np.memmap(self.pixels_path, dtype=np.uint8, mode="r",

@@ -87,6 +87,8 @@ class ExperimentConfig:
     # auto (the GPU when there is one), cpu, cuda or cuda:N; not part of any stage key, like threads
     device: str = "auto"
     workers: int = 2  # processes for rendering and decoding
+    # classifier trainings at once, one process each (jobs.py): 0 = one per core on a CPU, one on a GPU
+    jobs: int = 0
 
 
 def _known(cls, section: str, values: dict, exclude: tuple[str, ...] = ()) -> dict:

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from celadon.experiment.config import Arm, ExperimentConfig
+from celadon.experiment.jobs import TrainingJob, job_count, run_trainings
 from celadon.experiment.stages import Stage, StageRunner
 from celadon.runinfo import atomic_write_text, write_json, write_run_info
 from celadon.synth.pipeline import model_fingerprint
@@ -170,11 +171,10 @@ class Experiment:
                                f"imbalance ({name})")
 
     # -- classifier ---------------------------------------------------------------------------------------
-    def train(self, label: str, overrides: dict, seed: int, inputs: list[Stage], synthetic: Stage | None = None,
-              arm: Arm | None = None, split: str = "test") -> tuple[Stage, Stage]:
-        """Train (or reuse) one classifier and evaluate it on `split`: test for the arms, read once at the end;
-        validation for the reference, whose evaluation steers selection, plans and QC."""
-        from celadon.classify.train import TrainConfig, train
+    def training(self, label: str, overrides: dict, seed: int, inputs: list[Stage], synthetic: Stage | None = None,
+                 arm: Arm | None = None) -> TrainingJob:
+        """One classifier's stage: its config (out set when it runs), key settings and inputs."""
+        from celadon.classify.train import TrainConfig
 
         config = make(TrainConfig, overrides, splits=str(self.train_table), seed=seed, cache_dir=self.cache_dir,
                       taxonomy=self.config.taxonomy,
@@ -184,10 +184,21 @@ class Experiment:
                       threads=self.config.threads, device=self.config.device, log_tensorboard=False)
         # the taxonomy is in the data stage's key
         settings = _settings(config.key_settings(), "splits", "synthetic", "taxonomy")
-        training = self.stages.run("train", settings, inputs + ([synthetic] if synthetic else []),
-                                   lambda p: self._fit(config, p, train), f"train {label} (seed {seed})")
-        return training, self._evaluate(training, split, f"evaluate {label} on {split} (seed {seed})"
-                                        if split != "test" else f"evaluate {label} (seed {seed})")
+        return TrainingJob(config, settings, inputs + ([synthetic] if synthetic else []), label, seed)
+
+    def train_all(self, jobs: list[TrainingJob], split: str = "test") -> list[tuple[Stage, Stage]]:
+        """Train (or reuse) classifiers, several at once where that is faster (`jobs`), and evaluate each on
+        `split` as it finishes: test for the arms, read once at the end; validation for the reference, whose
+        evaluation steers selection, plans and QC."""
+        results: dict[int, tuple[Stage, Stage]] = {}
+
+        def evaluate(i: int, training: Stage) -> None:
+            on = "" if split == "test" else f" on {split}"
+            results[i] = training, self._evaluate(training, split, f"evaluate {jobs[i].name}{on} (seed {jobs[i].seed})")
+
+        count = job_count(self.config.jobs, self.config.device, len(jobs))
+        run_trainings(self.stages, jobs, count, self.config.threads, evaluate)
+        return [results[i] for i in range(len(jobs))]
 
     def _evaluate(self, training: Stage, split: str, label: str) -> Stage:
         from celadon.evaluate.run import EvaluateConfig, evaluate_model
@@ -199,11 +210,6 @@ class Experiment:
                                lambda p: {"mean_f1_macro": evaluate_model(dataclasses.replace(config, out=str(p)),
                                                                           progress=self.progress)["mean_f1_macro"]},
                                label)
-
-    def _fit(self, config, path: Path, train) -> dict:
-        state = train(dataclasses.replace(config, out=str(path)), resume=True, progress=self.progress)
-        return {"best": state["best"], "best_epoch": state["best_epoch"], "epochs": len(state["history"]),
-                **state["budget"]}
 
     # -- synthesis ----------------------------------------------------------------------------------------
     def synthesis(self, runs: Runs) -> None:
@@ -327,12 +333,13 @@ class Experiment:
         reference_settings = config.synthesis.reference or config.classifier
         # Evaluated on validation: its confusion pairs steer selection and plans and it judges QC, so no test
         # label reaches any decision that shapes training.
-        reference, reference_eval = self.train("reference", reference_settings, config.seeds[0], self.pool,
-                                               split="val")
+        [(reference, reference_eval)] = self.train_all(
+            [self.training("reference", reference_settings, config.seeds[0], self.pool)], split="val")
         runs = Runs(config, self.out, data, split, self.train_table, reference, reference_eval)
         runs.imbalance["real"] = self.imbalance("real", split, None)
         if any(arm.plan for arm in config.arms) or config.synthesis.compare_plan:
             self.synthesis(runs)
+        jobs: list[tuple[tuple[str, int], TrainingJob]] = []  # every arm x seed, trained together at the end
         for arm in config.arms:
             key = f"{arm.plan}/{arm.generator}"
             if arm.plan and key not in runs.curated:
@@ -344,9 +351,10 @@ class Experiment:
                 continue
             if synthetic is not None and arm.plan not in runs.imbalance:
                 runs.imbalance[arm.plan] = self.imbalance(arm.plan, split, synthetic)
-            for seed in config.seeds:
-                runs.trainings[arm.name, seed], runs.evaluations[arm.name, seed] = self.train(
-                    arm.name, config.classifier, seed, self.pool, synthetic, arm)
+            jobs += [((arm.name, seed), self.training(arm.name, config.classifier, seed, self.pool, synthetic, arm))
+                     for seed in config.seeds]
+        for (key, _), (training, evaluation) in zip(jobs, self.train_all([job for _, job in jobs]), strict=True):
+            runs.trainings[key], runs.evaluations[key] = training, evaluation
         if runs.qc:
             runs.tsne = self._tsne(runs)
         return runs

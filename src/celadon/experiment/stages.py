@@ -68,6 +68,16 @@ class StageRunner:
     def run(self, kind: str, settings: Any, inputs: list[Stage], work: Callable[[Path], dict | None],
             label: str | None = None) -> Stage:
         """`work(folder)` produces the stage's outputs in `folder` and may return a small summary dict."""
+        stage = self.begin(kind, settings, inputs, label)
+        if stage.reused:
+            return stage
+        began = time.perf_counter()
+        summary = work(stage.path) or {}
+        return self.finish(stage, settings, inputs, summary, time.perf_counter() - began)
+
+    def begin(self, kind: str, settings: Any, inputs: list[Stage], label: str | None = None) -> Stage:
+        """The stage's folder: reused (and recorded) when complete, else created for `finish` to complete, here
+        or once a worker process has done the work."""
         key = stage_key(kind, settings, inputs)
         path = self.root / "stages" / f"{kind}-{key}"
         marker = path / "stage.json"
@@ -77,17 +87,20 @@ class StageRunner:
             summary = _moved(info.get("summary") or {}, info.get("root"), str(self.root))
             stage = Stage(kind, key, path, label, reused=True, info=summary)
             self.log(f"== {label}: reused ({path.name})")
-        else:
-            self.log(f"== {label}")
-            path.mkdir(parents=True, exist_ok=True)
-            began = time.perf_counter()
-            summary = work(path) or {}
-            seconds = time.perf_counter() - began
-            write_json(marker, {"kind": kind, "key": key, "root": str(self.root), "settings": _canonical(settings),
-                                "inputs": [f"{s.kind}-{s.key}" for s in inputs], "seconds": round(seconds, 2),
-                                "summary": summary, "versions": versions()})
-            stage = Stage(kind, key, path, label, seconds=seconds, info=summary)
-            self.log(f"   {label}: {seconds:.1f} s")
+            self.history.append(stage)
+            return stage
+        self.log(f"== {label}")
+        path.mkdir(parents=True, exist_ok=True)
+        return Stage(kind, key, path, label)
+
+    def finish(self, stage: Stage, settings: Any, inputs: list[Stage], summary: dict, seconds: float) -> Stage:
+        """Mark a begun stage complete (stage.json, written last and atomically) and record it."""
+        write_json(stage.path / "stage.json", {
+            "kind": stage.kind, "key": stage.key, "root": str(self.root), "settings": _canonical(settings),
+            "inputs": [f"{s.kind}-{s.key}" for s in inputs], "seconds": round(seconds, 2), "summary": summary,
+            "versions": versions()})
+        stage = dataclasses.replace(stage, seconds=seconds, info=summary)
+        self.log(f"   {stage.label}: {seconds:.1f} s")
         self.history.append(stage)
         return stage
 
