@@ -88,14 +88,17 @@ def test_a_classifier_change_reruns_only_training_and_evaluation(study, tmp_path
     assert len(reran) == 2 * 2 * 2  # 2 arms x 2 seeds x (train + evaluate); the reference has its own settings
 
 
-def test_trainings_at_once_in_their_own_processes_train_the_same_weights(study, tmp_path, capsys):
-    """jobs: 2 trains the arms two at a time in worker processes (each with the thread count it is given): the
-    same stages, bit-identical weights and the same test scores as one at a time in this process."""
+@pytest.mark.parametrize("setting, where", [({"jobs": 2}, "1 thread each"),
+                                            ({"devices": ["cpu", "cpu"]}, "on cpu, cpu")])
+def test_trainings_at_once_in_their_own_processes_train_the_same_weights(study, tmp_path, capsys, setting, where):
+    """jobs: 2 (or two devices, as `--gpus 2` gives) trains the arms two at a time in worker processes, each
+    with the thread count it is given: the same stages, bit-identical weights and the same test scores as one at
+    a time in this process."""
     out = _copy(study, tmp_path)
     for stage in [*(out / "stages").glob("train-*"), *(out / "stages").glob("evaluate-*")]:
         shutil.rmtree(stage)
-    stages = _run(SMALL | {"jobs": 2}, out, tmp_path)
-    assert "4 trainings, 2 at once (1 thread each)" in capsys.readouterr().out  # the reference: alone, here
+    stages = _run(SMALL | setting, out, tmp_path)
+    assert f"4 trainings, 2 at once ({where})" in capsys.readouterr().out
     assert sorted(s["stage"] for s in stages if not s["reused"] and s["stage"].startswith("train ")) == sorted(
         ["train reference (seed 0)"] + [f"train {arm} (seed {seed})" for arm in ("baseline", "A") for seed in (0, 1)])
     before, after = _stage_files(study / "out", ("train", "evaluate")), _stage_files(out, ("train", "evaluate"))

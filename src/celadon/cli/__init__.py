@@ -78,8 +78,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from celadon.experiment.study import run_study
 
     settings = list(args.set)
-    if args.gpus:  # generation: one concurrent shard per GPU (the other stages use one GPU)
-        settings.append(f"synthesis.generate.devices=[{','.join(f'cuda:{i}' for i in range(args.gpus))}]")
+    if args.gpus:  # generation: one concurrent shard per GPU; trainings: one process per GPU; the rest: one GPU
+        gpus = ",".join(f"cuda:{i}" for i in range(args.gpus))
+        settings += [f"synthesis.generate.devices=[{gpus}]", f"devices=[{gpus}]"]
     run_study(args.config, _run_overrides(args), settings, progress=not args.quiet)
     return 0
 
@@ -118,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seeds", help="comma-separated seeds (default: the config's)")
         p.add_argument("--device", help="auto (the GPU when there is one; the default), cpu, cuda or cuda:N: "
                                         "every stage that runs a network")
-        p.add_argument("--gpus", type=int, metavar="N", help="generate on N GPUs at once (one shard each)")
+        p.add_argument("--gpus", type=int, metavar="N",
+                       help="use N GPUs: generation one shard each, the arms' trainings one process each")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config setting, e.g. --set classifier.epochs=10 (repeatable)")
 

@@ -89,6 +89,7 @@ class ExperimentConfig:
     workers: int = 2  # processes for rendering and decoding
     # classifier trainings at once, one process each (jobs.py): 0 = one per core on a CPU, one on a GPU
     jobs: int = 0
+    devices: list[str] = field(default_factory=list)  # one training process per device (`run --gpus N` sets it)
 
 
 def _known(cls, section: str, values: dict, exclude: tuple[str, ...] = ()) -> dict:

@@ -4,7 +4,8 @@ On a CPU the demo's small convolutions use a second thread poorly. On 2 cores, t
 parallel took 71 s where one two-threaded training took 49 s (3 epochs of the demo's classifier): 1.38x the
 throughput. So `jobs: 0` (auto) trains one process per core on a CPU, each with cores/jobs threads given explicitly
 (never "the free cores", which two processes starting together would both count as theirs). On a GPU, auto is one
-training at a time, in this process. A training resumes from its own checkpoints and its stage is marked complete
+training at a time, in this process; `devices` (`celadon run --gpus N`) gives each process a device of its own. A
+training resumes from its own checkpoints and its stage is marked complete
 only when it returned, so a killed study redoes nothing but the epochs since each training's last checkpoint.
 """
 
@@ -35,16 +36,24 @@ class TrainingJob:
         return f"train {self.name} (seed {self.seed})"
 
 
-def job_count(jobs: int, device: str, pending: int) -> int:
-    """Processes to train `pending` classifiers with: `jobs` when given, else one per usable core on a CPU and
-    one (this process) on a GPU."""
+def job_count(jobs: int, device: str, devices: list[str], pending: int) -> int:
+    """Processes to train `pending` classifiers with: one per device in `devices`, else `jobs` when given, else
+    one per usable core on a CPU and one (this process) on a GPU."""
     from celadon.cpu import usable_cores
     from celadon.device import resolve_device
 
     if jobs < 0:
         raise CeladonError(f"jobs: {jobs}: give the number of trainings to run at once, or 0 for one per CPU core")
-    wanted = jobs or (usable_cores() if resolve_device(device) == "cpu" else 1)
+    wanted = len(devices) or jobs or (usable_cores() if resolve_device(device) == "cpu" else 1)
     return max(1, min(wanted, pending))
+
+
+_worker_device: str | None = None  # the device this worker process trains on, when the study names devices
+
+
+def _take_device(devices) -> None:
+    global _worker_device
+    _worker_device = devices.get()
 
 
 def fit(config: Any, progress: bool = True) -> dict:
@@ -58,13 +67,16 @@ def fit(config: Any, progress: bool = True) -> dict:
 
 def _fit_timed(config: Any) -> tuple[dict, float]:
     began = time.perf_counter()
+    if _worker_device:
+        config = dataclasses.replace(config, device=_worker_device)
     return fit(config, progress=False), time.perf_counter() - began
 
 
 def run_trainings(stages: StageRunner, jobs: list[TrainingJob], count: int, threads: int,
-                  done: Callable[[int, Stage], None]) -> None:
-    """Train every job whose stage is not complete, `count` at once (1: here, in order); `done(i, stage)` runs in
-    this process as job i's stage completes (at once for a reused one), e.g. to evaluate it meanwhile."""
+                  done: Callable[[int, Stage], None], devices: list[str] = ()) -> None:
+    """Train every job whose stage is not complete, `count` at once (1: here, in order; with `devices`, one
+    process per device); `done(i, stage)` runs in this process as job i's stage completes (at once for a reused
+    one), e.g. to evaluate it meanwhile."""
     from celadon.cpu import usable_cores
 
     begun = []
@@ -75,7 +87,7 @@ def run_trainings(stages: StageRunner, jobs: list[TrainingJob], count: int, thre
         else:
             begun.append((i, stage))
     count = max(1, min(count, len(begun)))
-    if count == 1:
+    if count == 1 and not devices:
         for i, stage in begun:
             config = dataclasses.replace(jobs[i].config, out=str(stage.path))
             began = time.perf_counter()
@@ -83,8 +95,14 @@ def run_trainings(stages: StageRunner, jobs: list[TrainingJob], count: int, thre
             done(i, stages.finish(stage, jobs[i].settings, jobs[i].inputs, summary, time.perf_counter() - began))
         return
     per_job = threads or max(1, usable_cores() // count)
-    stages.log(f"   {len(begun)} trainings, {count} at once ({per_job} thread{'s' if per_job > 1 else ''} each)")
-    pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn"))
+    where = f"on {', '.join(devices[:count])}" if devices else f"{per_job} thread{'s' if per_job > 1 else ''} each"
+    stages.log(f"   {len(begun)} trainings, {count} at once ({where})")
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    for device in devices[:count]:
+        queue.put(device)
+    pool = ProcessPoolExecutor(count, mp_context=context, initializer=_take_device if devices else None,
+                               initargs=(queue,) if devices else ())
     try:
         running: dict[Future, tuple[int, Stage]] = {
             pool.submit(_fit_timed, dataclasses.replace(jobs[i].config, out=str(stage.path), threads=per_job)):

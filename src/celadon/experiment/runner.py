@@ -196,8 +196,8 @@ class Experiment:
             on = "" if split == "test" else f" on {split}"
             results[i] = training, self._evaluate(training, split, f"evaluate {jobs[i].name}{on} (seed {jobs[i].seed})")
 
-        count = job_count(self.config.jobs, self.config.device, len(jobs))
-        run_trainings(self.stages, jobs, count, self.config.threads, evaluate)
+        count = job_count(self.config.jobs, self.config.device, self.config.devices, len(jobs))
+        run_trainings(self.stages, jobs, count, self.config.threads, evaluate, self.config.devices)
         return [results[i] for i in range(len(jobs))]
 
     def _evaluate(self, training: Stage, split: str, label: str) -> Stage:
@@ -377,7 +377,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> Path:
     from celadon.experiment.results import collect_results
     from celadon.report.html import write_report
 
-    for device in (config.device, *config.synthesis.generate.get("devices", ())):
+    for device in (config.device, *config.devices, *config.synthesis.generate.get("devices", ())):
         resolve_device(device)  # a missing GPU stops the study before its first stage, not after
     began = time.perf_counter()
     experiment = Experiment(config, progress)
