@@ -291,6 +291,8 @@ def test_config_mistakes_are_one_line_errors(tmp_path):
     ({"arms": [{"name": "baseline"}, {"name": "B", "plan": "B", "ratio": 0.1, "tasks": ["glaz"]}]},
      r"^arms.B.tasks: glaz not a task of the taxonomy"),
     ({"statistics": {"alpha": "0.05"}}, r"^statistics.alpha: expected a number, got '0.05'$"),
+    ({"jobs": -1}, r"^jobs: -1: give the number of trainings to run at once, or 0 for one per CPU core$"),
+    ({"devices": "cuda:0"}, r"^devices: expected a list of \(text\), got 'cuda:0'$"),
     ({"statistics": {"primary": "glaze/recall"}}, r"^statistics.primary: 'glaze/recall' is not a measure"),
     ({"arms": [{"name": "baseline"}, {"name": "B", "plan": "B", "ratio": 0.1, "generator": "sketch"}]},
      r"^arms.B.generator: 'sketch' is not in synthesis.generators \(lora, vanilla\)$"),

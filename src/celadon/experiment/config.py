@@ -181,6 +181,9 @@ def check_overrides(config: ExperimentConfig) -> None:
     _check_generators(s)
     if not config.seeds:
         raise CeladonError("seeds: give at least one seed (three or more for confidence intervals)")
+    if config.jobs < 0:
+        raise CeladonError(f"jobs: {config.jobs}: give the number of trainings to run at once, or 0 for one per "
+                           "CPU core")
     _check_statistics(config)
 
 

@@ -42,8 +42,6 @@ def job_count(jobs: int, device: str, devices: list[str], pending: int) -> int:
     from celadon.cpu import usable_cores
     from celadon.device import resolve_device
 
-    if jobs < 0:
-        raise CeladonError(f"jobs: {jobs}: give the number of trainings to run at once, or 0 for one per CPU core")
     wanted = len(devices) or jobs or (usable_cores() if resolve_device(device) == "cpu" else 1)
     return max(1, min(wanted, pending))
 
