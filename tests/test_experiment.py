@@ -88,12 +88,15 @@ def test_a_classifier_change_reruns_only_training_and_evaluation(study, tmp_path
     assert len(reran) == 2 * 2 * 2  # 2 arms x 2 seeds x (train + evaluate); the reference has its own settings
 
 
-@pytest.mark.parametrize("setting, where", [({"jobs": 2}, "1 thread each"),
+TWIN = {"name": "A again"} | {k: v for k, v in SMALL["arms"][1].items() if k != "name"}  # A's settings, renamed
+
+
+@pytest.mark.parametrize("setting, where", [({"jobs": 2, "arms": [*SMALL["arms"], TWIN]}, "1 thread each"),
                                             ({"devices": ["cpu", "cpu"]}, "on cpu, cpu")])
 def test_trainings_at_once_in_their_own_processes_train_the_same_weights(study, tmp_path, capsys, setting, where):
     """jobs: 2 (or two devices, as `--gpus 2` gives) trains the arms two at a time in worker processes, each
     with the thread count it is given: the same stages, bit-identical weights and the same test scores as one at
-    a time in this process."""
+    a time in this process. An arm with another arm's settings shares its trainings instead of racing them."""
     out = _copy(study, tmp_path)
     for stage in [*(out / "stages").glob("train-*"), *(out / "stages").glob("evaluate-*")]:
         shutil.rmtree(stage)
@@ -104,8 +107,11 @@ def test_trainings_at_once_in_their_own_processes_train_the_same_weights(study, 
     before, after = _stage_files(study / "out", ("train", "evaluate")), _stage_files(out, ("train", "evaluate"))
     assert any(k.endswith("model.safetensors") for k in before) and before.keys() == after.keys()
     assert [k for k in before if before[k] != after[k]] == []
-    scores = [json.loads((root / "results.json").read_text())["primary"] for root in (study / "out", out)]
-    assert scores[0] == scores[1]
+    arms = [json.loads((root / "results.json").read_text())["primary"]["arms"] for root in (study / "out", out)]
+    for name in ("baseline", "A"):
+        assert arms[1][name]["mean"] == arms[0][name]["mean"]
+    if "arms" in setting:
+        assert arms[1]["A again"]["mean"] == arms[0]["A"]["mean"]
 
 
 def test_a_review_rejection_reruns_curate_and_only_the_arm_that_mixes_the_image_in(study, tmp_path):

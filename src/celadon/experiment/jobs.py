@@ -20,7 +20,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from celadon.errors import CeladonError
-from celadon.experiment.stages import Stage, StageRunner
+from celadon.experiment.stages import Stage, StageRunner, stage_key
 
 
 @dataclasses.dataclass
@@ -49,9 +49,18 @@ def job_count(jobs: int, device: str, devices: list[str], pending: int) -> int:
 _worker_device: str | None = None  # the device this worker process trains on, when the study names devices
 
 
-def _take_device(devices) -> None:
+def _start_worker(devices) -> None:
+    """Die with the study (Linux): a killed study leaves no training running on into the folder its rerun resumes
+    in. Then take a device, when the study names devices."""
     global _worker_device
-    _worker_device = devices.get()
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: an orphaned training finishes its own stage, then stops
+    _worker_device = devices.get() if devices is not None else None
 
 
 def fit(config: Any, progress: bool = True) -> dict:
@@ -77,40 +86,48 @@ def run_trainings(stages: StageRunner, jobs: list[TrainingJob], count: int, thre
     one), e.g. to evaluate it meanwhile."""
     from celadon.cpu import usable_cores
 
-    begun = []
+    begun, twins = [], {}  # twins: jobs with the same settings as a begun one (two arms alike) wait for it
     for i, job in enumerate(jobs):
+        first = next((j for j, stage in begun if stage.key == stage_key("train", job.settings, job.inputs)), None)
+        if first is not None:
+            twins.setdefault(first, []).append(i)
+            continue
         stage = stages.begin("train", job.settings, job.inputs, job.label)
         if stage.reused:
             done(i, stage)
         else:
             begun.append((i, stage))
+
+    def finished(i: int, summary: dict, seconds: float, stage: Stage) -> None:
+        stage = stages.finish(stage, jobs[i].settings, jobs[i].inputs, summary, seconds)
+        for j in [i, *twins.get(i, [])]:
+            done(j, stage)
+
     count = max(1, min(count, len(begun)))
     if count == 1 and not devices:
         for i, stage in begun:
-            config = dataclasses.replace(jobs[i].config, out=str(stage.path))
             began = time.perf_counter()
-            summary = fit(config)
-            done(i, stages.finish(stage, jobs[i].settings, jobs[i].inputs, summary, time.perf_counter() - began))
+            summary = fit(dataclasses.replace(jobs[i].config, out=str(stage.path)))
+            finished(i, summary, time.perf_counter() - began, stage)
         return
     per_job = threads or max(1, usable_cores() // count)
     where = f"on {', '.join(devices[:count])}" if devices else f"{per_job} thread{'s' if per_job > 1 else ''} each"
     stages.log(f"   {len(begun)} trainings, {count} at once ({where})")
     context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
+    queue = context.Queue() if devices else None
     for device in devices[:count]:
         queue.put(device)
-    pool = ProcessPoolExecutor(count, mp_context=context, initializer=_take_device if devices else None,
-                               initargs=(queue,) if devices else ())
+    pool = ProcessPoolExecutor(count, mp_context=context, initializer=_start_worker, initargs=(queue,))
     try:
         running: dict[Future, tuple[int, Stage]] = {
             pool.submit(_fit_timed, dataclasses.replace(jobs[i].config, out=str(stage.path), threads=per_job)):
                 (i, stage) for i, stage in begun}
         while running:
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
+            ready, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in ready:
                 i, stage = running.pop(future)
                 summary, seconds = future.result()  # a training's CeladonError arrives here as itself
-                done(i, stages.finish(stage, jobs[i].settings, jobs[i].inputs, summary, seconds))
+                finished(i, summary, seconds, stage)
     except BrokenProcessPool:
         raise CeladonError(f"{stages.root}: a training process died (killed, or out of memory); run the study again: "
                            "finished trainings are kept and the others resume from their checkpoints") from None
