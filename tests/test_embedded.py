@@ -70,6 +70,7 @@ def test_demo_command_is_the_demo_preset_study(tmp_path, capsys):
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "wall time per stage" in text and "train LoRA" in text and "generate B/lora" in text
+    assert "wall time of the study" in text  # the stages' sum counts trainings that ran at once twice
     assert f"report: {(out / 'report.html').resolve()}" in text
     results = json.loads((out / "results.json").read_text())
     assert results["arms"] == [arm.name for arm in load_experiment("demo").arms]

@@ -1,12 +1,12 @@
 """A study's classifier trainings (arms x seeds) do not depend on each other: run several at once, one process each.
 
-On a CPU the demo's small convolutions use a second thread poorly. On 2 cores, two single-threaded trainings in
-parallel took 71 s where one two-threaded training took 49 s (3 epochs of the demo's classifier): 1.38x the
-throughput. So `jobs: 0` (auto) trains one process per core on a CPU, each with cores/jobs threads given explicitly
-(never "the free cores", which two processes starting together would both count as theirs). On a GPU, auto is one
-training at a time, in this process; `devices` (`celadon run --gpus N`) gives each process a device of its own. A
-training resumes from its own checkpoints and its stage is marked complete
-only when it returned, so a killed study redoes nothing but the epochs since each training's last checkpoint.
+On a CPU the demo's small convolutions use a second thread poorly: on 2 cores, two single-threaded trainings at
+once got through 1.25-1.45x what one two-threaded training did, in three paired measurements. So `jobs: 0` (auto)
+trains one process per core on a CPU, each with cores/jobs threads given explicitly (never "the free cores", which
+two processes starting together would both count as theirs, and a fixed count keeps the bits reproducible). On a
+GPU, auto is one training at a time, in this process; `devices` (`celadon run --gpus N`) gives each process a device
+of its own. A training resumes from its own checkpoints and its stage is marked complete only when it returned, so
+a killed study redoes nothing but the epochs since each training's last checkpoint.
 """
 
 from __future__ import annotations

@@ -385,6 +385,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> Path:
     results = collect_results(runs)
     results["stages"] = [{"stage": s.label, "folder": s.path.name, "reused": s.reused, "seconds": round(s.seconds, 1)}
                          for s in experiment.stages.history]
+    results["wall_seconds"] = round(time.perf_counter() - began, 1)  # less than the stages' sum: trainings overlap
     write_json(Path(config.out) / "results.json", results)
     report = write_report(results, config.out)
     print(f"experiment finished in {time.perf_counter() - began:.0f} s; "

@@ -29,7 +29,9 @@ def print_summary(out: Path) -> None:
     for stage in results["stages"]:
         state = "reused" if stage["reused"] else f"{stage['seconds']:7.1f} s"
         print(f"  {stage['stage']:<40}{state:>10}")
-    print(f"  {'total':<40}{sum(s['seconds'] for s in results['stages']):7.1f} s")
+    print(f"  {'sum of the stages':<40}{sum(s['seconds'] for s in results['stages']):7.1f} s")
+    if "wall_seconds" in results:  # trainings that ran at once overlap in the sum
+        print(f"  {'wall time of the study':<40}{results['wall_seconds']:7.1f} s")
     rows = [r for r in results.get("table14", []) if r["metric"] == "f1_macro" or r["task"] == "all"]
     rows += results.get("rare_combinations", [])
     if rows:

@@ -286,6 +286,8 @@ def _reproduce_section(results: dict) -> str:
     return ("<h2>4. Reproduce</h2><p>Run <code>celadon run config.yaml</code> with this config; finished stages "
             "are reused by their content address.</p><h3>Config</h3><pre>" + _e(config) + "</pre><h3>Versions</h3>"
             "<pre>" + _e(yaml.safe_dump(results["versions"], sort_keys=False)) + "</pre><h3>Stages</h3>"
+            + (f"<p>Wall time of this run: {results['wall_seconds']:.0f} s (trainings that ran at once overlap in "
+               "the stage times).</p>" if "wall_seconds" in results else "")
             + _table(["stage", "folder", "this run", "seconds"], stages, 2))
 
 
