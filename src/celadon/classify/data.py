@@ -42,8 +42,11 @@ class ImageCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.pixels_path = self.folder / f"pixels_{size}.u8"
         self.index_path = self.folder / f"index_{size}.json"
-        self.index: dict[str, int] = json.loads(self.index_path.read_text()) if self.index_path.exists() else {}
+        self.index = self._read_index()
         self.row_bytes = size * size * 3
+
+    def _read_index(self) -> dict[str, int]:
+        return json.loads(self.index_path.read_text()) if self.index_path.exists() else {}
 
     @staticmethod
     def _digests(paths: list[Path], progress: bool) -> list[str]:
@@ -67,16 +70,15 @@ class ImageCache:
         with open(self.folder / f"lock_{self.size}", "a") as lock:
             if fcntl:
                 fcntl.flock(lock, fcntl.LOCK_EX)
-            self.index = json.loads(self.index_path.read_text()) if self.index_path.exists() else {}
+            self.index = self._read_index()
             yield
 
     def rows_for(self, paths: list[Path], progress: bool = True) -> np.ndarray:
         """Row of each path, decoding and appending the images the cache does not hold yet."""
         digests = self._digests(paths, progress)
-        if all(d in self.index for d in digests):
-            return np.array([self.index[d] for d in digests], dtype=np.int64)
-        with self._appending():
-            self._append({d: p for d, p in zip(digests, paths, strict=True) if d not in self.index}, progress)
+        if not all(d in self.index for d in digests):
+            with self._appending():
+                self._append({d: p for d, p in zip(digests, paths, strict=True) if d not in self.index}, progress)
         return np.array([self.index[d] for d in digests], dtype=np.int64)
 
     def _append(self, todo: dict[str, Path], progress: bool) -> None:

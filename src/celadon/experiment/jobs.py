@@ -86,17 +86,18 @@ def run_trainings(stages: StageRunner, jobs: list[TrainingJob], count: int, thre
     one), e.g. to evaluate it meanwhile."""
     from celadon.cpu import usable_cores
 
-    begun, twins = [], {}  # twins: jobs with the same settings as a begun one (two arms alike) wait for it
+    begun, first_of, twins = [], {}, {}  # twins: jobs with the same key as a begun one (two arms alike) wait for it
     for i, job in enumerate(jobs):
-        first = next((j for j, stage in begun if stage.key == stage_key("train", job.settings, job.inputs)), None)
-        if first is not None:
-            twins.setdefault(first, []).append(i)
+        key = stage_key("train", job.settings, job.inputs)
+        if key in first_of:
+            twins.setdefault(first_of[key], []).append(i)
             continue
         stage = stages.begin("train", job.settings, job.inputs, job.label)
         if stage.reused:
             done(i, stage)
         else:
             begun.append((i, stage))
+            first_of[key] = i
 
     def finished(i: int, summary: dict, seconds: float, stage: Stage) -> None:
         stage = stages.finish(stage, jobs[i].settings, jobs[i].inputs, summary, seconds)
