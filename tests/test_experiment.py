@@ -437,3 +437,32 @@ def test_model_fingerprint_follows_the_weights(tiny_sd, tmp_path):
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
     assert model_fingerprint(str(copy)) != before
+
+
+def test_the_estimate_counts_the_work_the_study_did(study):
+    """`bench estimate`'s workload of SMALL equals what running SMALL did: the distinct trainings and the images
+    each trained on, LoRA steps and sample grids, every generation's images and denoising steps."""
+    import pandas as pd
+
+    from celadon.experiment.estimate import study_workload
+
+    out = study / "out"
+    stages = [json.loads(p.read_text()) for p in sorted((out / "stages").glob("*/stage.json"))]
+    split = pd.read_csv(next((out / "stages").glob("split-*/splits.csv")))["split"].value_counts()
+    work = study_workload(load_experiment(str(study / "study.yaml")), split["train"], split["val"], split["test"])
+    trained = sorted(s["summary"]["optimizer_steps"] * s["settings"]["batch_size"] for s in stages
+                     if s["kind"] == "train")
+    assert sorted(work.trainings) == trained and len(trained) == 5  # the reference (1 epoch), baseline x 2, A x 2
+    epochs = sorted(s["summary"]["epochs"] for s in stages if s["kind"] == "train")
+    assert sorted(work.evaluated) == sorted([split["val"] * epochs[0] + split["val"]]  # the reference: on val
+                                            + [split["val"] * e + split["test"] for e in epochs[1:]])
+    generated = {}
+    for s in stages:
+        if s["kind"] == "generate":
+            run = yaml.safe_load((out / "stages" / f"generate-{s['key']}" / "run.yaml").read_text())["config"]
+            name = "A/lora" if run["lora"] else "A/vanilla"
+            generated[name] = len(pd.read_csv(s["summary"]["table"])), run["steps"]
+    assert work.generated == generated == {"A/lora": (6, 2), "A/vanilla": (6, 2)}
+    lora = next(s for s in stages if s["kind"] == "lora")
+    assert work.lora_steps == lora["settings"]["steps"] == 2
+    assert work.lora_grid_images == 8 * len(list((out / "stages" / f"lora-{lora['key']}" / "samples").glob("*.png")))

@@ -85,6 +85,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_estimate(args: argparse.Namespace) -> int:
+    """`celadon bench estimate CONFIG`: the study's workload x the measured rates, on each device count asked."""
+    from celadon.experiment.config import load_experiment
+    from celadon.experiment.estimate import estimate, mismatches, read_rates, study_workload
+
+    config = load_experiment(args.config, {}, list(args.set))
+    try:
+        train, val, test = (int(n) for n in args.images.split(","))
+        devices = [int(n) for n in args.gpus.split(",")]
+    except ValueError:
+        raise CeladonError(f"--images {args.images!r} / --gpus {args.gpus!r}: give integers, e.g. --images "
+                           "5068,1392,801 --gpus 1,8") from None
+    work = study_workload(config, train, val, test, args.train_rows)
+    rates = read_rates(args.train, args.lora, args.generate)
+    print(f"{config.name}: {len(work.trainings)} classifier trainings ({sum(work.trainings):,} images trained on), "
+          f"LoRA {work.lora_steps} steps, {sum(n for n, _ in work.generated.values()):,} images generated")
+    for note in mismatches(config, rates):
+        print(f"note: {note}")
+    columns = {n: estimate(work, rates, n) for n in devices}
+    print(f"{'':<24}" + "".join(f"{f'{n} device' + ('s' if n > 1 else ''):>14}" for n in devices))
+    def duration(seconds: float) -> str:
+        return f"{seconds / 60:>10.1f} min" if seconds < 7200 else f"{seconds / 3600:>12.1f} h"
+
+    for part in columns[devices[0]]:
+        print(f"{part:<24}" + "".join(duration(columns[n][part]) for n in devices))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from celadon.report.html import rebuild_report
 
@@ -128,6 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench_verbs = classify.add_parsers(stages, add)
     synth.add_parsers(stages, add, bench_verbs)
+    p = add(bench_verbs, "estimate", cmd_bench_estimate,
+            "a study's wall time on 1..N devices from its workload and the benchmarks' --json rates")
+    p.add_argument("config", help="a study YAML, or a shipped preset: demo, paper")
+    p.add_argument("--images", required=True, metavar="TRAIN,VAL,TEST",
+                   help="original images per split (the paper's: 5068,1392,801)")
+    p.add_argument("--train-rows", type=int, default=0, help="training rows after offline augmentation (0: TRAIN)")
+    p.add_argument("--train", required=True, metavar="JSON", help="`bench train --json` at the study's classifier "
+                                                                   "backbone, image size and batch")
+    p.add_argument("--lora", metavar="JSON", help="`bench lora --json` at the study's LoRA batch and resolution")
+    p.add_argument("--generate", metavar="JSON", help="`bench generate --json` at the study's resolution")
+    p.add_argument("--gpus", default="1", help="comma-separated device counts, e.g. 1,8")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config setting")
     review.add_parsers(stages, add)
 
     data.add_parsers(stages, add)

@@ -10,7 +10,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from celadon.cli.options import DEVICE_HELP
+from celadon.cli.options import BENCH_JSON_HELP, DEVICE_HELP, write_bench_json
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -94,6 +94,7 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
                                      args.augment_on),
                          progress=not args.quiet)
     print(json.dumps(result, indent=2))
+    write_bench_json(args.json, result)  # the result names its own settings
     print(f"ratios: cached/compute {result['cached_vs_compute']:.2f} (target >= 0.85), "
           f"cached/naive {result['cached_vs_naive']:.2f} (target >= 2)")
     return 0
@@ -138,4 +139,5 @@ def add_parsers(stages, add):
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--augment-on", default="auto", choices=AUGMENT_ON,
                    help="the cached path's augmentation (auto: on the device on a GPU, in the loader on the CPU)")
+    p.add_argument("--json", help=BENCH_JSON_HELP)
     return verbs

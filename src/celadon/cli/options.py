@@ -26,6 +26,16 @@ _FIELD_LINE = re.compile(r"^\s{4}(\w+)\s*:")
 
 
 DEVICE_HELP = "auto (the GPU when there is one), cpu, cuda or cuda:N"
+BENCH_JSON_HELP = "also write the rates and the settings they were measured at here (for `bench estimate`)"
+
+
+def write_bench_json(path: str | None, result: dict, **settings: Any) -> None:
+    """A benchmark's result plus its settings, for `celadon bench estimate` to read and check against a study."""
+    if path:
+        from celadon.runinfo import write_json
+
+        write_json(path, result | {"settings": settings})
+        print(f"rates: {path}")
 
 
 @functools.cache

@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from celadon.cli.options import DEVICE_HELP
+from celadon.cli.options import BENCH_JSON_HELP, DEVICE_HELP, write_bench_json
 
 
 def cmd_select(args: argparse.Namespace) -> int:
@@ -106,10 +106,14 @@ def cmd_bench_lora(args: argparse.Namespace) -> int:
     from celadon.synth.bench import bench_lora
     from celadon.synth.lora import LoraConfig
 
-    result = bench_lora(LoraConfig(data=args.data, model=args.model, batch_size=args.batch_size, threads=args.threads,
-                                   resolution=args.resolution, mixed_precision=args.mixed_precision,
-                                   device=args.device, gradient_checkpointing=args.gradient_checkpointing),
-                        steps=args.steps)
+    config = LoraConfig(data=args.data, model=args.model, batch_size=args.batch_size, threads=args.threads,
+                        resolution=args.resolution, mixed_precision=args.mixed_precision, device=args.device,
+                        gradient_checkpointing=args.gradient_checkpointing, rank=args.rank, alpha=float(args.rank),
+                        train_text_encoder=args.train_text_encoder)
+    result = bench_lora(config, steps=args.steps)
+    write_bench_json(args.json, result, model=args.model, batch_size=args.batch_size, resolution=args.resolution,
+                     rank=args.rank, train_text_encoder=args.train_text_encoder, steps=args.steps,
+                     mixed_precision=args.mixed_precision)
     for name in ("recipe", "celadon"):
         print(f"{name:>8}: {result[name]['steps_per_s']:.3f} steps/s (run {result[name]['wall_s']:.0f} s)")
     print(f"celadon / diffusers recipe: {result['ratio']:.2f}x (target >= 1.5x)")
@@ -126,6 +130,8 @@ def cmd_bench_generate(args: argparse.Namespace) -> int:
         raise CeladonError(f"bench generate measures txt2img against a plain pipeline loop; {config.generator} "
                            "has no plain counterpart here")
     result = bench_generate(config, items=args.items)
+    write_bench_json(args.json, result, model=config.model, batch_size=config.batch_size,
+                     resolution=config.resolution, steps=config.steps, guidance=config.guidance)
     print(f" celadon: {result['celadon']['images_per_s']:.2f} images/s")
     print(f"   plain: {result['plain']['images_per_s']:.2f} images/s (StableDiffusionPipeline, one call per image)")
     print(f"celadon / plain: {result['ratio']:.2f}x (target >= 1.0x)")
@@ -246,9 +252,13 @@ def add_parsers(stages, add, bench_verbs) -> None:
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: the free cores)")
+    p.add_argument("--rank", type=int, default=8, help="LoRA rank (alpha = rank)")
+    p.add_argument("--train-text-encoder", action="store_true", help="LoRA on the text encoder too")
+    p.add_argument("--json", help=BENCH_JSON_HELP)
 
     from celadon.synth.generate import GENERATORS
 
     p = add(bench_verbs, "generate", cmd_bench_generate, "images/s: celadon generate vs a plain pipeline loop")
     _generation_arguments(p, "out", "shard", "devices", *GENERATORS["img2img"].settings, "generator")  # txt2img only
     p.add_argument("--items", type=int, default=16)
+    p.add_argument("--json", help=BENCH_JSON_HELP)

@@ -214,15 +214,19 @@ def _validation_prompts(records: list[dict], config: LoraConfig) -> list[str]:
     for record in sorted(records, key=lambda r: (r.get("tier") is None, r.get("tier"), r["text"])):
         if record["text"] not in seen:
             seen.append(record["text"])
-    step = max(1, len(seen) // 4)
-    return seen[::step][:4]
+    step = max(1, len(seen) // GRID_PROMPTS)
+    return seen[::step][:GRID_PROMPTS]
+
+
+GRID_PROMPTS, GRID_STEPS = 4, 20  # each checkpoint's sample grid: four prompts twice, 20 denoising steps
 
 
 def _sample_grid(pipe, prompts: list[str], resolution: int, config: LoraConfig, path: Path) -> None:
     pipe.unet.eval()
     with torch.no_grad():
-        images = pipe(prompts * 2, num_inference_steps=20, guidance_scale=7.0, height=resolution, width=resolution,
-                      clip_skip=config.clip_skip, generator=torch.Generator().manual_seed(config.seed)).images
+        images = pipe(prompts * 2, num_inference_steps=GRID_STEPS, guidance_scale=7.0, height=resolution,
+                      width=resolution, clip_skip=config.clip_skip,
+                      generator=torch.Generator().manual_seed(config.seed)).images
     pipe.unet.train()
     save_grid(images, path, columns=len(prompts))
 

@@ -1,0 +1,89 @@
+"""`celadon bench estimate`: the study's workload divided by measured rates, spread over N devices."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from celadon.cli import main
+from celadon.errors import CeladonError
+from celadon.experiment.config import load_experiment
+from celadon.experiment.estimate import FORWARD_SHARE, Rates, Workload, estimate, study_workload
+
+
+def _rates(train: float = 100.0, lora: float = 2.0, generate: float = 0.5, steps: int = 20) -> Rates:
+    return Rates(train, lora, generate, steps)
+
+
+def test_trainings_after_the_reference_share_the_devices_and_generation_shards():
+    work = Workload(trainings=[1000, 2000, 2000, 2000, 2000], evaluated=[0] * 5, lora_steps=100,
+                    lora_grid_images=16, generated={"B/lora": (40, 20), "B/img2img": (40, 10)})
+    one, four = estimate(work, _rates(), 1), estimate(work, _rates(), 4)
+    assert one["classifier trainings"] == pytest.approx(9000 / 100)
+    assert four["classifier trainings"] == pytest.approx(10 + 20)  # the reference alone, then one round
+    assert one["LoRA"] == pytest.approx(100 / 2 + 16 / 0.5) and four["LoRA"] == pytest.approx(25 / 2 + 16 / 0.5)
+    assert one["generation"] == pytest.approx((40 + 20) / 0.5)  # img2img at half the steps costs half
+    assert four["generation"] == pytest.approx(one["generation"] / 4)
+    assert one["QC judge"] == pytest.approx(80 * FORWARD_SHARE / 100)
+    assert one["total"] == pytest.approx(sum(v for k, v in one.items() if k != "total"))
+    three = estimate(work, _rates(), 3)  # four trainings after the reference: two rounds
+    assert three["classifier trainings"] == pytest.approx(10 + 20 + 20)
+
+
+def test_a_study_without_synthesis_trains_everything_in_rounds_and_needs_no_other_rate(tmp_path):
+    config = load_experiment("demo", {}, ["arms=[{name: baseline}]", "synthesis.compare_plan=null",
+                                          "synthesis.sweep={}"])
+    work = study_workload(config, 1729, 500, 271)
+    images = 10 * 28 * 64  # 10 epochs of ceil(1729 / 64) batches of 64
+    assert work.trainings == [images] * 3 and work.evaluated == [500 * 10 + 271] * 3
+    assert not work.generated and not work.lora_steps
+    parts = estimate(work, _rates(generate=0.0, lora=0.0), 2)
+    per = (images + (500 * 10 + 271) * FORWARD_SHARE) / 100
+    assert parts == pytest.approx({"classifier trainings": 2 * per, "total": 2 * per})
+
+
+def test_the_demo_workload_shares_the_reference_and_counts_img2img_and_the_sweep_by_steps():
+    work = study_workload(load_experiment("demo"), 1729, 500, 271)
+    assert len(work.trainings) == 12  # 4 arms x 3 seeds; the reference is baseline seed 0
+    assert work.lora_steps == 600 and work.lora_grid_images == 8 * 6
+    a, b = round(1729 * 5 / 95), round(1729 * 10 / 90)
+    assert work.generated == {"A/img2img": (a, 10), "A/lora": (a, 20), "A/vanilla": (a, 20), "B/img2img": (b, 10),
+                              "B/lora": (b, 20), "A/img2img@0.3": (a, 6), "A/img2img@0.7": (a, 14)}  # 0.5: reused
+
+
+def test_the_cli_reads_the_benchmarks_json_and_says_where_they_measured_other_settings(tmp_path, capsys):
+    base = ["bench", "train", "--image-size", "32", "--batch-size", "8", "--steps", "2", "--source-size", "40",
+            "--threads", "1", "--data", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    assert main([*base, "--json", str(tmp_path / "train.json")]) == 0
+    measured = json.loads((tmp_path / "train.json").read_text())
+    (tmp_path / "lora.json").write_text(json.dumps({"celadon": {"steps_per_s": 2.0},
+                                                    "settings": {"batch_size": 16, "rank": 8}}))
+    (tmp_path / "generate.json").write_text(json.dumps({"celadon": {"images_per_s": 0.5}, "settings": {"steps": 20}}))
+    capsys.readouterr()
+    args = ["bench", "estimate", "demo", "--images", "1729,500,271", "--train", str(tmp_path / "train.json"),
+            "--lora", str(tmp_path / "lora.json"), "--generate", str(tmp_path / "generate.json"), "--gpus", "1,8",
+            "--quiet"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "note: bench train measured image_size 32; the study's classifier uses 64" in out
+    assert "note: bench lora measured rank 8; the study's LoRA uses 16" in out
+    work = study_workload(load_experiment("demo"), 1729, 500, 271)
+    expected = estimate(work, Rates(measured["cached_images_per_s"], 2.0, 0.5, 20), 8)
+    total = next(line for line in out.splitlines() if line.startswith("total")).split()
+    assert float(total[-2]) == pytest.approx(expected["total"] / (60 if total[-1] == "min" else 3600), abs=0.05)
+
+    missing = [*args[:6], str(tmp_path / "nope.json"), *args[7:]]
+    assert main(missing) == 2
+    assert "nope.json: no such file; write it with `celadon bench train --json" in capsys.readouterr().err
+    (tmp_path / "broken.json").write_text("{}")
+    assert main([*args[:6], str(tmp_path / "broken.json"), *args[7:]]) == 2
+    assert "no cached_images_per_s" in capsys.readouterr().err
+    assert main([*args[:-2], "0", "--quiet"]) == 2
+    assert "--gpus 0: give at least 1" in capsys.readouterr().err
+
+
+def test_a_missing_rate_the_study_needs_is_a_one_line_error():
+    work = study_workload(load_experiment("demo"), 1729, 500, 271)
+    with pytest.raises(CeladonError, match="bench lora --json"):
+        estimate(work, _rates(lora=0.0), 1)
