@@ -58,8 +58,10 @@ def test_the_cli_reads_the_benchmarks_json_and_says_where_they_measured_other_se
     assert main([*base, "--json", str(tmp_path / "train.json")]) == 0
     measured = json.loads((tmp_path / "train.json").read_text())
     (tmp_path / "lora.json").write_text(json.dumps({"celadon": {"steps_per_s": 2.0},
-                                                    "settings": {"batch_size": 16, "rank": 8}}))
-    (tmp_path / "generate.json").write_text(json.dumps({"celadon": {"images_per_s": 0.5}, "settings": {"steps": 20}}))
+                                                    "settings": {"batch_size": 16, "rank": 8,
+                                                                 "train_text_encoder": True}}))
+    (tmp_path / "generate.json").write_text(json.dumps({"celadon": {"images_per_s": 0.5},
+                                                        "settings": {"steps": 20, "resolution": 0}}))
     capsys.readouterr()
     args = ["bench", "estimate", "demo", "--images", "1729,500,271", "--train", str(tmp_path / "train.json"),
             "--lora", str(tmp_path / "lora.json"), "--generate", str(tmp_path / "generate.json"), "--gpus", "1,8",
@@ -68,6 +70,9 @@ def test_the_cli_reads_the_benchmarks_json_and_says_where_they_measured_other_se
     out = capsys.readouterr().out
     assert "note: bench train measured image_size 32; the study's classifier uses 64" in out
     assert "note: bench lora measured rank 8; the study's LoRA uses 16" in out
+    assert "train_text_encoder" not in out and "lora measured batch_size" not in out  # the demo's, as measured
+    assert "note: bench train measured batch_size 8; the study's classifier uses 64" in out
+    assert "bench generate measured" not in out  # 0: the model's own resolution, which the demo uses
     work = study_workload(load_experiment("demo"), 1729, 500, 271)
     expected = estimate(work, Rates(measured["cached_images_per_s"], 2.0, 0.5, 20), 8)
     total = next(line for line in out.splitlines() if line.startswith("total")).split()

@@ -105,12 +105,13 @@ def cmd_bench_estimate(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     columns = {n: estimate(work, rates, n) for n in devices}
     print(f"{'':<24}" + "".join(f"{f'{n} device' + ('s' if n > 1 else ''):>14}" for n in devices))
-    def duration(seconds: float) -> str:
-        return f"{seconds / 60:>10.1f} min" if seconds < 7200 else f"{seconds / 3600:>12.1f} h"
-
     for part in columns[devices[0]]:
-        print(f"{part:<24}" + "".join(duration(columns[n][part]) for n in devices))
+        print(f"{part:<24}" + "".join(_duration(columns[n][part]) for n in devices))
     return 0
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:>10.1f} min" if seconds < 7200 else f"{seconds / 3600:>12.1f} h"
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -156,10 +156,14 @@ def mismatches(config: ExperimentConfig, rates: Rates) -> list[str]:
         if got is not None and got != getattr(classifier, key):
             notes.append(f"bench train measured {key} {got}; the study's classifier uses {getattr(classifier, key)}")
     lora = config.synthesis.lora
-    for key in ("batch_size", "resolution", "rank"):
+    for key in ("batch_size", "resolution", "rank", "train_text_encoder"):
         got = rates.measured["lora"].get("settings", {}).get(key)
-        if got and key in lora and got != lora[key]:  # resolution 0: the model's own, not known here
+        if got is not None and key in lora and got != lora[key] and not (key == "resolution" and got == 0):
             notes.append(f"bench lora measured {key} {got}; the study's LoRA uses {lora[key]}")
+    got = rates.measured["generate"].get("settings", {}).get("resolution")
+    wanted = config.synthesis.generate.get("resolution")
+    if got and wanted and got != wanted:  # 0 or unset: the model's own
+        notes.append(f"bench generate measured resolution {got}; the study generates at {wanted}")
     return notes
 
 
