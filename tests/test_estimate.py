@@ -72,6 +72,8 @@ def test_the_cli_reads_the_benchmarks_json_and_says_where_they_measured_other_se
     assert "note: bench lora measured rank 8; the study's LoRA uses 16" in out
     assert "train_text_encoder" not in out and "lora measured batch_size" not in out  # the demo's, as measured
     assert "note: bench train measured batch_size 8; the study's classifier uses 64" in out
+    assert "note: bench train measured train_depthwise True; the study's classifier uses False" in out
+    assert "note: bench train augmented on the loader; the study's classifier on the device" in out
     assert "bench generate measured" not in out  # 0: the model's own resolution, which the demo uses
     work = study_workload(load_experiment("demo"), 1729, 500, 271)
     expected = estimate(work, Rates(measured["cached_images_per_s"], 2.0, 0.5, 20), 8)

@@ -51,6 +51,8 @@ class BenchConfig:
     workers: int = 0  # DataLoader workers for both input pipelines
     device: str = "auto"
     augment_on: str = "auto"  # the cached path's augmentation, as in training: auto (device on a GPU), loader, device
+    train_depthwise: bool = True  # False: the depthwise kernels frozen, as TrainConfig.train_depthwise
+    freeze_stages: int = 0  # the backbone's first N stages frozen, as TrainConfig.freeze_stages
 
 
 class NaiveJpegDataset(Dataset):
@@ -113,6 +115,9 @@ def bench_train(config: BenchConfig, progress: bool = True) -> dict:
     tasks = taxonomy.task_names
     model = MultiTaskNet(ModelConfig(config.backbone, "none", {t: len(taxonomy.task(t).codes) for t in tasks}))
     model = model.to(device, memory_format=torch.channels_last).train()
+    if not config.train_depthwise:
+        model.freeze_depthwise()
+    model.freeze_stages(config.freeze_stages)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     class_weights = {t: torch.ones(len(taxonomy.task(t).codes), device=device) for t in tasks}
     cache = ImageCache(config.cache_dir, cache_resolution(config.image_size))
@@ -156,7 +161,8 @@ def bench_train(config: BenchConfig, progress: bool = True) -> dict:
     results["cached_vs_naive"] = results["cached_images_per_s"] / results["naive_images_per_s"]
     results.update(backbone=config.backbone, image_size=config.image_size, batch_size=config.batch_size,
                    steps=config.steps, source_size=config.source_size, threads=torch.get_num_threads(),
-                   workers=config.workers, device=describe_device(device),
+                   workers=config.workers, device=describe_device(device), train_depthwise=config.train_depthwise,
+                   freeze_stages=config.freeze_stages,
                    augmented_on="device" if on_device else "loader")
     write_json(Path(config.data).parent / "bench-train.json", results)
     return results

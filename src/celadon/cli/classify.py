@@ -91,7 +91,7 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
 
     result = bench_train(BenchConfig(args.backbone, args.image_size, args.batch_size, args.steps, args.source_size,
                                      args.threads, args.data, args.cache_dir, args.workers, args.device,
-                                     args.augment_on),
+                                     args.augment_on, args.train_depthwise, args.freeze_stages),
                          progress=not args.quiet)
     print(json.dumps(result, indent=2))
     write_bench_json(args.json, result)  # the result names its own settings
@@ -139,5 +139,8 @@ def add_parsers(stages, add):
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--augment-on", default="auto", choices=AUGMENT_ON,
                    help="the cached path's augmentation (auto: on the device on a GPU, in the loader on the CPU)")
+    p.add_argument("--train-depthwise", action=argparse.BooleanOptionalAction, default=True,
+                   help="--no-train-depthwise freezes the depthwise kernels, as `train` does (the demo does)")
+    p.add_argument("--freeze-stages", type=int, default=0, help="the backbone's first N stages frozen, as `train`")
     p.add_argument("--json", help=BENCH_JSON_HELP)
     return verbs

@@ -151,10 +151,13 @@ def mismatches(config: ExperimentConfig, rates: Rates) -> list[str]:
 
     notes = []
     classifier = TrainConfig(**{k: v for k, v in config.classifier.items() if k in TrainConfig.__dataclass_fields__})
-    for key in ("backbone", "image_size", "batch_size"):
+    for key in ("backbone", "image_size", "batch_size", "train_depthwise", "freeze_stages"):
         got = rates.measured["train"].get(key)
         if got is not None and got != getattr(classifier, key):
             notes.append(f"bench train measured {key} {got}; the study's classifier uses {getattr(classifier, key)}")
+    got = rates.measured["train"].get("augmented_on")
+    if got and classifier.augment_on in ("loader", "device") and got != classifier.augment_on:
+        notes.append(f"bench train augmented on the {got}; the study's classifier on the {classifier.augment_on}")
     lora = config.synthesis.lora
     for key in ("batch_size", "resolution", "rank", "train_text_encoder"):
         got = rates.measured["lora"].get("settings", {}).get(key)
