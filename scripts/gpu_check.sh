@@ -59,7 +59,7 @@ PLAN=$(ls "$WORK"/demo/stages/plan-*/plan.csv 2>/dev/null | head -1)
 # Each bench at the settings of the study it prices (--json: the rates `bench estimate` reads): the demo's
 # classifier, LoRA and generation, and the paper preset's (MobileNetV3-Large at 224 px, batch 64; SD 1.5 size).
 step bench-train-64 60 "${CELADON[@]}" bench train --device cuda --image-size 64 --batch-size 64 --steps 30 \
-  --data "$WORK/bench-data" --cache-dir "$WORK/bench-cache" --json "$OUT/bench-train-64.json" --quiet
+  --no-train-depthwise --data "$WORK/bench-data" --cache-dir "$WORK/bench-cache" --json "$OUT/bench-train-64.json" --quiet
 step bench-train-224 90 "${CELADON[@]}" bench train --device cuda --backbone mobilenet_v3_large --image-size 224 \
   --batch-size 64 --steps 30 --data "$WORK/bench-data" --cache-dir "$WORK/bench-cache-224" \
   --json "$OUT/bench-train-224.json" --quiet
