@@ -31,16 +31,20 @@ def test_trainings_after_the_reference_share_the_devices_and_generation_shards()
     assert three["classifier trainings"] == pytest.approx(10 + 20 + 20)
 
 
-def test_a_study_without_synthesis_trains_everything_in_rounds_and_needs_no_other_rate(tmp_path):
+def test_a_study_without_synthesis_still_trains_its_reference_first_and_needs_no_other_rate(tmp_path):
     config = load_experiment("demo", {}, ["arms=[{name: baseline}]", "synthesis.compare_plan=null",
                                           "synthesis.sweep={}"])
     work = study_workload(config, 1729, 500, 271)
     images = 10 * 28 * 64  # 10 epochs of ceil(1729 / 64) batches of 64
-    assert work.trainings == [images] * 3 and work.evaluated == [500 * 10 + 271] * 3
+    # seed 0 is the reference too: one training, read on validation (reference) and on test (baseline)
+    assert work.trainings == [images] * 3 and work.evaluated == [500 * 11 + 271] + [500 * 10 + 271] * 2
     assert not work.generated and not work.lora_steps
     parts = estimate(work, _rates(generate=0.0, lora=0.0), 2)
-    per = (images + (500 * 10 + 271) * FORWARD_SHARE) / 100
-    assert parts == pytest.approx({"classifier trainings": 2 * per, "total": 2 * per})
+    first, per = (images + (500 * 11 + 271) * FORWARD_SHARE) / 100, (images + (500 * 10 + 271) * FORWARD_SHARE) / 100
+    assert parts == pytest.approx({"classifier trainings": first + per, "total": first + per})  # then 1 and 2
+    other = load_experiment("demo", {}, ["arms=[{name: baseline}]", "synthesis.compare_plan=null",
+                                         "synthesis.sweep={}", "synthesis.reference={epochs: 1}"])
+    assert len(study_workload(other, 1729, 500, 271).trainings) == 4  # the runner trains a reference regardless
 
 
 def test_the_demo_workload_shares_the_reference_and_counts_img2img_and_the_sweep_by_steps():

@@ -6,7 +6,7 @@ sizes each generator makes, img2img's `strength` x steps); the rates come from t
 in question (`bench train`, `bench lora`, `bench generate`, each with `--json`). On N devices the arms' trainings
 run one per device after the reference, generation runs one shard per device, and LoRA under `accelerate launch`
 sees the same images in steps / N (its gradient exchange is not measured). Rendering, splitting, QC's image
-statistics and t-SNE are left out: seconds at these sizes.
+statistics and t-SNE are left out (2.5 of the demo's 35.5 minutes on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -64,26 +64,25 @@ def study_workload(config: ExperimentConfig, train: int, val: int, test: int, tr
     rows = int(train_rows) or train
     work = Workload()
     reference = config.synthesis.reference or config.classifier
-    distinct: set[str] = set()
+    index: dict[str, int] = {}  # stage key -> its training
 
     def add(settings: dict, seed: int, mix: tuple, final: int) -> None:
         key = json.dumps([settings, seed, mix], sort_keys=True, default=str)
-        if key in distinct:  # the runner trains a stage key once (the reference as baseline seed 0, twin arms)
+        if key in index:  # trained once (the reference as baseline seed 0, twin arms), evaluated by each
+            work.evaluated[index[key]] += final
             return
-        distinct.add(key)
+        index[key] = len(work.trainings)
         images, epochs = _epoch_images(rows, settings, mix[1] if mix else 0.0)
         work.trainings.append(images)
         work.evaluated.append(val * epochs + final)
 
-    uses_synthesis = any(arm.plan for arm in config.arms) or config.synthesis.compare_plan
-    if uses_synthesis:
-        add(reference, config.seeds[0], (), val)
+    add(reference, config.seeds[0], (), val)  # always, and alone: selection, plans and QC wait for it
     for arm in config.arms:
         mix = (arm.plan, arm.ratio, arm.generator, arm.tasks) if arm.plan else ()
         for seed in config.seeds:
             add(config.classifier, seed, mix, test)
     s = config.synthesis
-    if not uses_synthesis:
+    if not (any(arm.plan for arm in config.arms) or s.compare_plan):
         return work
     work.lora_steps = int(s.lora.get("steps", LoraConfig.steps))
     every = int(s.lora.get("checkpoint_every", LoraConfig.checkpoint_every))
@@ -108,10 +107,10 @@ def study_workload(config: ExperimentConfig, train: int, val: int, test: int, tr
         work.generated[f"{name}/{generator}"] = plan_size(name), denoising_steps(s.generators[generator])
     if s.sweep:
         base = s.generators[s.sweep["generator"]]
+        own = float((s.generate | base).get("strength", GenerateConfig.strength))
         for strength in s.sweep.get("strengths", []):
             spec = base | {"strength": float(strength)}
-            if denoising_steps(spec) == denoising_steps(base) and (s.compare_plan, s.sweep["generator"]) in wanted \
-                    and float(strength) == float((s.generate | base).get("strength", GenerateConfig.strength)):
+            if float(strength) == own and (s.compare_plan, s.sweep["generator"]) in wanted:
                 continue  # the generator's own strength: the runner reuses that generation
             work.generated[f"{s.compare_plan}/{s.sweep['generator']}@{strength}"] = \
                 plan_size(s.compare_plan), denoising_steps(spec)
@@ -186,12 +185,10 @@ def estimate(work: Workload, rates: Rates, devices: int) -> dict[str, float]:
 
     parts: dict[str, float] = {}
     if work.trainings:
-        first = 1 if work.generated or work.lora_steps else 0
-        rest = range(first, len(work.trainings))
-        # after the reference (alone: synthesis waits for it), the others in rounds of one per device
-        ordered = sorted((seconds(i) for i in rest), reverse=True)
+        # the reference alone (synthesis waits for it), then the others in rounds of one per device
+        ordered = sorted((seconds(i) for i in range(1, len(work.trainings))), reverse=True)
         rounds = sum(ordered[k] for k in range(0, len(ordered), devices))
-        parts["classifier trainings"] = sum(seconds(i) for i in range(first)) + rounds
+        parts["classifier trainings"] = seconds(0) + rounds
     if work.lora_steps:
         from celadon.synth.lora import GRID_STEPS
 
