@@ -59,14 +59,15 @@ PLAN=$(ls "$WORK"/demo/stages/plan-*/plan.csv 2>/dev/null | head -1)
 # Each bench at the settings of the study it prices (--json: the rates `bench estimate` reads): the demo's
 # classifier, LoRA and generation, and the paper preset's (MobileNetV3-Large at 224 px, batch 64; SD 1.5 size).
 step bench-train-64 60 "${CELADON[@]}" bench train --device cuda --image-size 64 --batch-size 64 --steps 30 \
-  --no-train-depthwise --data "$WORK/bench-data" --cache-dir "$WORK/bench-cache" --json "$OUT/bench-train-64.json" --quiet
+  --no-train-depthwise --data "$WORK/bench-data" --cache-dir "$WORK/bench-cache" \
+  --json "$OUT/bench-train-64.json" --quiet
 step bench-train-224 90 "${CELADON[@]}" bench train --device cuda --backbone mobilenet_v3_large --image-size 224 \
   --batch-size 64 --steps 30 --data "$WORK/bench-data" --cache-dir "$WORK/bench-cache-224" \
   --json "$OUT/bench-train-224.json" --quiet
 if [ -n "$CAPTIONS" ] && [ -n "$PLAN" ]; then
   step bench-lora-tiny 60 "${CELADON[@]}" bench lora "$CAPTIONS" --device cuda --batch-size 16 --rank 16 \
     --train-text-encoder --steps 30 --json "$OUT/bench-lora-tiny.json" --quiet
-  step bench-generate-tiny 60 "${CELADON[@]}" bench generate "$PLAN" --device cuda --batch-size 8 --items 32 \
+  step bench-generate-tiny 30 "${CELADON[@]}" bench generate "$PLAN" --device cuda --batch-size 8 --items 32 \
     --steps 20 --json "$OUT/bench-generate-tiny.json" --quiet
   step bench-lora-sd15 150 "${CELADON[@]}" bench lora "$CAPTIONS" --model sd15-random --resolution 512 --device cuda \
     --batch-size 4 --rank 32 --mixed-precision bf16 --steps 10 --json "$OUT/bench-lora-sd15.json" --quiet
@@ -74,15 +75,15 @@ if [ -n "$CAPTIONS" ] && [ -n "$PLAN" ]; then
     --device cuda --batch-size 8 --items 16 --steps 20 --json "$OUT/bench-generate-sd15.json" --quiet
 fi
 # Wall time from the measured rates: the demo (to hold against its real wall time above) and the paper preset on
-# 1 and 8 GPUs, with the paper's split (5,068 / 1,392 / 801 originals; 25,877 training rows, its Table 3 baseline).
+# 1 and 8 GPUs, with the paper's split (5,068 / 1,392 / 801 originals; 25,877 training rows, its section 3.1 baseline).
 SPLIT=$(ls "$WORK"/demo/stages/split-*/splits.csv 2>/dev/null | head -1)
 if [ -n "$SPLIT" ]; then
   IMAGES=$(python3 -c "import csv, sys; rows = [r['split'] for r in csv.DictReader(open(sys.argv[1]))]; \
 print(','.join(str(rows.count(s)) for s in ('train', 'val', 'test')))" "$SPLIT")
-  step estimate-demo 60 "${CELADON[@]}" bench estimate demo --images "$IMAGES" --train "$OUT/bench-train-64.json" \
+  step estimate-demo 30 "${CELADON[@]}" bench estimate demo --images "$IMAGES" --train "$OUT/bench-train-64.json" \
     --lora "$OUT/bench-lora-tiny.json" --generate "$OUT/bench-generate-tiny.json" --gpus 1,4 --quiet
 fi
-step estimate-paper 60 "${CELADON[@]}" bench estimate paper --images 5068,1392,801 --train-rows 25877 \
+step estimate-paper 30 "${CELADON[@]}" bench estimate paper --images 5068,1392,801 --train-rows 25877 \
   --train "$OUT/bench-train-224.json" --lora "$OUT/bench-lora-sd15.json" --generate "$OUT/bench-generate-sd15.json" \
   --gpus 1,8 --quiet
 kill "$SAMPLER" 2> /dev/null
