@@ -207,6 +207,9 @@ def _cast_trainable_to_fp32(*modules) -> list[torch.nn.Parameter]:
     return params
 
 
+GRID_PROMPTS, GRID_STEPS = 4, 20  # each checkpoint's sample grid: four prompts twice, 20 denoising steps
+
+
 def _validation_prompts(records: list[dict], config: LoraConfig) -> list[str]:
     if config.validation_prompts:
         return list(config.validation_prompts)
@@ -216,9 +219,6 @@ def _validation_prompts(records: list[dict], config: LoraConfig) -> list[str]:
             seen.append(record["text"])
     step = max(1, len(seen) // GRID_PROMPTS)
     return seen[::step][:GRID_PROMPTS]
-
-
-GRID_PROMPTS, GRID_STEPS = 4, 20  # each checkpoint's sample grid: four prompts twice, 20 denoising steps
 
 
 def _sample_grid(pipe, prompts: list[str], resolution: int, config: LoraConfig, path: Path) -> None:
