@@ -40,11 +40,16 @@ class Rates:
     measured: dict[str, dict] = field(default_factory=dict)  # each benchmark's own settings, to check against
 
 
-def _epoch_images(rows: int, classifier: dict, ratio: float) -> tuple[int, int]:
-    """(images per training, epochs) for one training of `rows` real rows, as Trainer counts them."""
+def _train_config(settings: dict):
+    """The classifier config the runner builds from a study's `classifier` (or `reference`) settings."""
     from celadon.classify.train import TrainConfig
+    from celadon.settings import build
 
-    config = TrainConfig(**{k: v for k, v in classifier.items() if k in TrainConfig.__dataclass_fields__})
+    return build(TrainConfig, settings, "TrainConfig")
+
+
+def _epoch_images(rows: int, config, ratio: float) -> tuple[int, int]:
+    """(images per training, epochs) for one training of `rows` real rows, as Trainer counts them."""
     epoch = int(round(rows / (1 - ratio))) if ratio and config.mixing == "add" else rows
     steps = -(-epoch // config.batch_size)
     if config.max_steps_per_epoch:
@@ -67,12 +72,13 @@ def study_workload(config: ExperimentConfig, train: int, val: int, test: int, tr
     index: dict[str, int] = {}  # stage key -> its training
 
     def add(settings: dict, seed: int, mix: tuple, final: int) -> None:
-        key = json.dumps([settings, seed, mix], sort_keys=True, default=str)
+        trained = _train_config(settings)  # keyed by the resolved settings, as the runner's stage key is
+        key = json.dumps([trained.key_settings(), seed, mix], sort_keys=True, default=str)
         if key in index:  # trained once (the reference as baseline seed 0, twin arms), evaluated by each
             work.evaluated[index[key]] += final
             return
         index[key] = len(work.trainings)
-        images, epochs = _epoch_images(rows, settings, mix[1] if mix else 0.0)
+        images, epochs = _epoch_images(rows, trained, mix[1] if mix else 0.0)
         work.trainings.append(images)
         work.evaluated.append(val * epochs + final)
 
@@ -146,10 +152,8 @@ def read_rates(train: str | Path, lora: str | Path | None, generate: str | Path 
 
 def mismatches(config: ExperimentConfig, rates: Rates) -> list[str]:
     """Where a benchmark measured other settings than the study uses: the estimate then scales the wrong rate."""
-    from celadon.classify.train import TrainConfig
-
     notes = []
-    classifier = TrainConfig(**{k: v for k, v in config.classifier.items() if k in TrainConfig.__dataclass_fields__})
+    classifier = _train_config(config.classifier)
     for key in ("backbone", "image_size", "batch_size", "train_depthwise", "freeze_stages"):
         got = rates.measured["train"].get(key)
         if got is not None and got != getattr(classifier, key):
