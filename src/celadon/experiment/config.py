@@ -45,7 +45,6 @@ class SynthesisConfig:
     sweep: dict[str, Any] = field(default_factory=dict)
     qc: dict[str, Any] = field(default_factory=dict)  # QCConfig overrides
     compare_plan: str | None = "B"  # plan generated with the vanilla model too, for Table 6; None skips it
-    compare_limit: int = 0  # first N items of that plan for the vanilla comparison (0: all)
     # The model whose confusion pairs steer selection and plans and which judges label fidelity in QC.
     # Its own settings, so changing the arms' classifier does not redo synthesis; {} = the classifier's.
     reference: dict[str, Any] = field(default_factory=dict)
