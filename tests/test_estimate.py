@@ -59,6 +59,16 @@ def test_the_demo_workload_shares_the_reference_and_counts_img2img_and_the_sweep
                               "B/lora": (b, 20), "A/img2img@0.3": (a, 6), "A/img2img@0.7": (a, 14)}  # 0.5: reused
 
 
+
+def test_the_paper_preset_generates_table_5s_dataset_sizes_whatever_the_catalogue():
+    for originals in (5068, 1000):  # a plan's `total` overrides the preset's share of the training originals
+        work = study_workload(load_experiment("paper"), originals, 300, 200, train_rows=5 * originals)
+        assert work.generated == {"A/lora": (570, 20), "B/lora": (2500, 20), "B/vanilla": (2500, 20)}
+        assert work.trainings[0] == 50 * 64 * -(-5 * originals // 64)  # 50 epochs over the augmented rows
+    demo_a = study_workload(load_experiment("demo"), 5068, 300, 200).generated["A/lora"][0]
+    assert demo_a == round(5068 * 5 / 95) == 267  # the demo keeps the preset ratio
+
+
 def test_the_cli_reads_the_benchmarks_json_and_says_where_they_measured_other_settings(tmp_path, capsys):
     base = ["bench", "train", "--image-size", "32", "--batch-size", "8", "--steps", "2", "--source-size", "40",
             "--threads", "1", "--data", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "cache"), "--quiet"]
