@@ -59,7 +59,6 @@ def test_the_demo_workload_shares_the_reference_and_counts_img2img_and_the_sweep
                               "B/lora": (b, 20), "A/img2img@0.3": (a, 6), "A/img2img@0.7": (a, 14)}  # 0.5: reused
 
 
-
 def test_the_paper_preset_generates_table_5s_dataset_sizes_whatever_the_catalogue():
     for originals in (5068, 1000):  # a plan's `total` overrides the preset's share of the training originals
         work = study_workload(load_experiment("paper"), originals, 300, 200, train_rows=5 * originals)
