@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -11,8 +12,14 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-# Caches (decoded pixels, image checks) of this test session stay in a temporary folder, not ~/.cache.
-os.environ["CELADON_CACHE"] = tempfile.mkdtemp(prefix="celadon-test-cache-")
+# Caches (decoded pixels, image checks) of this test session stay in a temporary folder, not ~/.cache, and go
+# when the session ends (left behind, one per run, they had filled this machine's disk)
+TEST_CACHE = tempfile.mkdtemp(prefix="celadon-test-cache-")
+os.environ["CELADON_CACHE"] = TEST_CACHE
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(TEST_CACHE, ignore_errors=True)
 
 
 def noise_image(seed: int, size: int = 64) -> Image.Image:
