@@ -18,6 +18,7 @@ from pathlib import Path
 
 from celadon.errors import CeladonError
 from celadon.experiment.config import ExperimentConfig
+from celadon.settings import build
 
 FORWARD_SHARE = 1 / 3  # a forward pass (evaluation, QC's judge) costs about a third of a training step per image
 
@@ -43,7 +44,6 @@ class Rates:
 def _train_config(settings: dict):
     """The classifier config the runner builds from a study's `classifier` (or `reference`) settings."""
     from celadon.classify.train import TrainConfig
-    from celadon.settings import build
 
     return build(TrainConfig, settings, "TrainConfig")
 
@@ -63,7 +63,7 @@ def study_workload(config: ExperimentConfig, train: int, val: int, test: int, tr
     sooner, so this is an upper bound)."""
     from celadon.synth.generate import GenerateConfig
     from celadon.synth.lora import GRID_PROMPTS, LoraConfig
-    from celadon.synth.plan import PRESETS
+    from celadon.synth.plan import PlanConfig, plan_total
 
     train, val, test = int(train), int(val), int(test)
     rows = int(train_rows) or train
@@ -98,8 +98,7 @@ def study_workload(config: ExperimentConfig, train: int, val: int, test: int, tr
         wanted |= {(s.compare_plan, generator) for generator in s.generators}
 
     def plan_size(name: str) -> int:
-        plan = s.plans[name]
-        return int(plan.get("total") or max(1, round(train * PRESETS[plan.get("preset", "B")])))
+        return plan_total(build(PlanConfig, s.plans[name], "PlanConfig"), train)
 
     def denoising_steps(spec: dict) -> int:
         """Per image: `steps`, or img2img's int(strength x steps)."""

@@ -72,6 +72,15 @@ def _item_seed(seed: int, item: str) -> int:
     return int.from_bytes(hashlib.sha256(f"plan:{seed}:{item}".encode()).digest()[:4], "little")
 
 
+def plan_total(config: PlanConfig, originals: int) -> int:
+    """Images a plan asks for: its `total`, else its preset's share of the `originals` training images."""
+    if config.total:
+        return config.total
+    if config.preset not in PRESETS:
+        raise CeladonError(f"preset {config.preset!r} is unknown; use one of {', '.join(PRESETS)} or --total")
+    return max(1, round(originals * PRESETS[config.preset]))
+
+
 def make_plan(manifest: Manifest, config: PlanConfig) -> pd.DataFrame:
     config = with_roles(config, manifest.taxonomy)
     tasks = list(manifest.tasks)
@@ -83,12 +92,7 @@ def make_plan(manifest: Manifest, config: PlanConfig) -> pd.DataFrame:
     if complete.empty:
         raise CeladonError(f"{manifest.source}: no training images with all of {', '.join(tasks)} labelled")
     counts = complete.groupby(tasks).size().rename("train_images").reset_index()
-    if config.total:
-        total = config.total
-    else:
-        if config.preset not in PRESETS:
-            raise CeladonError(f"preset {config.preset!r} is unknown; use one of {', '.join(PRESETS)} or --total")
-        total = max(1, round(len(originals) * PRESETS[config.preset]))
+    total = plan_total(config, len(originals))
     pairs = config.pairs or (pairs_from_metrics(config.metrics, config.confusion_task, config.confusion_pairs,
                                                 config.allow_test_metrics)
                              if config.metrics else ())
