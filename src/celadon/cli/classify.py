@@ -10,7 +10,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from celadon.cli.options import BENCH_JSON_HELP, DEVICE_HELP, write_bench_json
+from celadon.cli.options import BENCH_JSON_HELP, DEVICE_HELP, config_arguments, write_bench_json
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -100,20 +100,22 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(stages, add):
+def _bench_train_arguments(p: argparse.ArgumentParser) -> None:
     from celadon.classify.device_batches import AUGMENT_ON
-    from celadon.classify.train import TrainConfig
-    from celadon.cli.options import add_config_arguments
-    from celadon.evaluate.run import EvaluateConfig
 
-    p = add(stages, "train", cmd_train, "train the multi-task classifier on a split manifest")
-    add_config_arguments(p, TrainConfig, positional=("splits",), skip=("taxonomy",),
-                         choices={"mixing": ["replace", "add"]})
+    p.add_argument("--augment-on", default="auto", choices=AUGMENT_ON,
+                   help="the cached path's augmentation (auto: on the device on a GPU, in the loader on the CPU)")
+
+
+def add_parsers(stages, add):
+    p = add(stages, "train", cmd_train, "train the multi-task classifier on a split manifest", config_arguments(
+        "celadon.classify.train:TrainConfig", positional=("splits",), skip=("taxonomy",),
+        choices={"mixing": ["replace", "add"]}))
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
 
-    p = add(stages, "evaluate", cmd_evaluate, "metrics of a trained model on a split")
-    add_config_arguments(p, EvaluateConfig, positional=("model_dir", "splits"), skip=("taxonomy",),
-                         choices={"split": ["train", "val", "test"]})
+    p = add(stages, "evaluate", cmd_evaluate, "metrics of a trained model on a split", config_arguments(
+        "celadon.evaluate.run:EvaluateConfig", positional=("model_dir", "splits"), skip=("taxonomy",),
+        choices={"split": ["train", "val", "test"]}))
     p.add_argument("--compare", help="another evaluation's metrics.json: show confusion-pair changes")
 
     p = add(stages, "predict", cmd_predict, "top-k labels per task for images or folders")
@@ -126,7 +128,8 @@ def add_parsers(stages, add):
 
     bench = stages.add_parser("bench", help="benchmarks (not tests): print rates and ratios")
     verbs = bench.add_subparsers(dest="verb", required=True, metavar="VERB")
-    p = add(verbs, "train", cmd_bench_train, "training images/s: compute limit vs cached vs naive JPEG loop")
+    p = add(verbs, "train", cmd_bench_train, "training images/s: compute limit vs cached vs naive JPEG loop",
+            _bench_train_arguments)
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=64)
@@ -137,8 +140,6 @@ def add_parsers(stages, add):
     p.add_argument("--cache-dir", default="runs/bench-cache")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers for both pipelines")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--augment-on", default="auto", choices=AUGMENT_ON,
-                   help="the cached path's augmentation (auto: on the device on a GPU, in the loader on the CPU)")
     p.add_argument("--train-depthwise", action=argparse.BooleanOptionalAction, default=True,
                    help="--no-train-depthwise freezes the depthwise kernels, as `train` does (the demo does)")
     p.add_argument("--freeze-stages", type=int, default=0, help="the backbone's first N stages frozen, as `train`")

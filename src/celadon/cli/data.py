@@ -184,13 +184,10 @@ def add_parsers(stages, add) -> None:
     data = stages.add_parser("data", help="manifests, validation, analysis, splits, augmentation")
     verbs = data.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    from celadon.cli.options import add_config_arguments
-    from celadon.data.augment import AugmentConfig
-    from celadon.data.embedded import EmbeddedConfig
-    from celadon.data.split import SplitConfig
+    from celadon.cli.options import config_arguments
 
-    p = add(verbs, "make-demo", cmd_make_demo, "render the embedded procedural porcelain dataset")
-    add_config_arguments(p, EmbeddedConfig, positional=("out",))
+    add(verbs, "make-demo", cmd_make_demo, "render the embedded procedural porcelain dataset",
+        config_arguments("celadon.data.embedded:EmbeddedConfig", positional=("out",)))
 
     p = add(verbs, "validate", cmd_validate, "check every row and image; exit 1 if there are errors")
     p.add_argument("manifest")
@@ -205,17 +202,13 @@ def add_parsers(stages, add) -> None:
     p.add_argument("--allow-unlabelled", action="store_true",
                    help="accept rows without any label (images kept for prediction only)")
 
-    from celadon.data.imbalance import AnalyzeConfig
-
-    p = add(verbs, "analyze", cmd_analyze, "imbalance metrics and plots per task and label combination")
-    add_config_arguments(p, AnalyzeConfig, positional=("manifest",), skip=("taxonomy",))
-
-    p = add(verbs, "split", cmd_split, "adaptive train/val/test split by label-combination frequency")
-    add_config_arguments(p, SplitConfig, positional=("manifest",), skip=("taxonomy",))
-
-    p = add(verbs, "augment", cmd_augment, "threshold offline augmentation of rare training combinations")
-    add_config_arguments(p, AugmentConfig, positional=("splits",), skip=("taxonomy",),
-                         choices={"mode": ["virtual", "files"]})
+    add(verbs, "analyze", cmd_analyze, "imbalance metrics and plots per task and label combination",
+        config_arguments("celadon.data.imbalance:AnalyzeConfig", positional=("manifest",), skip=("taxonomy",)))
+    add(verbs, "split", cmd_split, "adaptive train/val/test split by label-combination frequency",
+        config_arguments("celadon.data.split:SplitConfig", positional=("manifest",), skip=("taxonomy",)))
+    add(verbs, "augment", cmd_augment, "threshold offline augmentation of rare training combinations",
+        config_arguments("celadon.data.augment:AugmentConfig", positional=("splits",), skip=("taxonomy",),
+                         choices={"mode": ["virtual", "files"]}))
 
     p = add(verbs, "weights", cmd_weights, "effective-number class weights and 1/sqrt(n) sampling summary")
     p.add_argument("splits")

@@ -154,6 +154,19 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, positional:
                              "flags given here override them")
 
 
+def config_arguments(target: str, **options: Any):
+    """`add_config_arguments` for the dataclass named `"module:Class"`, as a parser's deferred `configure`: the
+    module (often one that imports torch) is imported only when that command runs or shows its help."""
+
+    def configure(parser: argparse.ArgumentParser) -> None:
+        import importlib
+
+        module, _, name = target.partition(":")
+        add_config_arguments(parser, getattr(importlib.import_module(module), name), **options)
+
+    return configure
+
+
 def config_from_args(cls: type, args: argparse.Namespace, command: str, required: tuple[str, ...] = ()):
     """The config this command line asks for: the dataclass defaults, then `-c run.yaml`, then the flags."""
     from celadon.runinfo import read_run_config

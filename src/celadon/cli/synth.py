@@ -168,10 +168,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generation_arguments(p, *skip: str) -> None:
+def _generation_arguments(p, *skip: str, txt2img_only: bool = False) -> None:
     from celadon.cli.options import add_config_arguments
     from celadon.synth.generate import GENERATORS, GenerateConfig
 
+    if txt2img_only:  # bench generate times txt2img: img2img's own settings and the generator choice are not flags
+        skip += (*GENERATORS["img2img"].settings, "generator")
     methods = "; ".join(f"{name}: {g.description}" for name, g in GENERATORS.items())
     add_config_arguments(p, GenerateConfig, positional=("plan",), skip=("taxonomy", *skip),
                          helps={"generator": methods})
@@ -194,25 +196,17 @@ def cmd_curate(args: argparse.Namespace) -> int:
 def add_parsers(stages, add, bench_verbs) -> None:
     synth = stages.add_parser("synth", help="synthetic data: selection, captions, LoRA, plans, generation, QC")
     verbs = synth.add_subparsers(dest="verb", required=True, metavar="VERB")
-    from celadon.cli.options import add_config_arguments
-    from celadon.synth.plan import PlanConfig
-    from celadon.synth.select import SelectConfig
+    from celadon.cli.options import config_arguments
 
-    p = add(verbs, "select", cmd_select, "seven-tier selection of LoRA training images (paper Table 3)")
-    add_config_arguments(p, SelectConfig, positional=("manifest",), skip=("taxonomy",))
-
-    from celadon.synth.captions import CaptionConfig
-
-    p = add(verbs, "caption", cmd_caption, "write the LoRA folder: images, metadata.jsonl, .txt captions")
-    add_config_arguments(p, CaptionConfig, positional=("selection",), skip=("taxonomy",))
-
-    from celadon.synth.curate import CurateConfig
-    from celadon.synth.qc import QCConfig
-
-    p = add(verbs, "qc", cmd_qc, "automatic quality control of synthetic images (per image and FID/KID)")
-    add_config_arguments(p, QCConfig, positional=("table",), skip=("taxonomy",), aliases={"model_dir": ["--model"]})
-    p = add(verbs, "curate", cmd_curate, "QC verdicts + review decisions -> accepted.csv, the manifest training reads")
-    add_config_arguments(p, CurateConfig, positional=("qc",), skip=("taxonomy",))
+    add(verbs, "select", cmd_select, "seven-tier selection of LoRA training images (paper Table 3)",
+        config_arguments("celadon.synth.select:SelectConfig", positional=("manifest",), skip=("taxonomy",)))
+    add(verbs, "caption", cmd_caption, "write the LoRA folder: images, metadata.jsonl, .txt captions",
+        config_arguments("celadon.synth.captions:CaptionConfig", positional=("selection",), skip=("taxonomy",)))
+    add(verbs, "qc", cmd_qc, "automatic quality control of synthetic images (per image and FID/KID)",
+        config_arguments("celadon.synth.qc:QCConfig", positional=("table",), skip=("taxonomy",),
+                         aliases={"model_dir": ["--model"]}))
+    add(verbs, "curate", cmd_curate, "QC verdicts + review decisions -> accepted.csv, the manifest training reads",
+        config_arguments("celadon.synth.curate:CurateConfig", positional=("qc",), skip=("taxonomy",)))
 
     p = add(verbs, "compare", cmd_compare, "Table 6: QC runs side by side (FID, KID, label fidelity, pass rate)")
     p.add_argument("runs", nargs="+", help="NAME=QC_FOLDER, e.g. vanilla=runs/qc-vanilla lora=runs/qc-lora")
@@ -230,17 +224,14 @@ def add_parsers(stages, add, bench_verbs) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: the free cores)")
     p.add_argument("--seed", type=int, default=0)
 
-    from celadon.synth.lora import LoraConfig
-
-    p = add(verbs, "train-lora", cmd_train_lora, "LoRA fine-tuning (diffusers + peft), resumable")
-    add_config_arguments(p, LoraConfig, positional=("data",), skip=("validation_prompts", "cache"),
-                         aliases={"learning_rate": ["--lr"]})
-
-    p = add(verbs, "plan", cmd_plan, "what to generate: rare combinations and confusion pairs (Datasets A/B)")
-    add_config_arguments(p, PlanConfig, positional=("manifest",), skip=("taxonomy",), choices={"preset": ["A", "B"]})
-
-    p = add(verbs, "generate", cmd_generate, "generate a plan (DPM++ 2M Karras, CFG, clip skip, LoRA scale)")
-    _generation_arguments(p)
+    add(verbs, "train-lora", cmd_train_lora, "LoRA fine-tuning (diffusers + peft), resumable",
+        config_arguments("celadon.synth.lora:LoraConfig", positional=("data",), skip=("validation_prompts", "cache"),
+                         aliases={"learning_rate": ["--lr"]}))
+    add(verbs, "plan", cmd_plan, "what to generate: rare combinations and confusion pairs (Datasets A/B)",
+        config_arguments("celadon.synth.plan:PlanConfig", positional=("manifest",), skip=("taxonomy",),
+                         choices={"preset": ["A", "B"]}))
+    add(verbs, "generate", cmd_generate, "generate a plan (DPM++ 2M Karras, CFG, clip skip, LoRA scale)",
+        _generation_arguments)
 
     p = add(bench_verbs, "lora", cmd_bench_lora, "LoRA steps/s: cached latents vs the diffusers recipe")
     p.add_argument("data", help="a folder from `celadon synth caption`")
@@ -256,9 +247,7 @@ def add_parsers(stages, add, bench_verbs) -> None:
     p.add_argument("--train-text-encoder", action="store_true", help="LoRA on the text encoder too")
     p.add_argument("--json", help=BENCH_JSON_HELP)
 
-    from celadon.synth.generate import GENERATORS
-
-    p = add(bench_verbs, "generate", cmd_bench_generate, "images/s: celadon generate vs a plain pipeline loop")
-    _generation_arguments(p, "out", "shard", "devices", *GENERATORS["img2img"].settings, "generator")  # txt2img only
+    p = add(bench_verbs, "generate", cmd_bench_generate, "images/s: celadon generate vs a plain pipeline loop",
+            lambda p: _generation_arguments(p, "out", "shard", "devices", txt2img_only=True))
     p.add_argument("--items", type=int, default=16)
     p.add_argument("--json", help=BENCH_JSON_HELP)
