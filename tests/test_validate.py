@@ -186,3 +186,34 @@ def test_header_typo_of_a_task_is_an_error_but_derived_columns_are_not(tmp_path)
         _, problems = parse_manifest(path, taxonomy)
         bad = [p.field for p in problems if p.kind == "bad_header"]
         assert bad == ([flagged] if flagged else []), header
+
+
+def test_a_repeated_column_is_an_error_naming_it(tmp_path, write_images):
+    paths = write_images(1)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,dynasty,dynasty,glaze,type\n{paths[0]},song,yuan,celadon,vase\n", encoding="utf-8")
+    report = _validate(manifest)
+    assert [(p.kind, p.field) for p in report.problems] == [("bad_header", "dynasty")]
+    assert "appears 2 times in the header (columns 2, 3)" in report.problems[0].message
+    assert len(report.manifest) == 0  # nothing is read from an ambiguous table
+
+
+def test_a_label_of_another_task_names_that_task(tmp_path, write_images):
+    paths = write_images(1)
+    rows = [{"path": paths[0], **{**LABELS, "dynasty": "Longquan"}}]
+    [problem] = _validate(write_manifest_csv(tmp_path / "m.csv", rows)).problems
+    assert (problem.kind, problem.field) == ("unknown_label", "dynasty")
+    assert "'Longquan' is not a dynasty label but a kiln label" in problem.message
+
+
+def test_windows_paths_and_urls_get_a_hint_not_just_missing(tmp_path, write_images):
+    paths = write_images(2)
+    windows = paths[0].replace("/", "\\")
+    rows = [{"path": windows, **LABELS}, {"path": "https://example.org/pot.jpg", **LABELS},
+            {"path": "elsewhere\\pot.jpg", **LABELS}, {"path": paths[1], **LABELS}]
+    problems = {p.path: p for p in _validate(write_manifest_csv(tmp_path / "m.csv", rows)).problems}
+    assert set(problems) == {windows, "https://example.org/pot.jpg", "elsewhere\\pot.jpg"}
+    assert problems[windows].kind == "missing_file"
+    assert f"write it as {paths[0]!r}, which exists" in problems[windows].message
+    assert "URLs are not read" in problems["https://example.org/pot.jpg"].message
+    assert "write it as 'elsewhere/pot.jpg', relative to" in problems["elsewhere\\pot.jpg"].message

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,15 @@ from tqdm import tqdm
 
 from celadon.data.duplicates import DEFAULT_NEAR_DISTANCE, find_duplicates, find_leakage
 from celadon.data.images import ImageInfo, ImageReadError, inspect_image, max_pixels
-from celadon.data.manifest import PATH_COLUMN, SOURCE_COLUMN, Manifest, Problem, parse_manifest, refuse_missing
+from celadon.data.manifest import (
+    PATH_COLUMN,
+    SOURCE_COLUMN,
+    Manifest,
+    Problem,
+    parse_manifest,
+    refuse_missing,
+    resolve_image_path,
+)
 from celadon.errors import DataProblems
 from celadon.runinfo import default_cache_dir
 
@@ -120,6 +129,18 @@ def _outside(manifest: Manifest, index: int, root: Path) -> Path | None:
     return None if target.is_relative_to(root) else target
 
 
+def _missing_hint(manifest: Manifest, value: str) -> str:
+    """What to do about a path that leads to no file: a URL, a Windows path, or a path relative to elsewhere."""
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value):
+        return "; URLs are not read: download the images and list their local paths"
+    if "\\" in value:
+        forward = value.replace("\\", "/")
+        exists = resolve_image_path(manifest.root, forward).is_file()
+        return (f"; it is written with backslashes (Windows): write it as {forward!r}"
+                + (", which exists" if exists else f", relative to {manifest.root}"))
+    return f"; paths are relative to {manifest.root}"
+
+
 def check_images(manifest: Manifest, config: ImageCheckConfig | None = None, progress: bool = True
                  ) -> tuple[list[ImageInfo | None], list[Problem]]:
     """Per row, its ImageInfo (None when unusable) and every problem: outside the root, unreadable, tiny."""
@@ -141,7 +162,7 @@ def check_images(manifest: Manifest, config: ImageCheckConfig | None = None, pro
     for index, result in zip(readable, scanned, strict=True):
         where = manifest.row_name(index)
         if isinstance(result, ImageReadError):
-            hint = {"missing_file": f"; paths are relative to {manifest.root}"}.get(result.kind, "")
+            hint = _missing_hint(manifest, values[index]) if result.kind == "missing_file" else ""
             problems.append(Problem(source, where, PATH_COLUMN, result.kind, result.detail + hint, values[index]))
             continue
         infos[index] = result

@@ -167,6 +167,24 @@ def clean_cell(value: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", value).split())
 
 
+def _unknown_label(taxonomy: Taxonomy, task: str, value: str) -> str:
+    """Why a label is refused: it belongs to another task (columns swapped), else the closest valid ones."""
+    others = [other for other in taxonomy.task_names if other != task and _resolves(taxonomy, other, value)]
+    if others:
+        return (f"{value!r} is not a {task} label but a {' or '.join(others)} label; check that the columns are "
+                "in the header's order")
+    options = ", ".join(repr(s) for s in taxonomy.suggest(task, value))
+    return f"unknown {task} label {value!r}; closest valid: {options}"
+
+
+def _resolves(taxonomy: Taxonomy, task: str, value: str) -> bool:
+    try:
+        taxonomy.resolve(task, value)
+    except KeyError:
+        return False
+    return True
+
+
 def parse_manifest(
     path: str | Path, taxonomy: Taxonomy, encoding: str | None = None, allow_unlabelled: bool = False
 ) -> tuple[Manifest, list[Problem]]:
@@ -181,6 +199,12 @@ def parse_manifest(
     if problems:
         return empty, problems
     header = [h.strip() for h in header]
+    repeated = sorted({h for h in header if header.count(h) > 1 and h})
+    if repeated:  # which of the two cells would count is anyone's guess: refuse rather than keep one silently
+        return empty, [Problem(source, "line 1" if unit == "line" else "", column, "bad_header",
+                               f"column {column!r} appears {header.count(column)} times in the header (columns "
+                               f"{', '.join(str(i + 1) for i, h in enumerate(header) if h == column)}); keep one")
+                       for column in repeated]
     if not header and not rows:
         return empty, [Problem(source, "", "file", "empty_manifest", "manifest is empty; add a header line and rows")]
     if PATH_COLUMN not in header:
@@ -234,9 +258,8 @@ def parse_manifest(
             try:
                 record[column] = taxonomy.resolve(column, value)
             except KeyError:
-                options = ", ".join(repr(s) for s in taxonomy.suggest(column, value))
                 problems.append(Problem(source, where, column, "unknown_label",
-                                        f"unknown {column} label {value!r}; closest valid: {options}", path=image))
+                                        _unknown_label(taxonomy, column, value), path=image))
                 record[column] = None
         if not allow_unlabelled and not any(cells.get(t) for t in taxonomy.task_names):
             problems.append(Problem(source, where, ",".join(t for t in taxonomy.task_names if t in header) or "labels",
