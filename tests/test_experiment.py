@@ -91,6 +91,7 @@ def test_a_classifier_change_reruns_only_training_and_evaluation(study, tmp_path
 TWIN = {"name": "A again"} | {k: v for k, v in SMALL["arms"][1].items() if k != "name"}  # A's settings, renamed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting, where", [({"jobs": 2, "arms": [*SMALL["arms"], TWIN]}, "1 thread each"),
                                             ({"devices": ["cpu", "cpu"]}, "on cpu, cpu")])
 def test_trainings_at_once_in_their_own_processes_train_the_same_weights(study, tmp_path, capsys, setting, where):
@@ -132,6 +133,7 @@ def test_a_review_rejection_reruns_curate_and_only_the_arm_that_mixes_the_image_
     assert curated["rejected_in_review"] == 1 and curated["accepted"] == len(accepted) - 1
 
 
+@pytest.mark.slow
 def test_adding_an_img2img_generator_reruns_nothing_the_others_made(study, tmp_path):
     """A new generator (and its strength sweep and arm) adds its own stages; the txt2img generations, their QC,
     curation and arms are reused: their keys do not know the new generator's settings."""
@@ -240,6 +242,7 @@ def test_verdicts_need_the_adjusted_p_and_every_adjusted_interval():
     assert verdict(clear | {"n": 1}, 0.05).startswith("1 seed(s)")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is installed by the README's test command")
 def test_report_is_self_contained_and_opens_without_broken_images_in_chromium(study, tmp_path):
     from playwright.sync_api import sync_playwright
@@ -266,9 +269,9 @@ def test_report_is_self_contained_and_opens_without_broken_images_in_chromium(st
 def test_config_mistakes_are_one_line_errors(tmp_path):
     with pytest.raises(CeladonError, match=r"classifier.epoch: unknown setting"):
         load_experiment(_write(tmp_path / "a.yaml", {"classifier": {"epoch": 3}}))
-    with pytest.raises(CeladonError, match=r"classifier.seed: set by the experiment runner"):
+    with pytest.raises(CeladonError, match=r"classifier.seed: set by the study runner"):
         load_experiment(_write(tmp_path / "b.yaml", {"classifier": {"seed": 3}}))
-    with pytest.raises(CeladonError, match=r"classifier.taxonomy: set by the experiment runner"):
+    with pytest.raises(CeladonError, match=r"classifier.taxonomy: set by the study runner"):
         load_experiment(_write(tmp_path / "t.yaml", {"classifier": {"taxonomy": "mine.yaml"}}))
     with pytest.raises(CeladonError, match=r"arms.X.plan: 'C' is not in synthesis.plans"):
         load_experiment(_write(tmp_path / "c.yaml", {"arms": [{"name": "baseline"}, {"name": "X", "plan": "C",
@@ -374,6 +377,7 @@ def _stage_files(out: Path, kinds: tuple[str, ...]) -> dict[str, bytes]:
     return files
 
 
+@pytest.mark.slow
 def test_test_labels_change_no_synthetic_image_and_no_trained_weight(tmp_path, monkeypatch):
     """The rule of evidence: no test information in any decision that shapes training. Two studies differ only
     in the labels of their test rows; every selection, plan, LoRA, generated image, QC verdict and classifier

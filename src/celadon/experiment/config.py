@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from celadon.errors import CeladonError
+from celadon.experiment.identity import refused_keys
 from celadon.settings import check_types
 from celadon.taxonomy import load_taxonomy
 
@@ -44,7 +45,7 @@ class SynthesisConfig:
     # A strength sweep of one img2img generator on the compare plan: {generator: NAME, strengths: [..]}
     sweep: dict[str, Any] = field(default_factory=dict)
     qc: dict[str, Any] = field(default_factory=dict)  # QCConfig overrides
-    compare_plan: str | None = "B"  # plan generated with the vanilla model too, for Table 6; None skips it
+    compare_plan: str | None = "B"  # plan every generator above draws, for Table 6; None skips it
     # The model whose confusion pairs steer selection and plans and which judges label fidelity in QC.
     # Its own settings, so changing the arms' classifier does not redo synthesis; {} = the classifier's.
     reference: dict[str, Any] = field(default_factory=dict)
@@ -107,18 +108,21 @@ def _mapping(value: Any, where: str) -> dict:
     return value
 
 
-# Settings the runner sets itself (paths between stages, seeds per arm), per stage config.
-_TRAIN_OWNED = ("splits", "out", "synthetic", "synthetic_ratio", "synthetic_tasks", "seed", "cache_dir", "taxonomy")
-_GENERATE_OWNED = ("plan", "out", "model", "shard", "real", "taxonomy")
-
-
 def _without(values: Any, key: str) -> Any:
-    """A section minus a runner-level key (split.keep_split names a manifest column, not a SplitConfig field)."""
+    """A section minus a runner-level key (a generator's `lora: false` is the runner's, not GenerateConfig's)."""
     return {k: v for k, v in values.items() if k != key} if isinstance(values, dict) else values
 
 
-def check_overrides(config: ExperimentConfig) -> None:
-    """Every stage section names only settings its stage has, and none the runner sets itself."""
+def _set_how(key: str) -> str:
+    """Where a study sets what a section may not."""
+    return {"threads": "the study's threads: sets every stage's", "device": "the study's device: sets every stage's",
+            "split": "arms are evaluated on test, the reference on validation",
+            "seed": "the study's seeds: set every arm's",
+            "allow_test_metrics": "decisions read validation metrics only"}.get(key, "the stage graph sets it")
+
+
+def stage_sections(config: ExperimentConfig) -> list[tuple[type, str, dict]]:
+    """Every stage section of a study config with the stage config class it overrides."""
     from celadon.classify.train import TrainConfig
     from celadon.data.augment import AugmentConfig
     from celadon.data.embedded import EmbeddedConfig
@@ -131,28 +135,27 @@ def check_overrides(config: ExperimentConfig) -> None:
     from celadon.synth.select import SelectConfig
 
     s = config.synthesis
-    sections = [(EmbeddedConfig, "embedded", config.embedded, ("workers", "out")),
-                (SplitConfig, "split", config.split, ("manifest", "out", "taxonomy", "root", "allow_outside_root")),
-                (AugmentConfig, "augment", config.augment or {}, ("splits", "out", "taxonomy")),
-                (TrainConfig, "classifier", config.classifier, _TRAIN_OWNED),
-                (EvaluateConfig, "evaluate", config.evaluate, ("model_dir", "splits", "out", "cache_dir")),
-                (LoraConfig, "synthesis.lora", s.lora, ("data", "out", "model")),
-                (SelectConfig, "synthesis.select", s.select, ("metrics", "manifest", "out", "taxonomy")),
-                (GenerateConfig, "synthesis.generate", s.generate, _GENERATE_OWNED),
-                (QCConfig, "synthesis.qc", s.qc, ("table", "real", "out", "model_dir", "taxonomy", "judge_metrics")),
-                (TrainConfig, "synthesis.reference", s.reference, _TRAIN_OWNED)]
+    sections = [(EmbeddedConfig, "embedded", config.embedded), (SplitConfig, "split", config.split),
+                (AugmentConfig, "augment", config.augment or {}), (TrainConfig, "classifier", config.classifier),
+                (EvaluateConfig, "evaluate", config.evaluate), (LoraConfig, "synthesis.lora", s.lora),
+                (SelectConfig, "synthesis.select", s.select), (GenerateConfig, "synthesis.generate", s.generate),
+                (QCConfig, "synthesis.qc", s.qc), (TrainConfig, "synthesis.reference", s.reference)]
     sections += [(GenerateConfig, f"synthesis.generators.{name}", _without(_mapping(g, f"synthesis.generators.{name}"),
-                                                                       "lora"), _GENERATE_OWNED)
-                 for name, g in s.generators.items()]
-    sections += [(PlanConfig, f"synthesis.plans.{name}", _mapping(plan, f"synthesis.plans.{name}"),
-                  ("metrics", "manifest", "out", "taxonomy"))
+                                                                       "lora")) for name, g in s.generators.items()]
+    sections += [(PlanConfig, f"synthesis.plans.{name}", _mapping(plan, f"synthesis.plans.{name}"))
                  for name, plan in s.plans.items()]
-    for cls, name, values, owned in sections:
+    return sections
+
+
+def check_overrides(config: ExperimentConfig) -> None:
+    """Every stage section names only settings its stage has, and none the runner sets itself."""
+    s = config.synthesis
+    for cls, name, values in stage_sections(config):
         _known(cls, name, _mapping(values, name))
+        for key in refused_keys(cls, values):  # whatever its value
+            raise CeladonError(f"{name}.{key}: set by the study runner, not in the config; remove it "
+                               f"({_set_how(key)})")
         check_types(cls, values, name)
-        for key in owned:
-            if key in values:
-                raise CeladonError(f"{name}.{key}: set by the experiment runner, not in the config; remove it")
     names = [arm.name for arm in config.arms]
     if len(set(names)) != len(names):
         raise CeladonError(f"arms: names must be unique, got {names}")

@@ -1,8 +1,9 @@
 """`celadon run CONFIG.yaml`: the paper's study as one command.
 
-data -> split (-> augment) -> reference classifier -> select -> caption -> LoRA -> plans -> generate (LoRA, and
-vanilla for Table 6) -> QC -> every arm x seed trained and evaluated -> imbalance before/after, t-SNE ->
-results tables with bootstrap CIs -> report.html. Each step is a content-addressed stage (`stages.py`).
+data -> split (-> augment) -> reference classifier (read on validation) -> select -> caption -> LoRA -> plans ->
+generate (each arm's generator, and every generator on the compare plan for Table 6, plus an img2img strength
+sweep) -> QC -> curate -> every arm x seed trained and evaluated on test -> imbalance before/after, t-SNE ->
+results tables -> report.html. Each step is a content-addressed stage (`stages.py`) named as `identity.py` says.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import yaml
 
 from celadon.experiment.config import Arm, ExperimentConfig
+from celadon.experiment.identity import check_runner_sets, key_settings
 from celadon.experiment.jobs import TrainingJob, job_count, run_trainings
 from celadon.experiment.stages import Stage, StageRunner
 from celadon.runinfo import atomic_write_text, write_json, write_run_info
@@ -25,18 +27,12 @@ from celadon.taxonomy import Taxonomy, load_taxonomy
 
 
 def make(cls, overrides: dict[str, Any], **owned: Any):
-    """A stage config from YAML overrides plus what the runner owns, built as the CLI builds it."""
+    """A stage config from YAML overrides plus what the runner sets (declared in `identity.RUNNER_SETS`, which
+    `check_overrides` refused in the config), built as the CLI builds it."""
     from celadon.settings import build
 
+    check_runner_sets(cls, owned)
     return build(cls, dict(overrides) | owned, cls.__name__)
-
-
-def _settings(obj: Any, *drop: str) -> dict:
-    """A stage config (or its dict) minus the paths the stage graph already encodes, for the stage key."""
-    values = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(obj)
-    for key in ("out", "threads", "device", "workers", "cache_dir", "allow_leakage", *drop):
-        values.pop(key, None)
-    return values
 
 
 @dataclasses.dataclass
@@ -82,8 +78,8 @@ class Experiment:
         if self.config.manifest:
             return self._user_manifest(Path(self.config.manifest))
         demo = make(EmbeddedConfig, self.config.embedded, workers=self.config.workers)
-        return self.stages.run("data", _settings(demo) | self._taxonomy_key(), [], lambda p: {"manifest": str(make_demo(
-            p, demo, progress=self.progress))}, "render embedded dataset")
+        return self.stages.run("data", key_settings(demo) | self._taxonomy_key(), [], lambda p: {
+            "manifest": str(make_demo(p, demo, progress=self.progress))}, "render embedded dataset")
 
     def _taxonomy_key(self) -> dict:
         """The label vocabulary every stage reads, by content: an edited taxonomy YAML redoes everything."""
@@ -144,7 +140,7 @@ class Experiment:
             table, plan = augment_manifest(manifest, path, config, progress=self.progress)
             return {"table": str(table), "copies": len(plan)}
 
-        return self.stages.run("augment", _settings(config, "splits", "taxonomy"), [split], work,
+        return self.stages.run("augment", key_settings(config), [split], work,
                                "threshold augmentation")
 
     def imbalance(self, name: str, split: Stage, curated: Stage | None) -> Stage:
@@ -183,7 +179,7 @@ class Experiment:
                       synthetic_tasks=arm.tasks if synthetic and arm else None,
                       threads=self.config.threads, device=self.config.device, log_tensorboard=False)
         # the taxonomy is in the data stage's key
-        settings = _settings(config.key_settings(), "splits", "synthetic", "taxonomy")
+        settings = key_settings(config, config.key_settings())
         return TrainingJob(config, settings, inputs + ([synthetic] if synthetic else []), label, seed)
 
     def train_all(self, jobs: list[TrainingJob], split: str = "test") -> list[tuple[Stage, Stage]]:
@@ -206,7 +202,7 @@ class Experiment:
         config = make(EvaluateConfig, self.config.evaluate, model_dir=str(training.path), split=split,
                       splits=str(self.split_table), cache_dir=self.cache_dir, threads=self.config.threads,
                       device=self.config.device)
-        return self.stages.run("evaluate", _settings(config, "model_dir", "splits"), [training, self.split_stage],
+        return self.stages.run("evaluate", key_settings(config), [training, self.split_stage],
                                lambda p: {"mean_f1_macro": evaluate_model(dataclasses.replace(config, out=str(p)),
                                                                           progress=self.progress)["mean_f1_macro"]},
                                label)
@@ -226,7 +222,7 @@ class Experiment:
         select = make(SelectConfig, roles | s.select, metrics=metrics, manifest=str(self.train_table),
                       taxonomy=self.config.taxonomy)
         runs.selection = self.stages.run(
-            "select", _settings(select, "metrics", "manifest", "taxonomy"), [*self.pool, runs.reference_eval],
+            "select", key_settings(select), [*self.pool, runs.reference_eval],
             lambda p: {"table": str(run_select(read_manifest(self.train_table, taxonomy), p,
                                                dataclasses.replace(select, out=str(p)))[0])},
             "select LoRA training set")
@@ -235,7 +231,7 @@ class Experiment:
             taxonomy=self.config.taxonomy).parent)}, "caption LoRA training set")
         lora = make(LoraConfig, s.lora, model=s.model, threads=self.config.threads, device=self.config.device)
         model = {"model": s.model, "weights": model_fingerprint(s.model)}  # a rebuilt model redoes synthesis
-        runs.lora = self.stages.run("lora", _settings(lora, "data", "model") | model, [caption],
+        runs.lora = self.stages.run("lora", key_settings(lora) | model, [caption],
                                     lambda p: {"folder": str(train_lora(dataclasses.replace(
                                         lora, data=caption.info["folder"], out=str(p)), progress=self.progress))},
                                     "train LoRA")
@@ -246,7 +242,7 @@ class Experiment:
             plan = make(PlanConfig, {"confusion_task": taxonomy.confusion} | s.plans[name], metrics=metrics,
                         manifest=runs.split.info["splits"], taxonomy=self.config.taxonomy)
             runs.plans[name] = self.stages.run(
-                "plan", _settings(plan, "metrics", "manifest", "taxonomy"), [runs.split, runs.reference_eval],
+                "plan", key_settings(plan), [runs.split, runs.reference_eval],
                 lambda p, plan=plan: {"table": str(run_plan(read_manifest(plan.manifest, taxonomy), p,
                                                             dataclasses.replace(plan, out=str(p)))[0])},
                 f"plan {name}")
@@ -273,8 +269,7 @@ class Experiment:
                       device=self.config.device,
                       real=runs.split.info["splits"], taxonomy=self.config.taxonomy)
         sources = [runs.split] if get_generator(config.generator).needs_sources else []
-        settings = _settings(generator_settings(config), "plan", "lora", "shard", "devices", "model", "real",
-                             "taxonomy") | model
+        settings = key_settings(config, generator_settings(config)) | model
         return self.stages.run("generate", settings, [plan] + ([lora] if lora else []) + sources, lambda p: {
             "table": str(generate(dataclasses.replace(config, out=str(p)), progress=self.progress))},
             f"generate {label}")
@@ -294,8 +289,7 @@ class Experiment:
                     "pass_rate": summary["pass_rate"], "n_pass": summary["n_pass"]}
 
         unused = () if config.task_masks else ("task_masks",)  # absent when off: keys stay as they were
-        return self.stages.run("qc", _settings(config, "table", "real", "model_dir", "taxonomy", "judge_metrics",
-                                               *unused),
+        return self.stages.run("qc", key_settings(config, drop=unused),
                                [generation, runs.split, runs.reference] + ([judge] if judge else []), work,
                                f"QC {label}")
 
