@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from celadon.runinfo import atomic_write_text
 
@@ -66,6 +67,7 @@ def _temp_files(folder: Path) -> list[str]:
     return [str(p) for p in folder.rglob("*") if p.name.endswith(".tmp") or ".tmp." in p.name]
 
 
+@pytest.mark.slow
 def test_train_lora_killed_repeatedly_ends_with_one_log_row_per_checkpoint_and_no_temp_file(
         tiny_sd, caption_folder, tmp_path):
     out = tmp_path / "lora"
@@ -80,6 +82,7 @@ def test_train_lora_killed_repeatedly_ends_with_one_log_row_per_checkpoint_and_n
     assert _temp_files(out) == []
 
 
+@pytest.mark.slow
 def test_generate_killed_repeatedly_finishes_the_plan_once_with_no_temp_file(tiny_sd, tmp_path):
     rows = [{"item_id": f"i{i:05d}", "dynasty": "song", "kiln": "ding", "glaze": glaze, "type": "bowl",
              "prompt": f"Song dynasty, Ding kiln produced, Chinese porcelain, bowl, with {glaze} glaze",
@@ -115,20 +118,23 @@ def test_a_full_disk_is_a_one_line_error_naming_the_file_and_leaves_no_temp(tmp_
     assert list(tmp_path.iterdir()) == []
 
 
-def test_default_threads_follow_the_cores_other_processes_leave_free():
-    import pytest
-
+def test_default_threads_are_the_usable_cores_whatever_the_load(capsys):
+    """A thread count taken from the load made results depend on what else ran; the busy cores are only noted."""
+    import celadon.cpu
     from celadon.cpu import free_cores, resolve_threads, usable_cores
 
     assert resolve_threads(3) == 3  # an explicit count is used as given
     cores = usable_cores()
     if cores < 2:
         pytest.skip("needs two cores to see one taken")
+    assert resolve_threads(0) == cores
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.5)
-        assert free_cores() <= cores - 1  # spinning OpenMP threads on a taken core would slow training 2-3x
-        assert resolve_threads(0) >= 1
+        assert free_cores() <= cores - 1
+        celadon.cpu._warned = False
+        assert resolve_threads(0) == cores
+        assert f"celadon still uses {cores} threads" in capsys.readouterr().err
     finally:
         busy.kill()
         busy.wait()

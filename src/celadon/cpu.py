@@ -1,15 +1,21 @@
-"""How many threads torch should use: the cores this process may run on that other processes are not busy on.
+"""How many threads torch uses: by default every core this process may run on, whatever else is running.
 
-OpenMP threads spin while they wait for each other; with more threads than free cores they spin against the
-other work (measured here: a training step 2.4x slower with 2 threads than with 1 while one other process was
-busy on one of the 2 cores). A passive wait policy avoids the spinning but costs 28% when the cores are free,
-so celadon sizes the thread pool instead. An explicit thread count is always used as given.
+The thread count changes a CPU computation's rounding (matrix products split their sums by thread), so a count
+taken from the machine's load made the same study give other numbers when something else was busy at its start
+(a reference trained with 1 thread instead of 2 differed from its first epoch on). So `threads: 0` means the
+usable cores, a number fixed by the machine, and the count a stage used is recorded in its `stage.json`.
+
+The price is speed on a busy machine: OpenMP threads spin while they wait for each other, and with more threads
+than free cores they spin against the other work (a training step 2.4x slower with 2 threads than with 1 while
+another process was busy on one of the 2 cores). celadon says so once when it sees the cores taken; an explicit
+`--threads N` is always used as given.
 """
 
 from __future__ import annotations
 
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -43,13 +49,26 @@ def free_cores(samples: int = 5, interval: float = 0.02) -> int:
     return max(1, usable_cores() - int(statistics.median(busy)))
 
 
+_warned = False
+
+
 def resolve_threads(requested: int) -> int:
-    """`requested` when given (> 0), else the free cores."""
-    return requested if requested > 0 else free_cores()
+    """`requested` when given (> 0), else every usable core (see above), with a note when others are busy."""
+    global _warned
+    if requested > 0:
+        return requested
+    cores = usable_cores()
+    free = free_cores()
+    if free < cores and not _warned:
+        _warned = True
+        print(f"note: other processes are busy on {cores - free} of this machine's {cores} cores; celadon still "
+              f"uses {cores} threads so that its numbers do not depend on the load (--threads {free} runs faster "
+              "now, with results that differ in their last bits)", file=sys.stderr)
+    return cores
 
 
 def set_threads(threads: int) -> int:
-    """Set torch's intra-op thread count to `threads`, or (0) to the free cores; returns the count."""
+    """Set torch's intra-op thread count to `threads`, or (0) to every usable core; returns the count."""
     import torch
 
     count = resolve_threads(threads)

@@ -65,11 +65,13 @@ def _start_worker(devices) -> None:
 
 def fit(config: Any, progress: bool = True) -> dict:
     """Train (or resume) one classifier; the summary its stage records."""
+    import torch
+
     from celadon.classify.train import train
 
     state = train(config, resume=True, progress=progress)
     return {"best": state["best"], "best_epoch": state["best_epoch"], "epochs": len(state["history"]),
-            **state["budget"]}
+            **state["budget"], "threads": torch.get_num_threads()}  # stage.json records it beside the summary
 
 
 def _fit_timed(config: Any) -> tuple[dict, float]:

@@ -46,6 +46,13 @@ def _moved(summary: dict, old_root: str | None, new_root: str) -> dict:
             for k, v in summary.items()}
 
 
+def _torch_threads() -> int | None:
+    """torch's intra-op thread count in this process, where torch is loaded (stages that ran no network: None)."""
+    import sys
+
+    return sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
+
+
 @dataclass
 class Stage:
     kind: str
@@ -94,11 +101,14 @@ class StageRunner:
         return Stage(kind, key, path, label)
 
     def finish(self, stage: Stage, settings: Any, inputs: list[Stage], summary: dict, seconds: float) -> Stage:
-        """Mark a begun stage complete (stage.json, written last and atomically) and record it."""
+        """Mark a begun stage complete (stage.json, written last and atomically) and record it, with the torch
+        thread count it ran with (a worker process reports its own in the summary's `threads`)."""
+        summary = dict(summary)
+        threads = summary.pop("threads", None) or _torch_threads()
         write_json(stage.path / "stage.json", {
             "kind": stage.kind, "key": stage.key, "root": str(self.root), "settings": _canonical(settings),
-            "inputs": [f"{s.kind}-{s.key}" for s in inputs], "seconds": round(seconds, 2), "summary": summary,
-            "versions": versions()})
+            "inputs": [f"{s.kind}-{s.key}" for s in inputs], "seconds": round(seconds, 2), "threads": threads,
+            "summary": summary, "versions": versions()})
         stage = dataclasses.replace(stage, seconds=seconds, info=summary)
         self.log(f"   {stage.label}: {seconds:.1f} s")
         self.history.append(stage)
