@@ -322,6 +322,7 @@ caption_parts: ["{{period}} period", "{{form}} from the {{workshop}} workshop", 
 """
 
 
+@pytest.mark.slow
 def test_a_whole_study_runs_on_a_taxonomy_with_other_task_names_and_no_glaze(tmp_path):
     import json
 
@@ -366,3 +367,32 @@ def test_a_whole_study_runs_on_a_taxonomy_with_other_task_names_and_no_glaze(tmp
     assert "glaze" not in plan and plan["prompt"].str.contains("ancient bronze").all()
     report = (tmp_path / "out" / "report.html").read_text()
     assert "form × period" in report and "glaze" not in report.lower()
+
+
+@pytest.mark.parametrize("tasks", [["dynasty"], ["dynasty", "glaze"]])
+def test_rare_and_common_groups_count_one_task_collections_too(tmp_path, tasks):
+    """The rare-combination table's groups: with one task, pandas keys its counts by bare labels, which once
+    put every test photo under 'unseen' although each label had many training photos."""
+    import pandas as pd
+
+    from celadon.data.manifest import Manifest
+    from celadon.experiment.results import _rare_masks, combination_groups
+    from celadon.taxonomy import load_taxonomy
+
+    path = tmp_path / "t.yaml"
+    path.write_text("tasks:\n" + "".join(f"  {t}: [a, b, c]\n" for t in tasks))
+    taxonomy = load_taxonomy(str(path))
+    labels = ["a"] * 12 + ["b"] * 3 + ["c"] * 2  # a common, b rare, c rare in training (rare_max 5)
+    frame = pd.DataFrame({"path": [f"{i}.jpg" for i in range(17)], "split": ["train"] * 15 + ["val"] * 2,
+                          **{t: labels for t in tasks}})
+    groups = combination_groups(Manifest(frame, tmp_path, taxonomy), rare_max=5)
+    assert groups == {"rare": {("b",) * len(tasks)}, "common": {("a",) * len(tasks)}}  # c's 2 are in val
+
+    class Seen:  # test images as the results tables read them
+        def labels(self, task):
+            return ["a", "b", "c", None]
+
+    masks = _rare_masks(Seen(), tasks, groups)
+    assert {g: list(m) for g, m in masks.items()} == {"rare": [False, True, False, False],
+                                                      "common": [True, False, False, False],
+                                                      "unseen": [False, False, True, False]}

@@ -1,7 +1,7 @@
 """The study's tables from the stage outputs: per-task results (paper Table 14), minority/majority (Table 15),
 rare label combinations, each with the arm-vs-baseline statistics of `comparisons.py`; confusion-pair changes
-(Table 17), vanilla vs LoRA (Table 6), QC, imbalance before/after (Tables 10-12) and validation curves
-(Table 13)."""
+(Table 17), every generator on the compare plan (Table 6), QC, imbalance before/after (Tables 10-12) and
+validation curves (Table 13)."""
 
 from __future__ import annotations
 
@@ -60,11 +60,18 @@ def rare_groups(runs) -> tuple[str, dict[str, set[tuple]], int]:
     plans = [runs.config.synthesis.plans[a.plan] for a in runs.config.arms if a.plan]
     rare_max = int(((plans[0] if plans else None) or {}).get("rare_max", PlanConfig.rare_max))
     manifest = read_manifest(runs.split.info["splits"], load_taxonomy(runs.config.taxonomy))
+    return "+".join(manifest.tasks), combination_groups(manifest, rare_max), rare_max
+
+
+def combination_groups(manifest, rare_max: int) -> dict[str, set[tuple]]:
+    """The training originals' label combinations (one tuple of every task's label, as `_rare_masks` reads
+    test images), rare with 1 to `rare_max` originals, common above."""
     frame = manifest.frame[(manifest.frame["split"] == "train") & (manifest.augmentation_seeds() < 0)]
     counts = frame.dropna(subset=manifest.tasks).groupby(manifest.tasks).size()
-    groups = {"rare": {k for k, v in counts.items() if v <= rare_max},
-              "common": {k for k, v in counts.items() if v > rare_max}}
-    return "+".join(manifest.tasks), groups, rare_max
+    # pandas keys a one-task grouping by the bare label: as a tuple it matches the images' keys
+    keys = [key if isinstance(key, tuple) else (key,) for key in counts.index]
+    return {"rare": {k for k, v in zip(keys, counts, strict=True) if v <= rare_max},
+            "common": {k for k, v in zip(keys, counts, strict=True) if v > rare_max}}
 
 
 def _rare_masks(predictions, tasks: list[str], groups: dict[str, set[tuple]]) -> dict[str, np.ndarray]:
