@@ -22,6 +22,22 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(TEST_CACHE, ignore_errors=True)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true",
+                     help="also run the tests marked slow (whole studies, kill loops, multi-process LoRA, Chromium); "
+                          "CI runs them all")
+
+
+def pytest_collection_modifyitems(config, items):
+    """`pytest -q` runs the fast suite: the slow tests are deselected (not skipped) unless --slow is given."""
+    if config.getoption("--slow"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
 def noise_image(seed: int, size: int = 64) -> Image.Image:
     """A distinct, textured RGB image (distinct seeds are never near duplicates)."""
     rng = np.random.default_rng(seed)

@@ -119,6 +119,7 @@ def test_replace_mixing_trains_every_arm_the_same_steps_and_records_presentation
     assert added["mixing"] == "add" and mixed["mixing"] == "replace"
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_splits, tmp_path):
     config = tiny_config(tiny_splits, tmp_path / "straight", epochs=4, max_steps_per_epoch=6)
     train(config, progress=False)
@@ -315,3 +316,25 @@ def test_settings_added_later_enter_a_study_key_only_when_changed():
     changed = TrainConfig(splits="s.csv", train_depthwise=False, augment_on="device", freeze_stages=4).key_settings()
     assert changed["train_depthwise"] is False and changed["augment_on"] == "device"
     assert changed["freeze_stages"] == 4
+
+
+@pytest.mark.slow
+def test_default_threads_train_the_same_weights_with_a_core_busy_and_without(tiny_splits, tmp_path):
+    """`threads: 0` once followed the machine's load, and a study started beside another job trained other
+    weights; now it is the usable cores either way (a 2-core machine sees the difference)."""
+    from celadon.cpu import usable_cores
+
+    if usable_cores() < 2:
+        pytest.skip("one core: every count is 1")
+    idle = tiny_config(tiny_splits, tmp_path / "idle", threads=0, epochs=2)
+    train(idle, progress=False)
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        train(tiny_config(tiny_splits, tmp_path / "busy", threads=0, epochs=2), progress=False)
+    finally:
+        busy.kill()
+        busy.wait()
+    first = load_tensors(tmp_path / "idle" / "checkpoints" / "epoch_002.model.safetensors")
+    second = load_tensors(tmp_path / "busy" / "checkpoints" / "epoch_002.model.safetensors")
+    assert all(torch.equal(first[k], second[k]) for k in first)

@@ -56,6 +56,7 @@ def test_make_demo_writes_a_valid_manifest_and_resumes(tmp_path, capsys):
     assert main(["data", "validate", str(manifest), "--quiet"]) == 0
 
 
+@pytest.mark.slow
 def test_demo_command_is_the_demo_preset_study(tmp_path, capsys):
     """`celadon demo` runs `configs/demo.yaml` end to end (shrunk with --set) and prints timings, the
     results table and where the report is."""

@@ -149,6 +149,7 @@ def test_posts_need_the_csrf_token_and_the_shared_token_gates_everything(server,
         assert client.get(gated + "/image/synthetic/i00000").status_code == 200  # the cookie carries it
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is installed by the README's test command")
 def test_review_by_keyboard_and_click_in_chromium(server, run_dir, tmp_path):
     from playwright.sync_api import sync_playwright

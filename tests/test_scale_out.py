@@ -63,6 +63,7 @@ def test_training_encoder_path_equals_the_pipelines_prompt_encoding(tiny_sd):
         assert torch.allclose(got, expected, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("clip_skip", [0, 1])
 def test_two_process_lora_equals_one_process_on_the_same_global_batch(tiny_sd, caption_folder, tmp_path, clip_skip):
     single = train_lora(LoraConfig(out=str(tmp_path / "one"), **_settings(tiny_sd, caption_folder,

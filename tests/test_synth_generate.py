@@ -138,6 +138,7 @@ def test_lora_scale_is_fused_into_the_weights(tiny_sd, small_plan, small_lora):
     assert np.allclose((w_fused - w_base).detach().numpy(), 0.4 * delta.numpy(), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_generation_killed_and_restarted_finishes_the_plan_once(tiny_sd, small_plan, tmp_path):
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "celadon.cli", "synth", "generate", str(small_plan), "--out", str(out),

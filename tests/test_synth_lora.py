@@ -77,6 +77,7 @@ def _config(tiny_sd, caption_folder, out, **overrides) -> LoraConfig:
     return LoraConfig(**{**settings, **overrides})
 
 
+@pytest.mark.slow
 def test_lora_resume_continues_exactly_with_weights_intact(tiny_sd, caption_folder, tmp_path):
     reference = train_lora(_config(tiny_sd, caption_folder, tmp_path / "straight"), progress=False)
     interrupted = _config(tiny_sd, caption_folder, tmp_path / "killed")
@@ -154,6 +155,7 @@ def test_sd15_config_describes_stable_diffusion_15_offline(tmp_path):
     assert len(tokenizer) == 49408
 
 
+@pytest.mark.slow
 def test_a_kill_between_checkpoint_log_and_samples_resumes_to_an_exact_log_and_every_grid(
         tiny_sd, caption_folder, tmp_path):
     config = _config(tiny_sd, caption_folder, tmp_path / "run")
