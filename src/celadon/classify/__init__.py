@@ -1,1 +1,2 @@
-"""The classify stage: multi-task model, fast cached data path, training loop, checkpoints, predict."""
+"""The classify stage: multi-task model (backbone registry + heads), decoded-once image cache, batches augmented
+in the loader or on the device, real + synthetic mixing, the training loop, prediction and `bench train`."""

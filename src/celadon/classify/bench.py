@@ -1,7 +1,8 @@
 """`celadon bench train`: training images/s of three input pipelines feeding the same model and batch.
 
 1. compute limit: uint8 batches already in memory (normalise + forward + backward + step only);
-2. celadon's cached path: decoded-once uint8 cache + per-sample uint8 augmentation;
+2. celadon's cached path: decoded-once uint8 cache, augmented per image in the loader or per batch on the
+   device (`--augment-on`, as `train`);
 3. naive: an ImageFolder-style loop decoding every JPEG with PIL transforms each time.
 """
 

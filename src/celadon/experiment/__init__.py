@@ -1,1 +1,2 @@
-"""Experiments: the YAML config, content-addressed stages, the runner and its result tables."""
+"""Studies (`celadon run`): the YAML config, what names a stage (`identity.py`), content-addressed stages, the
+runner, concurrent trainings, the result tables and `bench estimate`."""

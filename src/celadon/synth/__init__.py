@@ -1,1 +1,2 @@
-"""The synthesis stage: LoRA training-set selection and captions (generation follows in later work)."""
+"""The synthesis stage: seven-tier LoRA training-set selection, captions, the tiny and SD 1.5 pipelines, LoRA
+training, generation plans, generators (txt2img, img2img), QC and curation into a training manifest."""
