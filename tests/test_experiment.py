@@ -470,3 +470,22 @@ def test_the_estimate_counts_the_work_the_study_did(study):
     lora = next(s for s in stages if s["kind"] == "lora")
     assert work.lora_steps == lora["settings"]["steps"] == 2
     assert work.lora_grid_images == 8 * len(list((out / "stages" / f"lora-{lora['key']}" / "samples").glob("*.png")))
+
+
+def test_the_readmes_study_configs_load_as_written(tmp_path, monkeypatch):
+    """The README's complete configs for a user's collection (CPU, and GPU with SD 1.5) are valid studies: every
+    key known, typed and not one the runner sets; its taxonomy example is the taxonomy the CPU config names."""
+    import re
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, flags=re.S)
+    taxonomy = next(b for b in blocks if b.startswith("tasks:"))
+    studies = [b for b in blocks if "manifest:" in b]
+    assert len(studies) == 2
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my.yaml").write_text(taxonomy, encoding="utf-8")
+    for i, text in enumerate(studies):
+        (tmp_path / f"study{i}.yaml").write_text(text, encoding="utf-8")
+        config = load_experiment(tmp_path / f"study{i}.yaml")
+        assert config.manifest == "data/manifest.csv"
+        assert [a.name for a in config.arms][0] == "baseline" and len(config.arms) >= 2
