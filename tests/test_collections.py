@@ -282,11 +282,11 @@ def test_a_bug_is_one_line_with_exit_3_and_the_traceback_on_request(tmp_path, mo
 def test_a_study_can_keep_the_users_split_column(tmp_path):
     import yaml
 
-    from celadon.experiment.config import load_experiment
+    from celadon.experiment.config import load_study
 
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({"split": {"keep_split": "source_split", "seed": 1}}))
-    assert load_experiment(path).split == {"keep_split": "source_split", "seed": 1}
+    assert load_study(path).split == {"keep_split": "source_split", "seed": 1}
 
 
 def test_help_shows_defaults(capsys):

@@ -11,7 +11,7 @@ from celadon.cli import main
 from celadon.data.embedded import KILN_TABLE, NAMED_RARE, EmbeddedConfig, combination_counts, make_demo
 from celadon.data.embedded.render import Labels, render
 from celadon.errors import CeladonError
-from celadon.experiment.config import load_experiment
+from celadon.experiment.config import load_study
 
 
 def test_default_long_tail_matches_the_papers_shape():
@@ -74,7 +74,7 @@ def test_demo_command_is_the_demo_preset_study(tmp_path, capsys):
     assert "wall time of the study" in text  # the stages' sum counts trainings that ran at once twice
     assert f"report: {(out / 'report.html').resolve()}" in text
     results = json.loads((out / "results.json").read_text())
-    assert results["arms"] == [arm.name for arm in load_experiment("demo").arms]
+    assert results["arms"] == [arm.name for arm in load_study("demo").arms]
     trained = {r["arm"] for r in results["table14"]}
     assert trained == set(results["arms"]) - set(results["skipped_arms"])
     assert (out / "config.yaml").exists() and (out / "run.yaml").exists()

@@ -8,7 +8,7 @@ import pytest
 
 from celadon.cli import main
 from celadon.errors import CeladonError
-from celadon.experiment.config import load_experiment
+from celadon.experiment.config import load_study
 from celadon.experiment.estimate import FORWARD_SHARE, Rates, Workload, estimate, study_workload
 
 
@@ -32,7 +32,7 @@ def test_trainings_after_the_reference_share_the_devices_and_generation_shards()
 
 
 def test_a_study_without_synthesis_still_trains_its_reference_first_and_needs_no_other_rate(tmp_path):
-    config = load_experiment("demo", {}, ["arms=[{name: baseline}]", "synthesis.compare_plan=null",
+    config = load_study("demo", {}, ["arms=[{name: baseline}]", "synthesis.compare_plan=null",
                                           "synthesis.sweep={}"])
     work = study_workload(config, 1729, 500, 271)
     images = 10 * 28 * 64  # 10 epochs of ceil(1729 / 64) batches of 64
@@ -42,16 +42,16 @@ def test_a_study_without_synthesis_still_trains_its_reference_first_and_needs_no
     parts = estimate(work, _rates(generate=0.0, lora=0.0), 2)
     first, per = (images + (500 * 11 + 271) * FORWARD_SHARE) / 100, (images + (500 * 10 + 271) * FORWARD_SHARE) / 100
     assert parts == pytest.approx({"classifier trainings": first + per, "total": first + per})  # then 1 and 2
-    other = load_experiment("demo", {}, ["arms=[{name: baseline}]", "synthesis.compare_plan=null",
+    other = load_study("demo", {}, ["arms=[{name: baseline}]", "synthesis.compare_plan=null",
                                          "synthesis.sweep={}", "synthesis.reference={epochs: 1}"])
     assert len(study_workload(other, 1729, 500, 271).trainings) == 4  # the runner trains a reference regardless
 
 
 def test_the_demo_workload_shares_the_reference_and_counts_img2img_and_the_sweep_by_steps():
-    work = study_workload(load_experiment("demo"), 1729, 500, 271)
+    work = study_workload(load_study("demo"), 1729, 500, 271)
     assert len(work.trainings) == 12  # 4 arms x 3 seeds; the reference is baseline seed 0
-    explicit = load_experiment("demo").classifier | {"grad_clip": 1.0}  # a default, spelled out
-    spelled_out = load_experiment("demo", {}, [f"synthesis.reference={explicit}"])
+    explicit = load_study("demo").classifier | {"grad_clip": 1.0}  # a default, spelled out
+    spelled_out = load_study("demo", {}, [f"synthesis.reference={explicit}"])
     assert len(study_workload(spelled_out, 1729, 500, 271).trainings) == 12  # same resolved settings, same key
     assert work.lora_steps == 600 and work.lora_grid_images == 8 * 6
     a, b = round(1729 * 5 / 95), round(1729 * 10 / 90)
@@ -61,10 +61,10 @@ def test_the_demo_workload_shares_the_reference_and_counts_img2img_and_the_sweep
 
 def test_the_paper_preset_generates_table_5s_dataset_sizes_whatever_the_catalogue():
     for originals in (5068, 1000):  # a plan's `total` overrides the preset's share of the training originals
-        work = study_workload(load_experiment("paper"), originals, 300, 200, train_rows=5 * originals)
+        work = study_workload(load_study("paper"), originals, 300, 200, train_rows=5 * originals)
         assert work.generated == {"A/lora": (570, 20), "B/lora": (2500, 20), "B/vanilla": (2500, 20)}
         assert work.trainings[0] == 50 * 64 * -(-5 * originals // 64)  # 50 epochs over the augmented rows
-    demo_a = study_workload(load_experiment("demo"), 5068, 300, 200).generated["A/lora"][0]
+    demo_a = study_workload(load_study("demo"), 5068, 300, 200).generated["A/lora"][0]
     assert demo_a == round(5068 * 5 / 95) == 267  # the demo keeps the preset ratio
 
 
@@ -91,7 +91,7 @@ def test_the_cli_reads_the_benchmarks_json_and_says_where_they_measured_other_se
     assert "note: bench train measured train_depthwise True; the study's classifier uses False" in out
     assert "note: bench train augmented on the loader; the study's classifier on the device" in out
     assert "bench generate measured" not in out  # 0: the model's own resolution, which the demo uses
-    work = study_workload(load_experiment("demo"), 1729, 500, 271)
+    work = study_workload(load_study("demo"), 1729, 500, 271)
     expected = estimate(work, Rates(measured["cached_images_per_s"], 2.0, 0.5, 20), 8)
     total = next(line for line in out.splitlines() if line.startswith("total")).split()
     assert float(total[-2]) == pytest.approx(expected["total"] / (60 if total[-1] == "min" else 3600), abs=0.05)
@@ -107,6 +107,6 @@ def test_the_cli_reads_the_benchmarks_json_and_says_where_they_measured_other_se
 
 
 def test_a_missing_rate_the_study_needs_is_a_one_line_error():
-    work = study_workload(load_experiment("demo"), 1729, 500, 271)
+    work = study_workload(load_study("demo"), 1729, 500, 271)
     with pytest.raises(CeladonError, match="bench lora --json"):
         estimate(work, _rates(lora=0.0), 1)

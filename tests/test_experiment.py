@@ -12,7 +12,7 @@ import yaml
 from celadon.cli import main
 from celadon.errors import CeladonError
 from celadon.experiment.comparisons import verdict
-from celadon.experiment.config import load_experiment
+from celadon.experiment.config import load_study
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -268,22 +268,22 @@ def test_report_is_self_contained_and_opens_without_broken_images_in_chromium(st
 
 def test_config_mistakes_are_one_line_errors(tmp_path):
     with pytest.raises(CeladonError, match=r"classifier.epoch: unknown setting"):
-        load_experiment(_write(tmp_path / "a.yaml", {"classifier": {"epoch": 3}}))
+        load_study(_write(tmp_path / "a.yaml", {"classifier": {"epoch": 3}}))
     with pytest.raises(CeladonError, match=r"classifier.seed: set by the study runner"):
-        load_experiment(_write(tmp_path / "b.yaml", {"classifier": {"seed": 3}}))
+        load_study(_write(tmp_path / "b.yaml", {"classifier": {"seed": 3}}))
     with pytest.raises(CeladonError, match=r"classifier.taxonomy: set by the study runner"):
-        load_experiment(_write(tmp_path / "t.yaml", {"classifier": {"taxonomy": "mine.yaml"}}))
+        load_study(_write(tmp_path / "t.yaml", {"classifier": {"taxonomy": "mine.yaml"}}))
     with pytest.raises(CeladonError, match=r"arms.X.plan: 'C' is not in synthesis.plans"):
-        load_experiment(_write(tmp_path / "c.yaml", {"arms": [{"name": "baseline"}, {"name": "X", "plan": "C",
+        load_study(_write(tmp_path / "c.yaml", {"arms": [{"name": "baseline"}, {"name": "X", "plan": "C",
                                                                                      "ratio": 0.1}]}))
     with pytest.raises(CeladonError, match=r"arms.X.ratio: must be between 0 and 1"):
-        load_experiment(_write(tmp_path / "d.yaml", {"arms": [{"name": "baseline"}, {"name": "X", "plan": "A",
+        load_study(_write(tmp_path / "d.yaml", {"arms": [{"name": "baseline"}, {"name": "X", "plan": "A",
                                                                                      "ratio": 5}]}))
     with pytest.raises(CeladonError, match="no such config file"):
-        load_experiment(tmp_path / "missing.yaml")
+        load_study(tmp_path / "missing.yaml")
     (tmp_path / "bad.yaml").write_text("a: [")
     with pytest.raises(CeladonError, match="not valid YAML"):
-        load_experiment(tmp_path / "bad.yaml")
+        load_study(tmp_path / "bad.yaml")
 
 
 @pytest.mark.parametrize("change, message", [
@@ -317,7 +317,7 @@ def test_config_mistakes_are_one_line_errors(tmp_path):
 ])
 def test_wrong_types_and_values_are_one_line_errors_before_any_work(tmp_path, change, message):
     with pytest.raises(CeladonError, match=message):
-        load_experiment(_write(tmp_path / "x.yaml", {"out": str(tmp_path / "out")} | change))
+        load_study(_write(tmp_path / "x.yaml", {"out": str(tmp_path / "out")} | change))
     assert not (tmp_path / "out").exists()  # nothing ran
 
 
@@ -335,17 +335,17 @@ def test_synthetic_tasks_unknown_to_the_taxonomy_are_refused_by_train(tmp_path):
 
 
 def test_set_overrides_nested_settings_with_yaml_values(tmp_path):
-    config = load_experiment("demo", settings=["classifier.epochs=9", "seeds=[4, 5, 6]", "synthesis.lora.steps=7"])
+    config = load_study("demo", settings=["classifier.epochs=9", "seeds=[4, 5, 6]", "synthesis.lora.steps=7"])
     assert config.classifier["epochs"] == 9 and config.seeds == [4, 5, 6] and config.synthesis.lora["steps"] == 7
-    assert config.classifier["image_size"] == load_experiment("demo").classifier["image_size"]  # rest kept
+    assert config.classifier["image_size"] == load_study("demo").classifier["image_size"]  # rest kept
     with pytest.raises(CeladonError, match="give KEY=VALUE"):
-        load_experiment("demo", settings=["classifier.epochs"])
+        load_study("demo", settings=["classifier.epochs"])
     with pytest.raises(CeladonError, match="classifier.epochz: unknown setting"):
-        load_experiment("demo", settings=["classifier.epochz=3"])
+        load_study("demo", settings=["classifier.epochz=3"])
 
 
 def test_presets_load():
-    demo, paper = load_experiment("demo"), load_experiment("paper")
+    demo, paper = load_study("demo"), load_study("paper")
     assert demo.manifest is None and len(demo.seeds) >= 3
     assert paper.classifier["backbone"] == "mobilenet_v3_large" and paper.classifier["image_size"] == 224
     assert paper.classifier["epochs"] == 50 and {a.ratio for a in paper.arms} == {0.0, 0.05, 0.10}
@@ -384,7 +384,7 @@ def test_test_labels_change_no_synthetic_image_and_no_trained_weight(tmp_path, m
     weight is identical, and only the final test evaluations see the difference."""
     import pandas as pd
 
-    from celadon.experiment.runner import Experiment
+    from celadon.experiment.runner import Study
     from celadon.taxonomy import load_taxonomy
 
     taxonomy = load_taxonomy()
@@ -392,7 +392,7 @@ def test_test_labels_change_no_synthetic_image_and_no_trained_weight(tmp_path, m
     honest = tmp_path / "honest"
     assert main(["run", str(_write(tmp_path / "study.yaml", config)), "--out", str(honest), "--quiet"]) == 0
 
-    split = Experiment.split
+    split = Study.split
 
     def relabel_test_rows(self, data):
         stage = split(self, data)
@@ -405,7 +405,7 @@ def test_test_labels_change_no_synthetic_image_and_no_trained_weight(tmp_path, m
         frame.to_csv(stage.info["splits"], index=False)
         return stage
 
-    monkeypatch.setattr(Experiment, "split", relabel_test_rows)
+    monkeypatch.setattr(Study, "split", relabel_test_rows)
     relabelled = tmp_path / "relabelled"
     assert main(["run", str(tmp_path / "study.yaml"), "--out", str(relabelled), "--quiet"]) == 0
 
@@ -453,7 +453,7 @@ def test_the_estimate_counts_the_work_the_study_did(study):
     out = study / "out"
     stages = [json.loads(p.read_text()) for p in sorted((out / "stages").glob("*/stage.json"))]
     split = pd.read_csv(next((out / "stages").glob("split-*/splits.csv")))["split"].value_counts()
-    work = study_workload(load_experiment(str(study / "study.yaml")), split["train"], split["val"], split["test"])
+    work = study_workload(load_study(str(study / "study.yaml")), split["train"], split["val"], split["test"])
     trained = sorted(s["summary"]["optimizer_steps"] * s["settings"]["batch_size"] for s in stages
                      if s["kind"] == "train")
     assert sorted(work.trainings) == trained and len(trained) == 5  # the reference (1 epoch), baseline x 2, A x 2
@@ -486,6 +486,6 @@ def test_the_readmes_study_configs_load_as_written(tmp_path, monkeypatch):
     (tmp_path / "my.yaml").write_text(taxonomy, encoding="utf-8")
     for i, text in enumerate(studies):
         (tmp_path / f"study{i}.yaml").write_text(text, encoding="utf-8")
-        config = load_experiment(tmp_path / f"study{i}.yaml")
+        config = load_study(tmp_path / f"study{i}.yaml")
         assert config.manifest == "data/manifest.csv"
         assert [a.name for a in config.arms][0] == "baseline" and len(config.arms) >= 2

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from celadon.errors import CeladonError
-from celadon.experiment.config import load_experiment, stage_sections
+from celadon.experiment.config import load_study, stage_sections
 from celadon.experiment.identity import EXECUTION, RUNNER_SETS, check_runner_sets, key_settings, runner_sets
 
 SAMPLE = {bool: True, int: 1, float: 0.5, str: "x"}
@@ -16,7 +16,7 @@ SAMPLE = {bool: True, int: 1, float: 0.5, str: "x"}
 
 def _every_runner_set_key() -> list[tuple[str, str, type]]:
     """(section, key, class) for every runner-set field of every stage section of the demo."""
-    config = load_experiment("demo")
+    config = load_study("demo")
     found = []
     for cls, section, _ in stage_sections(config):
         names = {f.name for f in dataclasses.fields(cls)}
@@ -27,7 +27,7 @@ def _every_runner_set_key() -> list[tuple[str, str, type]]:
 
 
 def test_every_stage_section_of_the_demo_has_a_declaration():
-    classes = {cls.__name__ for cls, _, _ in stage_sections(load_experiment("demo"))}
+    classes = {cls.__name__ for cls, _, _ in stage_sections(load_study("demo"))}
     assert classes <= set(RUNNER_SETS), classes - set(RUNNER_SETS)
     for name, sets in RUNNER_SETS.items():  # each declared field is one of the class's, once
         assert len(set(sets.fields)) == len(sets.fields), name
@@ -39,7 +39,7 @@ def test_a_key_the_runner_sets_is_a_one_line_error_naming_it(section, key, cls):
     hint = next(f.type for f in dataclasses.fields(cls) if f.name == key)
     value = next((v for t, v in SAMPLE.items() if t.__name__ in str(hint)), "x")
     with pytest.raises(CeladonError) as error:
-        load_experiment("demo", {}, [f"{section}.{key}={value!r}" if isinstance(value, str)
+        load_study("demo", {}, [f"{section}.{key}={value!r}" if isinstance(value, str)
                                      else f"{section}.{key}={str(value).lower()}"])
     message = str(error.value)
     assert message.startswith(f"{section}.{key}: set by the study runner, not in the config; remove it")
@@ -49,8 +49,8 @@ def test_a_key_the_runner_sets_is_a_one_line_error_naming_it(section, key, cls):
 def test_an_evaluation_split_in_the_config_is_refused_not_ignored():
     """Once accepted and silently evaluated on test."""
     with pytest.raises(CeladonError, match=r"^evaluate.split: set by the study runner.*reference on validation"):
-        load_experiment("demo", {}, ["evaluate.split=val"])
-    load_experiment("demo", {}, ["evaluate.minority_threshold=20"])  # the user's settings still pass
+        load_study("demo", {}, ["evaluate.split=val"])
+    load_study("demo", {}, ["evaluate.minority_threshold=20"])  # the user's settings still pass
 
 
 def test_the_runner_may_set_only_declared_fields():

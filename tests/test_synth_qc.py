@@ -76,7 +76,7 @@ def test_qc_flags_each_crafted_problem(real_splits, tmp_path):
     assert again["distances"] == summary["distances"]
 
 
-def test_label_fidelity_uses_the_baseline_model(real_splits, tmp_path):
+def test_label_fidelity_uses_the_reference_model(real_splits, tmp_path):
     assert main(["train", str(real_splits), "--out", str(tmp_path / "model"), "--image-size", "32",
                  "--batch-size", "8", "--epochs", "1", "--max-steps-per-epoch", "2", "--threads", "1",
                  "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0

@@ -87,10 +87,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_bench_estimate(args: argparse.Namespace) -> int:
     """`celadon bench estimate CONFIG`: the study's workload x the measured rates, on each device count asked."""
-    from celadon.experiment.config import load_experiment
+    from celadon.experiment.config import load_study
     from celadon.experiment.estimate import estimate, mismatches, read_rates, study_workload
 
-    config = load_experiment(args.config, {}, list(args.set))
+    config = load_study(args.config, {}, list(args.set))
     try:
         train, val, test = (int(n) for n in args.images.split(","))
         devices = [int(n) for n in args.gpus.split(",")]
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = add(stages, "demo", cmd_run, "the whole study on the embedded procedural porcelain set (preset demo)")
     demo.set_defaults(config="demo")
-    run = add(stages, "run", cmd_run, "run an experiment YAML: data, synthesis, every arm x seed, report.html")
+    run = add(stages, "run", cmd_run, "run a study YAML: data, synthesis, every arm x seed, report.html")
     run.add_argument("config", help="a YAML file, or a shipped preset: demo, paper")
     report = add(stages, "report", cmd_report, "rebuild report.html from a study's results.json (nothing re-run)")
     report.add_argument("out", help="the study folder (holds results.json)")

@@ -1,4 +1,4 @@
-"""The experiment YAML: data, split, classifier, synthesis and the arms to compare, as typed dataclasses.
+"""The study YAML: data, split, classifier, synthesis and the arms to compare, as typed dataclasses.
 
 Sections that configure a library stage (classifier -> `TrainConfig`, synthesis.lora -> `LoraConfig`, ...)
 are plain overrides of that stage's own config, checked key by key, so there is one list of settings per
@@ -65,9 +65,9 @@ class StatisticsConfig:
 
 
 @dataclass
-class ExperimentConfig:
-    name: str = "experiment"
-    out: str = "runs/experiment"
+class StudyConfig:
+    name: str = "study"
+    out: str = "runs/study"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     manifest: str | None = None  # a manifest of the user's images; None = the embedded procedural dataset
     image_root: str | None = None  # the manifest's image paths must stay inside it (default: its folder)
@@ -121,7 +121,7 @@ def _set_how(key: str) -> str:
             "allow_test_metrics": "decisions read validation metrics only"}.get(key, "the stage graph sets it")
 
 
-def stage_sections(config: ExperimentConfig) -> list[tuple[type, str, dict]]:
+def stage_sections(config: StudyConfig) -> list[tuple[type, str, dict]]:
     """Every stage section of a study config with the stage config class it overrides."""
     from celadon.classify.train import TrainConfig
     from celadon.data.augment import AugmentConfig
@@ -147,7 +147,7 @@ def stage_sections(config: ExperimentConfig) -> list[tuple[type, str, dict]]:
     return sections
 
 
-def check_overrides(config: ExperimentConfig) -> None:
+def check_overrides(config: StudyConfig) -> None:
     """Every stage section names only settings its stage has, and none the runner sets itself."""
     s = config.synthesis
     for cls, name, values in stage_sections(config):
@@ -221,7 +221,7 @@ def _check_generators(s: SynthesisConfig) -> None:
 PRIMARY_METRICS = ("f1_macro", "top1", "top5", "f1_weighted", "minority", "majority")
 
 
-def _check_statistics(config: ExperimentConfig) -> None:
+def _check_statistics(config: StudyConfig) -> None:
     s = config.statistics
     task, _, metric = s.primary.partition("/")
     if s.primary not in ("all/mean_f1_macro", "rare combinations/rare"):
@@ -268,16 +268,16 @@ def apply_settings(raw: dict, items: list[str]) -> dict:
     return raw
 
 
-def load_experiment(source: str | Path, overrides: dict[str, Any] | None = None,
-                    settings: list[str] | None = None) -> ExperimentConfig:
+def load_study(source: str | Path, overrides: dict[str, Any] | None = None,
+                    settings: list[str] | None = None) -> StudyConfig:
     path = resolve_config_path(str(source))
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise CeladonError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     raw = apply_settings(_mapping(raw, str(path)) | (overrides or {}), settings or [])
-    _known(ExperimentConfig, str(path), raw)
-    check_types(ExperimentConfig, {k: v for k, v in raw.items() if k not in ("synthesis", "statistics", "arms")}, "")
+    _known(StudyConfig, str(path), raw)
+    check_types(StudyConfig, {k: v for k, v in raw.items() if k not in ("synthesis", "statistics", "arms")}, "")
     synthesis = _known(SynthesisConfig, f"{path}: synthesis", _mapping(raw.pop("synthesis", None), "synthesis"))
     check_types(SynthesisConfig, synthesis, "synthesis")
     statistics = _known(StatisticsConfig, "statistics", _mapping(raw.pop("statistics", None), "statistics"))
@@ -293,7 +293,7 @@ def load_experiment(source: str | Path, overrides: dict[str, Any] | None = None,
             raise CeladonError(f"{path}: arms[{i}] needs a name")
         check_types(Arm, _known(Arm, f"arms.{item['name']}", item), f"arms.{item['name']}")
         arms.append(Arm(**item))
-    config = ExperimentConfig(**raw, synthesis=SynthesisConfig(**synthesis), statistics=StatisticsConfig(**statistics),
+    config = StudyConfig(**raw, synthesis=SynthesisConfig(**synthesis), statistics=StatisticsConfig(**statistics),
                               **({"arms": arms} if arms else {}))
     config.source = str(path)  # type: ignore[attr-defined]
     check_overrides(config)

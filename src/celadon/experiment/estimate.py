@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from celadon.errors import CeladonError
-from celadon.experiment.config import ExperimentConfig
+from celadon.experiment.config import StudyConfig
 from celadon.settings import build
 
 FORWARD_SHARE = 1 / 3  # a forward pass (evaluation, QC's judge) costs about a third of a training step per image
@@ -57,7 +57,7 @@ def _epoch_images(rows: int, config, ratio: float) -> tuple[int, int]:
     return steps * config.batch_size * config.epochs, config.epochs
 
 
-def study_workload(config: ExperimentConfig, train: int, val: int, test: int, train_rows: int = 0) -> Workload:
+def study_workload(config: StudyConfig, train: int, val: int, test: int, train_rows: int = 0) -> Workload:
     """What `config` will compute on a split of `train`/`val`/`test` originals; `train_rows` is the training table
     after offline augmentation (default `train`). Trainings run to their last epoch (early stopping can end them
     sooner, so this is an upper bound)."""
@@ -149,7 +149,7 @@ def read_rates(train: str | Path, lora: str | Path | None, generate: str | Path 
                  int(measured["generate"].get("settings", {}).get("steps", 20)), measured)
 
 
-def mismatches(config: ExperimentConfig, rates: Rates) -> list[str]:
+def mismatches(config: StudyConfig, rates: Rates) -> list[str]:
     """Where a benchmark measured other settings than the study uses: the estimate then scales the wrong rate."""
     notes = []
     classifier = _train_config(config.classifier)

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from celadon.experiment.config import Arm, ExperimentConfig
+from celadon.experiment.config import Arm, StudyConfig
 from celadon.experiment.identity import check_runner_sets, key_settings
 from celadon.experiment.jobs import TrainingJob, job_count, run_trainings
 from celadon.experiment.stages import Stage, StageRunner
@@ -37,9 +37,9 @@ def make(cls, overrides: dict[str, Any], **owned: Any):
 
 @dataclasses.dataclass
 class Runs:
-    """Every stage of one experiment, by role, for the results and report."""
+    """Every stage of one study, by role, for the results and report."""
 
-    config: ExperimentConfig
+    config: StudyConfig
     out: Path
     data: Stage
     split: Stage
@@ -60,8 +60,8 @@ class Runs:
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # arm -> why it was not trained
 
 
-class Experiment:
-    def __init__(self, config: ExperimentConfig, progress: bool = True):
+class Study:
+    def __init__(self, config: StudyConfig, progress: bool = True):
         self.config, self.progress = config, progress
         self.out = Path(config.out).resolve()
         self.stages = StageRunner(self.out)
@@ -365,7 +365,7 @@ class Experiment:
             "t-SNE real vs synthetic")
 
 
-def run_experiment(config: ExperimentConfig, progress: bool = True) -> Path:
+def execute_study(config: StudyConfig, progress: bool = True) -> Path:
     """Run (or resume) every stage, then write results and the report; returns report.html."""
     from celadon.device import resolve_device
     from celadon.experiment.results import collect_results
@@ -374,7 +374,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> Path:
     for device in (config.device, *config.devices, *config.synthesis.generate.get("devices", ())):
         resolve_device(device)  # a missing GPU stops the study before its first stage, not after
     began = time.perf_counter()
-    experiment = Experiment(config, progress)
+    experiment = Study(config, progress)
     runs = experiment.run()
     results = collect_results(runs)
     results["stages"] = [{"stage": s.label, "folder": s.path.name, "reused": s.reused, "seconds": round(s.seconds, 1)}
@@ -382,7 +382,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> Path:
     results["wall_seconds"] = round(time.perf_counter() - began, 1)  # less than the stages' sum: trainings overlap
     write_json(Path(config.out) / "results.json", results)
     report = write_report(results, config.out)
-    print(f"experiment finished in {time.perf_counter() - began:.0f} s; "
+    print(f"study finished in {time.perf_counter() - began:.0f} s; "
           f"{len(experiment.stages.ran())} stages ran, {len(experiment.stages.history) - len(experiment.stages.ran())} "
           "reused")
     return report

@@ -39,7 +39,7 @@ def stage_key(kind: str, settings: Any, inputs: list[Stage]) -> str:
 
 
 def _moved(summary: dict, old_root: str | None, new_root: str) -> dict:
-    """Paths a stage recorded, rebased when the whole experiment folder was moved or copied since."""
+    """Paths a stage recorded, rebased when the whole study folder was moved or copied since."""
     if not old_root or old_root == new_root:
         return summary
     return {k: new_root + v[len(old_root):] if isinstance(v, str) and v.startswith(old_root + "/") else v

@@ -6,15 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from celadon.experiment.config import load_experiment
-from celadon.experiment.runner import run_experiment
+from celadon.experiment.config import load_study
+from celadon.experiment.runner import execute_study
 
 
 def run_study(source: str, overrides: dict[str, Any] | None = None, settings: list[str] | None = None,
               progress: bool = True) -> Path:
     """`celadon run SOURCE` (a YAML or a preset name); `celadon demo` is `run_study("demo")`."""
-    config = load_experiment(source, overrides, settings)
-    report = run_experiment(config, progress)
+    config = load_study(source, overrides, settings)
+    report = execute_study(config, progress)
     print_summary(Path(config.out))
     print(f"\nreport: {report.resolve()}")
     return report

@@ -1,1 +1,1 @@
-"""The self-contained HTML report of an experiment."""
+"""The self-contained HTML report of a study."""

@@ -6,7 +6,7 @@ A plan is one row per image to generate: item id, the four labels, prompt, negat
 Only label combinations that exist among the real training images are generated (no invented, historically
 implausible pairings). Two sources share the budget: rare combinations (fewest training originals, each
 weighted 1/sqrt(n) so the rarest get most) and confusion pairs (combinations holding either class of a
-baseline's most confused pairs). Preset A is the paper's minimal set (synthetic : real = 5 : 95), B the
+reference classifier's most confused pairs). Preset A is the paper's minimal set (synthetic : real = 5 : 95), B the
 comprehensive one (10 : 90).
 """
 
@@ -41,7 +41,7 @@ class PlanConfig:
     confusion_pairs: int = 3
     confusion_task: str | None = None  # None: the taxonomy's confusion role
     pairs: tuple[tuple[str, str], ...] = ()  # explicit pairs; override the metrics
-    metrics: str | None = None  # a baseline's metrics.json on validation (celadon evaluate --split val)
+    metrics: str | None = None  # the reference's metrics.json on validation (celadon evaluate --split val)
     allow_test_metrics: bool = False  # accept a test-split metrics.json (test labels then steer the plan)
     max_per_combination: int = 0  # 0: no cap
     negative_prompt: str = DEFAULT_NEGATIVE

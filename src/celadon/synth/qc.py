@@ -3,7 +3,7 @@
 Per image: integrity (decodes, expected size, not blank), image statistics against the real training
 distribution (robust z-scores of brightness, contrast, saturation, sharpness: an image that no longer looks
 like a photo of a vessel), memorisation (near copy of a real training image, or of its own img2img source
-photo) and duplicates among the synthetic set, and label fidelity (a baseline classifier trained on real
+photo) and duplicates among the synthetic set, and label fidelity (a reference classifier trained on real
 data agrees with the intended labels; for img2img it also reads each source photo, `source_pred_<task>`, so
 a label lost in re-rendering can be told from one the judge never saw). Per set: FID and KID against the
 real images.
@@ -41,7 +41,7 @@ class QCConfig:
     table: str = ""  # synthetic images: a manifest with the intended labels (plus prompt, seed, ...)
     real: str = ""  # the real splits.csv; its training rows are the reference
     out: str = ""  # where qc.csv and qc_summary.json go
-    model_dir: str | None = None  # a baseline classifier trained on real data (celadon train), the judge
+    model_dir: str | None = None  # a reference classifier trained on real data (celadon train), the judge
     judge_metrics: str | None = None  # the judge's metrics.json on real validation photos (evaluate --split val)
     judge_min_recall: float = 0.0  # fail a wrong label only where the judge's val recall of the class is this high
     allow_test_metrics: bool = False  # accept a test-split judge_metrics (test labels then gate training images)

@@ -2,7 +2,7 @@
 
 Tiers, in priority order, over label combinations of `key` (default: the taxonomy's combination role,
 glaze x type for porcelain) counted on the original training images: 1 extreme rare (1 original), 2 very
-rare (2-4), 3 confusion pairs (from a baseline model's confusion matrix, or given), 4 moderate rare (5-10),
+rare (2-4), 3 confusion pairs (from the reference classifier's confusion matrix, or given), 4 moderate rare (5-10),
 5 balance of the key's last task (vessel type), 6 balance of its first (glaze), 7 general fill. Images
 come from the (augmented) training set, originals before their augmented copies. Targets are the paper's
 at 1,000 images, scaled to `total`; the budget is spent tier by tier.
@@ -32,9 +32,9 @@ class SelectConfig:
     total: int = 0  # 0: the paper's proportion, 1,000 per 5,068 original training images
     key: tuple[str, ...] | None = None  # None: the taxonomy's combination role
     confusion_task: str | None = None  # None: the taxonomy's confusion role
-    confusion_pairs: int = 4  # most confused pairs taken from the baseline metrics
+    confusion_pairs: int = 4  # most confused pairs taken from the reference's metrics
     pairs: tuple[tuple[str, str], ...] = ()  # explicit pairs (codes of confusion_task); override metrics
-    metrics: str | None = None  # a baseline's metrics.json on validation (celadon evaluate --split val)
+    metrics: str | None = None  # the reference's metrics.json on validation (celadon evaluate --split val)
     allow_test_metrics: bool = False  # accept a test-split metrics.json (test labels then steer the selection)
     seed: int = 0
     extreme_target: int = 30  # per combination, at 1,000 images
