@@ -489,3 +489,23 @@ def test_the_readmes_study_configs_load_as_written(tmp_path, monkeypatch):
         config = load_study(tmp_path / f"study{i}.yaml")
         assert config.manifest == "data/manifest.csv"
         assert [a.name for a in config.arms][0] == "baseline" and len(config.arms) >= 2
+
+
+def test_the_dry_run_plans_exactly_the_stages_a_run_makes_and_writes_nothing(study, tmp_path, capsys):
+    from celadon.experiment.runner import plan_study
+
+    made = {p.name for p in (study / "out" / "stages").iterdir() if (p / "stage.json").exists()}
+    fresh = tmp_path / "fresh"
+    stages, notes = plan_study(load_study(str(study / "study.yaml"), {"out": str(fresh)}))
+    assert {f"{s.kind}-{s.key}" for s in stages} == made and all(s.planned for s in stages) and notes == []
+    assert not fresh.exists()  # nothing written
+    again, _ = plan_study(load_study(str(study / "study.yaml")))
+    assert {f"{s.kind}-{s.key}" for s in again} == made and not any(s.planned for s in again)
+    assert main(["run", str(study / "study.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"0 to run, {len(made)} reused" in out and "work to run (" in out
+    before = sorted(p.name for p in (study / "out").rglob("*"))
+    assert main(["run", str(study / "study.yaml"), "--dry-run", "--set", "classifier.epochs=3"]) == 0
+    out = capsys.readouterr().out
+    assert "4 classifier trainings" in out  # the arms retrain (2 x 2); the reference has its own settings
+    assert sorted(p.name for p in (study / "out").rglob("*")) == before

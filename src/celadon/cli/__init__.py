@@ -81,6 +81,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.gpus:  # generation: one concurrent shard per GPU; trainings: one process per GPU; the rest: one GPU
         gpus = ",".join(f"cuda:{i}" for i in range(args.gpus))
         settings += [f"synthesis.generate.devices=[{gpus}]", f"devices=[{gpus}]"]
+    if args.dry_run:
+        from celadon.experiment.study import print_plan
+
+        print_plan(args.config, _run_overrides(args), settings, args.images)
+        return 0
     run_study(args.config, _run_overrides(args), settings, progress=not args.quiet)
     return 0
 
@@ -194,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="use N GPUs: generation one shard each, the arms' trainings one process each")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config setting, e.g. --set classifier.epochs=10 (repeatable)")
+        p.add_argument("--dry-run", action="store_true",
+                       help="print every stage, reused or to run, and the work to run; run and write nothing")
+        p.add_argument("--images", metavar="TRAIN,VAL,TEST",
+                       help="with --dry-run: originals per split to count the work on, before the split exists")
 
     from celadon.cli import classify, data, review, synth
 

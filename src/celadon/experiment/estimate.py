@@ -1,8 +1,8 @@
 """`celadon bench estimate`: how long a study will take on N devices, from what it will do and measured rates.
 
-The workload is counted from the study's config and its image counts exactly as the runner will spend it
-(distinct trainings after the reference and twin arms are shared, optimizer steps x batch per training, the plan
-sizes each generator makes, img2img's `strength` x steps); the rates come from the benchmarks run on the machine
+The workload is counted from the runner's own plan of the study (a dry run: the distinct stages it would run)
+and the split's image counts: optimizer steps x batch per training, the plan sizes each generator makes,
+img2img's `strength` x steps; the rates come from the benchmarks run on the machine
 in question (`bench train`, `bench lora`, `bench generate`, each with `--json`). On N devices the arms' trainings
 run one per device after the reference, generation runs one shard per device, and LoRA under `accelerate launch`
 sees the same images in steps / N (its gradient exchange is not measured). Rendering, splitting, QC's image
@@ -58,67 +58,52 @@ def _epoch_images(rows: int, config, ratio: float) -> tuple[int, int]:
 
 
 def study_workload(config: StudyConfig, train: int, val: int, test: int, train_rows: int = 0) -> Workload:
-    """What `config` will compute on a split of `train`/`val`/`test` originals; `train_rows` is the training table
-    after offline augmentation (default `train`). Trainings run to their last epoch (early stopping can end them
-    sooner, so this is an upper bound)."""
+    """What `config` will compute, from scratch, on a split of `train`/`val`/`test` originals; `train_rows` is the
+    training table after offline augmentation (default `train`). The stages are the runner's own plan (a dry
+    run, `runner.plan_study`), so trainings shared by two arms, or by the reference and the baseline's first
+    seed, and generations a sweep shares are counted once, as the runner runs them. Trainings run to their last
+    epoch (early stopping can end them sooner, so this is an upper bound)."""
+    import dataclasses
+    import tempfile
+
+    from celadon.experiment.runner import plan_study
+
+    with tempfile.TemporaryDirectory(prefix="celadon-estimate-") as nowhere:  # nothing there: every stage to run
+        stages, _ = plan_study(dataclasses.replace(config, out=str(Path(nowhere) / "study")))
+    return workload_of(stages, int(train), int(val), int(test), int(train_rows) or int(train))
+
+
+def workload_of(stages: list, train: int, val: int, test: int, rows: int) -> Workload:
+    """The work of a study's planned stages (`runner.plan_study`) on a split of these sizes."""
     from celadon.synth.generate import GenerateConfig
     from celadon.synth.lora import GRID_PROMPTS, LoraConfig
     from celadon.synth.plan import PlanConfig, plan_total
 
-    train, val, test = int(train), int(val), int(test)
-    rows = int(train_rows) or train
     work = Workload()
-    reference = config.synthesis.reference or config.classifier
-    index: dict[str, int] = {}  # stage key -> its training
-
-    def add(settings: dict, seed: int, mix: tuple, final: int) -> None:
-        trained = _train_config(settings)  # keyed by the resolved settings, as the runner's stage key is
-        key = json.dumps([trained.key_settings(), seed, mix], sort_keys=True, default=str)
-        if key in index:  # trained once (the reference as baseline seed 0, twin arms), evaluated by each
-            work.evaluated[index[key]] += final
-            return
-        index[key] = len(work.trainings)
-        images, epochs = _epoch_images(rows, trained, mix[1] if mix else 0.0)
-        work.trainings.append(images)
-        work.evaluated.append(val * epochs + final)
-
-    add(reference, config.seeds[0], (), val)  # always, and alone: selection, plans and QC wait for it
-    for arm in config.arms:
-        mix = (arm.plan, arm.ratio, arm.generator, arm.tasks) if arm.plan else ()
-        for seed in config.seeds:
-            add(config.classifier, seed, mix, test)
-    s = config.synthesis
-    if not (any(arm.plan for arm in config.arms) or s.compare_plan):
-        return work
-    work.lora_steps = int(s.lora.get("steps", LoraConfig.steps))
-    every = int(s.lora.get("checkpoint_every", LoraConfig.checkpoint_every))
-    work.lora_grid_images = 2 * GRID_PROMPTS * -(-work.lora_steps // every)
-    wanted = {(arm.plan, arm.generator) for arm in config.arms if arm.plan}
-    if s.compare_plan:
-        wanted |= {(s.compare_plan, generator) for generator in s.generators}
-
-    def plan_size(name: str) -> int:
-        return plan_total(build(PlanConfig, s.plans[name], "PlanConfig"), train)
-
-    def denoising_steps(spec: dict) -> int:
-        """Per image: `steps`, or img2img's int(strength x steps)."""
-        settings = s.generate | spec
-        steps = int(settings.get("steps", GenerateConfig.steps))
-        if settings.get("generator") == "img2img":
-            return int(float(settings.get("strength", GenerateConfig.strength)) * steps)
-        return steps
-
-    for name, generator in sorted(wanted):
-        work.generated[f"{name}/{generator}"] = plan_size(name), denoising_steps(s.generators[generator])
-    if s.sweep:
-        base = s.generators[s.sweep["generator"]]
-        own = float((s.generate | base).get("strength", GenerateConfig.strength))
-        for strength in s.sweep.get("strengths", []):
-            spec = base | {"strength": float(strength)}
-            if float(strength) == own and (s.compare_plan, s.sweep["generator"]) in wanted:
-                continue  # the generator's own strength: the runner reuses that generation
-            work.generated[f"{s.compare_plan}/{s.sweep['generator']}@{strength}"] = \
-                plan_size(s.compare_plan), denoising_steps(spec)
+    by_name = {f"{s.kind}-{s.key}": s for s in stages}
+    trainings: dict[str, int] = {}  # train stage -> its index in the workload
+    for stage in stages:
+        settings = dict(stage.settings or {})
+        if stage.kind == "train":
+            trained = _train_config(settings)
+            images, epochs = _epoch_images(rows, trained, float(settings.get("synthetic_ratio") or 0.0))
+            trainings[f"train-{stage.key}"] = len(work.trainings)
+            work.trainings.append(images)
+            work.evaluated.append(val * epochs)  # validation after every epoch
+        elif stage.kind == "evaluate":
+            training = next(name for name in stage.inputs if name.startswith("train-"))
+            work.evaluated[trainings[training]] += val if settings.get("split") == "val" else test
+        elif stage.kind == "lora":
+            work.lora_steps = int(settings.get("steps", LoraConfig.steps))
+            every = int(settings.get("checkpoint_every", LoraConfig.checkpoint_every))
+            work.lora_grid_images = 2 * GRID_PROMPTS * -(-work.lora_steps // every)
+        elif stage.kind == "generate":
+            plan = by_name[next(name for name in stage.inputs if name.startswith("plan-"))]
+            size = plan_total(build(PlanConfig, dict(plan.settings), "PlanConfig"), train)
+            steps = int(settings.get("steps", GenerateConfig.steps))
+            if settings.get("generator") == "img2img":
+                steps = int(float(settings.get("strength", GenerateConfig.strength)) * steps)
+            work.generated[stage.label.removeprefix("generate ")] = size, steps
     return work
 
 

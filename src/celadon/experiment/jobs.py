@@ -88,6 +88,10 @@ def run_trainings(stages: StageRunner, jobs: list[TrainingJob], count: int, thre
     one), e.g. to evaluate it meanwhile."""
     from celadon.cpu import usable_cores
 
+    if stages.dry:  # a plan: each training once (a twin reads as reused), nothing trained
+        for i, job in enumerate(jobs):
+            done(i, stages.begin("train", job.settings, job.inputs, job.label))
+        return
     begun, first_of, twins = [], {}, {}  # twins: jobs with the same key as a begun one (two arms alike) wait for it
     for i, job in enumerate(jobs):
         key = stage_key("train", job.settings, job.inputs)

@@ -61,11 +61,16 @@ class Runs:
 
 
 class Study:
-    def __init__(self, config: StudyConfig, progress: bool = True):
-        self.config, self.progress = config, progress
+    """The stage graph of one study. With `dry_run`, `run()` computes and writes nothing: every stage is reused
+    when finished, else planned, and `stages.plan()` is what the study would do (`celadon run --dry-run`,
+    `bench estimate`); `notes` says what a real run would refuse (a missing manifest or model)."""
+
+    def __init__(self, config: StudyConfig, progress: bool = True, dry_run: bool = False):
+        self.config, self.progress, self.dry_run = config, progress, dry_run
         self.out = Path(config.out).resolve()
-        self.stages = StageRunner(self.out)
+        self.stages = StageRunner(self.out, log=(lambda _: None) if dry_run else print, dry=dry_run)
         self.cache_dir = str(self.out / "cache")
+        self.notes: list[str] = []
 
     @functools.cached_property
     def taxonomy(self) -> Taxonomy:
@@ -102,9 +107,13 @@ class Study:
         from celadon.data.validate import ValidationConfig, validate_manifest
         from celadon.errors import CeladonError
 
-        if not manifest.exists():
+        if not manifest.exists() and self.dry_run:
+            self.notes.append(f"manifest: {manifest} does not exist; a run would stop here")
+            digest = "missing"
+        elif not manifest.exists():
             raise CeladonError(f"manifest: {manifest} does not exist; fix the path in the config")
-        digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
+        else:
+            digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
 
         def work(path: Path) -> dict:
             report = validate_manifest(manifest, self.taxonomy,
@@ -192,7 +201,7 @@ class Study:
             on = "" if split == "test" else f" on {split}"
             results[i] = training, self._evaluate(training, split, f"evaluate {jobs[i].name}{on} (seed {jobs[i].seed})")
 
-        count = job_count(self.config.jobs, self.config.device, self.config.devices, len(jobs))
+        count = 1 if self.dry_run else job_count(self.config.jobs, self.config.device, self.config.devices, len(jobs))
         run_trainings(self.stages, jobs, count, self.config.threads, evaluate, self.config.devices)
         return [results[i] for i in range(len(jobs))]
 
@@ -230,7 +239,7 @@ class Study:
             read_manifest(runs.selection.info["table"], taxonomy), p, progress=self.progress,
             taxonomy=self.config.taxonomy).parent)}, "caption LoRA training set")
         lora = make(LoraConfig, s.lora, model=s.model, threads=self.config.threads, device=self.config.device)
-        model = {"model": s.model, "weights": model_fingerprint(s.model)}  # a rebuilt model redoes synthesis
+        model = {"model": s.model, "weights": self._model_weights(s.model)}  # a rebuilt model redoes synthesis
         runs.lora = self.stages.run("lora", key_settings(lora) | model, [caption],
                                     lambda p: {"folder": str(train_lora(dataclasses.replace(
                                         lora, data=caption.info["folder"], out=str(p)), progress=self.progress))},
@@ -257,6 +266,17 @@ class Study:
             spec = s.generators[s.sweep["generator"]] | {"strength": float(strength)}
             runs.sweep[float(strength)] = self._qc(key, self._generate(key, runs.plans[s.compare_plan], spec, runs,
                                                                        model), runs, judge)
+
+    def _model_weights(self, model: str) -> str:
+        from celadon.errors import CeladonError
+
+        try:
+            return model_fingerprint(model)
+        except CeladonError as exc:
+            if not self.dry_run:
+                raise
+            self.notes.append(f"synthesis.model: {exc}; a run would stop here")
+            return "missing"
 
     def _generate(self, label: str, plan: Stage, spec: dict, runs: Runs, model: dict) -> Stage:
         """One named generator (synthesis.generators) on one plan; img2img also reads the split's photos."""
@@ -312,10 +332,11 @@ class Study:
     # -- the whole study ----------------------------------------------------------------------------------
     def run(self) -> Runs:
         config = self.config
-        self.out.mkdir(parents=True, exist_ok=True)
-        write_run_info(self.out, "run", config, config.seeds[0])
-        atomic_write_text(self.out / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False,
-                                                                   allow_unicode=True))
+        if not self.dry_run:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_run_info(self.out, "run", config, config.seeds[0])
+            atomic_write_text(self.out / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False,
+                                                                       allow_unicode=True))
         data = self.data()
         self.split_stage = split = self.split(data)
         self.split_table = self.train_table = Path(split.info["splits"])
@@ -363,6 +384,13 @@ class Study:
                                                self.config.seeds[0], self.config.taxonomy,
                                                device=self.config.device))},
             "t-SNE real vs synthetic")
+
+
+def plan_study(config: StudyConfig) -> tuple[list[Stage], list[str]]:
+    """What `config` would run, stage by stage, without running or writing anything: (stages, notes)."""
+    study = Study(config, progress=False, dry_run=True)
+    study.run()
+    return study.stages.plan(), study.notes
 
 
 def execute_study(config: StudyConfig, progress: bool = True) -> Path:

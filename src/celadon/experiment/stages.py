@@ -62,21 +62,41 @@ class Stage:
     reused: bool = False
     seconds: float = 0.0
     info: dict = field(default_factory=dict)
+    settings: Any = None  # what its key hashes (a plan reads them: epochs, steps, plan sizes)
+    inputs: list[str] = field(default_factory=list)  # "<kind>-<key>" of the stages it reads
+    planned: bool = False  # a dry run's stage that would run (nothing was computed)
+
+
+class Pending(dict):
+    """A planned stage's outputs in a dry run: every name reads as a placeholder path inside its folder."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+
+    def __missing__(self, name: str) -> str:
+        return str(self.path / f"<{name}>")
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self[name]
 
 
 class StageRunner:
-    """Runs stages under `root/stages/<kind>-<key>/`, records which ran and which were reused."""
+    """Runs stages under `root/stages/<kind>-<key>/`, records which ran and which were reused. With `dry`, it
+    runs nothing and writes nothing: each stage is reused when finished, else planned (`Stage.planned`), and
+    the history is the study's plan."""
 
-    def __init__(self, root: str | Path, log: Callable[[str], None] = print):
+    def __init__(self, root: str | Path, log: Callable[[str], None] = print, dry: bool = False):
         self.root = Path(root).resolve()  # summaries hold absolute paths, valid from any working directory
         self.log = log
+        self.dry = dry
         self.history: list[Stage] = []
 
     def run(self, kind: str, settings: Any, inputs: list[Stage], work: Callable[[Path], dict | None],
             label: str | None = None) -> Stage:
         """`work(folder)` produces the stage's outputs in `folder` and may return a small summary dict."""
         stage = self.begin(kind, settings, inputs, label)
-        if stage.reused:
+        if stage.reused or stage.planned:
             return stage
         began = time.perf_counter()
         summary = work(stage.path) or {}
@@ -89,16 +109,23 @@ class StageRunner:
         path = self.root / "stages" / f"{kind}-{key}"
         marker = path / "stage.json"
         label = label or kind
+        names = [f"{s.kind}-{s.key}" for s in inputs]
         if marker.exists():
             info = json.loads(marker.read_text(encoding="utf-8"))
             summary = _moved(info.get("summary") or {}, info.get("root"), str(self.root))
-            stage = Stage(kind, key, path, label, reused=True, info=summary)
+            stage = Stage(kind, key, path, label, reused=True, info=summary, settings=settings, inputs=names)
             self.log(f"== {label}: reused ({path.name})")
+            self.history.append(stage)
+            return stage
+        if self.dry:
+            earlier = next((s for s in self.history if s.kind == kind and s.key == key), None)
+            stage = Stage(kind, key, path, label, reused=earlier is not None, info=Pending(path),
+                          settings=settings, inputs=names, planned=earlier is None)
             self.history.append(stage)
             return stage
         self.log(f"== {label}")
         path.mkdir(parents=True, exist_ok=True)
-        return Stage(kind, key, path, label)
+        return Stage(kind, key, path, label, settings=settings, inputs=names)
 
     def finish(self, stage: Stage, settings: Any, inputs: list[Stage], summary: dict, seconds: float) -> Stage:
         """Mark a begun stage complete (stage.json, written last and atomically) and record it, with the torch
@@ -116,3 +143,10 @@ class StageRunner:
 
     def ran(self) -> list[str]:
         return [f"{s.kind}-{s.key}" for s in self.history if not s.reused]
+
+    def plan(self) -> list[Stage]:
+        """A dry run's stages, each once, in the order the study would reach them."""
+        seen: dict[tuple[str, str], Stage] = {}
+        for stage in self.history:
+            seen.setdefault((stage.kind, stage.key), stage)
+        return list(seen.values())

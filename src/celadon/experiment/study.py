@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from celadon.experiment.config import load_study
-from celadon.experiment.runner import execute_study
+from celadon.experiment.runner import execute_study, plan_study
 
 
 def run_study(source: str, overrides: dict[str, Any] | None = None, settings: list[str] | None = None,
@@ -18,6 +18,54 @@ def run_study(source: str, overrides: dict[str, Any] | None = None, settings: li
     print_summary(Path(config.out))
     print(f"\nreport: {report.resolve()}")
     return report
+
+
+def print_plan(source: str, overrides: dict[str, Any] | None = None, settings: list[str] | None = None,
+               images: str | None = None) -> list:
+    """`celadon run SOURCE --dry-run`: every stage the study would reach, reused or to run, and the work of those
+    to run (trainings, images trained on, LoRA steps, images generated), counted on the split when it exists
+    or on `images` ("TRAIN,VAL,TEST"); nothing runs and nothing is written."""
+    from celadon.errors import CeladonError
+    from celadon.experiment.estimate import workload_of
+
+    config = load_study(source, overrides, settings)
+    stages, notes = plan_study(config)
+    print(f"{config.name}: {len(stages)} stages in {Path(config.out).resolve()}")
+    for stage in stages:
+        state = "to run" if stage.planned else "reused"
+        print(f"  {stage.label:<44}{stage.kind + '-' + stage.key:<26}{state:>8}")
+    todo = [s for s in stages if s.planned]
+    print(f"{len(todo)} to run, {len(stages) - len(todo)} reused")
+    for note in notes:
+        print(f"note: {note}")
+    counts = _split_counts(stages) if images is None else images.split(",")
+    if counts is None:
+        print("the split is not made yet: give --images TRAIN,VAL,TEST to count the work, and `celadon bench "
+              "estimate` turns it into minutes")
+        return stages
+    try:
+        train, val, test = (int(n) for n in counts)
+    except ValueError:
+        raise CeladonError(f"--images {images!r}: give three integers, e.g. --images 1729,500,271") from None
+    work = workload_of(todo, train, val, test, train)
+    print(f"work to run ({train:,}/{val:,}/{test:,} train/val/test originals): {len(work.trainings)} classifier "
+          f"trainings ({sum(work.trainings):,} images trained on), LoRA {work.lora_steps} steps, "
+          f"{sum(n for n, _ in work.generated.values()):,} images generated; minutes: `celadon bench estimate`")
+    return stages
+
+
+def _split_counts(stages: list) -> tuple[int, int, int] | None:
+    """Originals per split of a finished split stage, else None."""
+    import pandas as pd
+
+    split = next((s for s in stages if s.kind == "split" and not s.planned), None)
+    if split is None:
+        return None
+    frame = pd.read_csv(split.info["splits"])
+    if "aug_seed" in frame:
+        frame = frame[frame["aug_seed"].isna()]
+    counts = frame["split"].value_counts()
+    return int(counts.get("train", 0)), int(counts.get("val", 0)), int(counts.get("test", 0))
 
 
 def print_summary(out: Path) -> None:
