@@ -70,3 +70,17 @@ def test_stage_keys_leave_out_execution_and_inputs_and_keep_the_rest():
     assert key["total"] == 12 and key["seed"] == 4 and key["allow_test_metrics"] is False
     dropped = key_settings(plan, drop=("seed",))
     assert not set(EXECUTION) & set(dropped) and "seed" not in dropped
+
+
+def test_the_config_reference_in_docs_is_written_from_the_code():
+    """docs/config-reference.md lists every key of every section: regenerate it when a config field changes
+    (`python -m celadon.experiment.config_doc > docs/config-reference.md`)."""
+    from pathlib import Path
+
+    from celadon.experiment.config_doc import config_reference
+
+    text = config_reference()
+    written = (Path(__file__).parent.parent / "docs" / "config-reference.md").read_text(encoding="utf-8")
+    assert written == text
+    assert "| `epochs` | `50` |" in text and "`synthetic_ratio`" in text.split("## `evaluate`")[0]
+    assert "|  |\n" not in text  # every key says what it does

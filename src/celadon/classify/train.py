@@ -60,23 +60,23 @@ class TrainConfig:
     backbone: str = "efficientnet_lite0"  # a name in celadon.classify.models' registry
     weights: str = "auto"  # auto (offline ImageNet weights where shipped), none, or a weights file
     projection: bool = True  # a shared projection layer before the task heads
-    dropout: float = 0.5
+    dropout: float = 0.5  # before each task head
     # False freezes the backbone's depthwise kernels (4% of EfficientNet-Lite0's weights, whose weight gradient
     # is about half of a CPU training step); everything else still trains
     train_depthwise: bool = True
     # The backbone's first N stages (stem = 1) frozen: no backward through them at all; 0 trains every stage
     freeze_stages: int = 0
-    image_size: int = 224
-    batch_size: int = 64
-    epochs: int = 50
+    image_size: int = 224  # pixels per side the network sees
+    batch_size: int = 64  # images per optimizer step
+    epochs: int = 50  # at most; early stopping may end sooner (patience)
     patience: int = 10  # epochs without a better val mean macro-F1 before stopping
-    lr_backbone: float = 1e-4
-    lr_heads: float = 1e-3
-    weight_decay: float = 1e-5
-    grad_clip: float = 1.0
+    lr_backbone: float = 1e-4  # AdamW learning rate of the backbone
+    lr_heads: float = 1e-3  # AdamW learning rate of the projection and heads
+    weight_decay: float = 1e-5  # AdamW
+    grad_clip: float = 1.0  # gradient norm clipping; 0 turns it off
     task_weights: dict[str, float] = field(default_factory=lambda: dict(PAPER_TASK_WEIGHTS))  # loss weight per task
-    class_weight_beta: float = 0.999
-    class_weight_cap: float = 10.0
+    class_weight_beta: float = 0.999  # effective-number class weights (Cui et al.)
+    class_weight_cap: float = 10.0  # the rarest class weighs at most this times the commonest
     # "auto" (inverse class frequency of the taxonomy's confusion task: the paper's glaze sampler; hierarchical
     # when that task is not trained), a task name, "hierarchical" (1/sqrt(n) per label combination) or "none"
     sampler: str = "auto"
@@ -92,7 +92,7 @@ class TrainConfig:
     # where training images are augmented: auto (on a GPU: whole batches on the device; on the CPU: per image in
     # the loader), loader, or device (the GPU path, also on the CPU)
     augment_on: str = "auto"
-    threads: int = 0  # torch threads; 0 = the cores other processes leave free (celadon.cpu)
+    threads: int = 0  # torch threads (0: every usable core, a count fixed by the machine; celadon.cpu)
     workers: int = 0  # DataLoader workers; 0 keeps decoding-free loading in the training process
     cache_dir: str | None = None  # default $CELADON_CACHE or ~/.cache/celadon
     max_steps_per_epoch: int = 0  # 0 = one pass over the training draws

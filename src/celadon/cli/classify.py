@@ -135,7 +135,7 @@ def add_parsers(stages, add):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--source-size", type=int, default=1024, help="pixel size of the rendered source photos")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: the free cores)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: every usable core)")
     p.add_argument("--data", default="runs/bench-data")
     p.add_argument("--cache-dir", default="runs/bench-cache")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers for both pipelines")

@@ -221,7 +221,7 @@ def add_parsers(stages, add, bench_verbs) -> None:
     p.add_argument("--decoder-steps", type=int, help="decoder-only refinement on the frozen encoder's latents")
     p.add_argument("--unet-steps", type=int)
     p.add_argument("--max-minutes", type=float, default=0, help="stop resumably after this long (0: run to the end)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: the free cores)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: every usable core)")
     p.add_argument("--seed", type=int, default=0)
 
     add(verbs, "train-lora", cmd_train_lora, "LoRA fine-tuning (diffusers + peft), resumable",
@@ -242,7 +242,7 @@ def add_parsers(stages, add, bench_verbs) -> None:
     p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: the free cores)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: every usable core)")
     p.add_argument("--rank", type=int, default=8, help="LoRA rank (alpha = rank)")
     p.add_argument("--train-text-encoder", action="store_true", help="LoRA on the text encoder too")
     p.add_argument("--json", help=BENCH_JSON_HELP)

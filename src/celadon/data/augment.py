@@ -43,7 +43,7 @@ class AugmentConfig:
     threshold: int = 50  # combinations with fewer training images than this are augmented
     target: int = 100  # ... up to this many images (originals + copies)
     mode: str = "virtual"  # virtual (seeds only) or files (materialised images)
-    seed: int = 0
+    seed: int = 0  # of the copies' augmentations
     key: tuple[str, ...] | None = None  # tasks forming the combination; None = all tasks
 
 

@@ -38,11 +38,11 @@ class SplitConfig:
     out: str = ""  # where splits.csv, split_summary.csv and leakage.csv go
     taxonomy: str | None = None
     keep_split: str | None = None  # keep the split you already have in this column (train/val/test)
-    seed: int = 0
+    seed: int = 0  # each combination is shuffled by a generator derived from it and the combination
     key: tuple[str, ...] | None = None  # tasks forming the combination; None = all tasks
     small_fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)  # for 3 <= n < standard_min
     standard_fractions: tuple[float, float, float] = (0.70, 0.20, 0.10)  # for n >= standard_min
-    standard_min: int = 10
+    standard_min: int = 10  # combinations of at least this many images split 70/20/10
     near_distance: int = DEFAULT_NEAR_DISTANCE  # pHash bits for near duplicates
     leakage_check: bool = True  # report copies that sit in different splits (leakage.csv)
     group_duplicates: bool = True  # a duplicate group stays in one split (off: duplicates split independently)

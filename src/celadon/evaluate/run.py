@@ -38,9 +38,9 @@ class EvaluateConfig:
     out: str = ""  # default: MODEL_DIR/eval-SPLIT
     split: str = "test"  # train, val or test
     minority_threshold: int = 50  # classes with fewer training images are "minority" (paper Table 15)
-    batch_size: int = 64
+    batch_size: int = 64  # images per forward pass
     cache_dir: str | None = None  # default $CELADON_CACHE or ~/.cache/celadon
-    threads: int = 0  # torch threads (0: the cores other processes leave free)
+    threads: int = 0  # torch threads (0: every usable core, a count fixed by the machine; celadon.cpu)
     device: str = "auto"  # auto (the GPU when there is one), cpu, cuda or cuda:N
     taxonomy: str | None = None  # default: the taxonomy the model was trained with
 

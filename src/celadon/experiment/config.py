@@ -24,7 +24,7 @@ PRESETS = Path(__file__).resolve().parent.parent / "configs"
 
 @dataclass
 class Arm:
-    name: str
+    name: str  # unique; tables and the report name the arm by it
     plan: str | None = None  # a key of synthesis.plans; None = real only
     ratio: float = 0.0  # share of training draws that are synthetic
     tasks: list[str] | None = None  # tasks synthetic images train (task masking); None = all
@@ -33,9 +33,10 @@ class Arm:
 
 @dataclass
 class SynthesisConfig:
-    model: str = "tiny"
+    model: str = "tiny"  # tiny (shipped), a local SD 1.5 folder or a single .safetensors file
     lora: dict[str, Any] = field(default_factory=dict)  # LoraConfig overrides
     select: dict[str, Any] = field(default_factory=dict)  # SelectConfig overrides
+    # Named plans (PlanConfig overrides each): what to generate; arms name one
     plans: dict[str, dict[str, Any]] = field(default_factory=lambda: {"A": {"preset": "A"}, "B": {"preset": "B"}})
     generate: dict[str, Any] = field(default_factory=dict)  # GenerateConfig overrides
     # Named generators, each GenerateConfig overrides on top of `generate` (`generator: img2img` picks the
@@ -66,9 +67,9 @@ class StatisticsConfig:
 
 @dataclass
 class StudyConfig:
-    name: str = "study"
-    out: str = "runs/study"
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    name: str = "study"  # shown in the report and printouts
+    out: str = "runs/study"  # the study folder: stages/, results.json, report.html
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # every arm trains once per seed
     manifest: str | None = None  # a manifest of the user's images; None = the embedded procedural dataset
     image_root: str | None = None  # the manifest's image paths must stay inside it (default: its folder)
     taxonomy: str | None = None  # a taxonomy YAML; None = the paper's porcelain vocabulary
@@ -82,7 +83,7 @@ class StudyConfig:
     baseline: str = "baseline"  # the arm every other arm is compared with
     statistics: StatisticsConfig = field(default_factory=StatisticsConfig)
     tsne_per_set: int = 300  # images per set (real, each synthetic set) in the t-SNE
-    threads: int = 0  # torch threads (0: the cores other processes leave free)
+    threads: int = 0  # torch threads (0: every usable core, a count fixed by the machine; celadon.cpu)
     # every stage that runs a network (classifier, evaluation, LoRA, generation, QC's judge, FID/KID, t-SNE):
     # auto (the GPU when there is one), cpu, cuda or cuda:N; not part of any stage key, like threads
     device: str = "auto"

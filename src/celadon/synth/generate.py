@@ -51,7 +51,7 @@ class GenerateConfig:
     device: str = "auto"  # auto (the GPU when there is one), cpu, cuda, cuda:N
     # several devices: one shard per device, run concurrently, merged when all are done (e.g. cuda:0,cuda:1)
     devices: tuple[str, ...] = ()
-    threads: int = 0  # torch threads (0: the cores other processes leave free)
+    threads: int = 0  # torch threads (0: every usable core, a count fixed by the machine; celadon.cpu)
     generator: str = "txt2img"  # a name in GENERATORS
     strength: float = 0.5  # img2img: share of the denoising redone on the source (0: the photo, 1: txt2img)
     real: str | None = None  # img2img: splits.csv whose real training photos are the sources

@@ -43,26 +43,26 @@ class LoraConfig:
     data: str = ""  # a folder written by `celadon synth caption` (metadata.jsonl + images)
     out: str = ""  # where the LoRA, its checkpoints and sample grids go
     model: str = "tiny"  # tiny (shipped), or a local SD 1.5 folder / .safetensors file
-    rank: int = 8
+    rank: int = 8  # LoRA rank of each adapted projection
     alpha: float = 8.0  # LoRA alpha; the LoRA's scale is alpha / rank
-    learning_rate: float = 1e-4
-    steps: int = 500
-    batch_size: int = 8
+    learning_rate: float = 1e-4  # AdamW learning rate of the UNet's adapters
+    steps: int = 500  # optimizer steps
+    batch_size: int = 8  # images per step (per process under accelerate launch)
     resolution: int = 0  # 0: the profile's native resolution
     train_text_encoder: bool = False  # LoRA on the text encoder too
-    text_encoder_lr: float = 5e-5
+    text_encoder_lr: float = 5e-5  # with train_text_encoder
     lr_scheduler: str = "constant"  # any diffusers.optimization scheduler name
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # of the learning-rate schedule
     snr_gamma: float | None = 5.0  # min-SNR loss weighting; None: plain MSE as in the recipe
     clip_skip: int | None = None  # as at generation; None: the model's default (pipeline.default_clip_skip)
-    checkpoint_every: int = 100
+    checkpoint_every: int = 100  # steps between resumable checkpoints, each with a sample grid
     validation_prompts: tuple[str, ...] = ()  # default: four distinct captions of the data
     cache: bool = True  # False reproduces the recipe's per-step VAE + text encoder (for `bench lora`)
     mixed_precision: str = "no"  # no, fp16 or bf16 (on a GPU)
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # less GPU memory, slower steps
     device: str = "auto"  # auto (the GPU when there is one), cpu, cuda, cuda:N
-    seed: int = 0
-    threads: int = 0  # torch threads (0: the cores other processes leave free)
+    seed: int = 0  # adapters' initialisation, batches, noise and timesteps
+    threads: int = 0  # torch threads (0: every usable core, a count fixed by the machine; celadon.cpu)
 
 
 def read_caption_folder(folder: str | Path) -> list[dict]:

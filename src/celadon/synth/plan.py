@@ -38,14 +38,14 @@ class PlanConfig:
     total: int = 0  # images; 0: the preset's share of the training set
     rare_max: int = 10  # combinations with at most this many training originals are rare
     confusion_share: float = 0.3  # of the budget, when confusion pairs are known
-    confusion_pairs: int = 3
+    confusion_pairs: int = 3  # most confused pairs taken from the reference's metrics
     confusion_task: str | None = None  # None: the taxonomy's confusion role
     pairs: tuple[tuple[str, str], ...] = ()  # explicit pairs; override the metrics
     metrics: str | None = None  # the reference's metrics.json on validation (celadon evaluate --split val)
     allow_test_metrics: bool = False  # accept a test-split metrics.json (test labels then steer the plan)
     max_per_combination: int = 0  # 0: no cap
-    negative_prompt: str = DEFAULT_NEGATIVE
-    seed: int = 0
+    negative_prompt: str = DEFAULT_NEGATIVE  # the paper's; "" for a model that never saw such words
+    seed: int = 0  # every item's own generation seed derives from it
 
 
 def _largest_remainder(weights: np.ndarray, total: int, cap: int) -> np.ndarray:

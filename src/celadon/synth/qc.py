@@ -50,11 +50,11 @@ class QCConfig:
     expected_size: int | None = None  # required image side in pixels; None accepts any
     min_contrast: float = 2.0  # grey-level std below which an image is blank
     outlier_z: float = 4.0  # robust z-score beyond which a statistic is an outlier
-    near_distance: int = DEFAULT_NEAR_DISTANCE
+    near_distance: int = DEFAULT_NEAR_DISTANCE  # pHash bits within which two images are near copies
     max_real_reference: int = 600  # real images sampled for statistics and FID/KID
     inception: str | None = None  # local Inception-v3 weights for FID/KID; default EfficientNet-Lite0 features
     taxonomy: str | None = None
-    seed: int = 0
+    seed: int = 0  # of the real sample and KID's subsets
     device: str = "auto"  # for the judge and FID/KID features: auto (the GPU when there is one), cpu, cuda, cuda:N
 
 

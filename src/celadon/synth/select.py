@@ -36,11 +36,11 @@ class SelectConfig:
     pairs: tuple[tuple[str, str], ...] = ()  # explicit pairs (codes of confusion_task); override metrics
     metrics: str | None = None  # the reference's metrics.json on validation (celadon evaluate --split val)
     allow_test_metrics: bool = False  # accept a test-split metrics.json (test labels then steer the selection)
-    seed: int = 0
+    seed: int = 0  # which images fill each tier
     extreme_target: int = 30  # per combination, at 1,000 images
-    very_rare_target: int = 25
+    very_rare_target: int = 25  # per combination of 2-4 originals, at 1,000 images
     confusion_target: int = 25  # per pair
-    moderate_target: int = 25
+    moderate_target: int = 25  # per combination of 5-10 originals, at 1,000 images
     type_min: int = 100  # tier 5: every label of the key's last task (vessel type) at least this many, per 1,000
     glaze_min: int = 100  # tier 6: the same for the key's first task (glaze)
 

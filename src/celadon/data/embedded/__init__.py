@@ -68,9 +68,9 @@ class EmbeddedConfig:
     out: str = ""  # where manifest.csv and images/ go
     n: int = 3000  # approximate number of images
     size: int = 128  # image side in pixels
-    seed: int = 0
+    seed: int = 0  # the collection's render seed: labels, long tail and pixels
     combinations: int = 0  # 0 = scale with n (90 at 3,000 images)
-    zipf: float = 1.3
+    zipf: float = 1.3  # the long tail's exponent: larger, steeper
     singletons: int = 4  # combinations with a single image (the paper's collection has 4)
     missing_rate: float = 0.03  # rows with an unknown dynasty or kiln, as catalogues have
     workers: int = 2  # rendering processes
