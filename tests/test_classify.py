@@ -15,8 +15,9 @@ import torch
 
 from celadon.checkpoint import load_checkpoint, load_tensors
 from celadon.classify.data import MISSING, ImageCache
+from celadon.classify.mixing import epoch_draws
 from celadon.classify.models import ModelConfig, MultiTaskNet
-from celadon.classify.train import TrainConfig, Trainer, epoch_draws, multitask_loss, train
+from celadon.classify.train import TrainConfig, Trainer, multitask_loss, train
 from celadon.cli import main
 from celadon.data.embedded import EmbeddedConfig, make_demo
 from celadon.data.sampling import make_sampler
@@ -81,7 +82,8 @@ def test_trainer_mixes_filtered_synthetic_rows_with_task_mask(tiny_splits, tmp_p
                      "qc_pass": "false" if i == 0 else "true", "review": "rejected" if i == 1 else ""})
     pd.DataFrame(rows).to_csv(tmp_path / "synthetic.csv", index=False)
     trainer = Trainer(tiny_config(tiny_splits, tmp_path / "run", synthetic=str(tmp_path / "synthetic.csv"),
-                                  synthetic_ratio=0.25, synthetic_tasks=["type", "dynasty"]), progress=False)
+                                  synthetic_ratio=0.25, synthetic_tasks=["type", "dynasty"], mixing="replace"),
+                      progress=False)
     synthetic = trainer.samples.synthetic
     assert synthetic.sum() == 4  # failed QC and rejected in review are left out
     glaze = trainer.tasks.index("glaze")
@@ -105,9 +107,9 @@ def test_replace_mixing_trains_every_arm_the_same_steps_and_records_presentation
         rows.append({"path": f"syn{i}.jpg", "dynasty": "song", "kiln": "ru", "glaze": "celadon", "type": "vase"})
     pd.DataFrame(rows).to_csv(tmp_path / "synthetic.csv", index=False)
     common = {"epochs": 2, "max_steps_per_epoch": 0, "patience": 5}
-    baseline = train(tiny_config(tiny_splits, tmp_path / "base", **common), progress=False)["budget"]
+    baseline = train(tiny_config(tiny_splits, tmp_path / "base", mixing="replace", **common), progress=False)["budget"]
     mixed = train(tiny_config(tiny_splits, tmp_path / "mixed", synthetic=str(tmp_path / "synthetic.csv"),
-                              synthetic_ratio=0.25, **common), progress=False)["budget"]
+                              synthetic_ratio=0.25, mixing="replace", **common), progress=False)["budget"]
     added = train(tiny_config(tiny_splits, tmp_path / "added", synthetic=str(tmp_path / "synthetic.csv"),
                               synthetic_ratio=0.25, mixing="add", **common), progress=False)["budget"]
     assert mixed["optimizer_steps"] == baseline["optimizer_steps"] > 0
@@ -117,6 +119,37 @@ def test_replace_mixing_trains_every_arm_the_same_steps_and_records_presentation
     assert mixed["synthetic_presentations"] == 2 * round(drawn / 2 * 0.25)
     assert added["optimizer_steps"] > baseline["optimizer_steps"]  # the paper's protocol trains longer
     assert added["mixing"] == "add" and mixed["mixing"] == "replace"
+
+
+def test_on_top_mixing_adds_synthetic_draws_keeps_every_real_one_and_equal_steps(tiny_splits, tmp_path):
+    """The study's default: every arm (the baseline too) trains N / (1 - budget) draws per epoch; a mixed arm's
+    synthetic draws come on top of N real ones, and each task's labelled presentations are counted."""
+    from celadon.classify.mixing import epoch_size, synthetic_share
+
+    rows = []
+    for i in range(4):
+        noise_image(300 + i, 40).save(tmp_path / f"syn{i}.jpg")
+        rows.append({"path": f"syn{i}.jpg", "dynasty": "song", "kiln": "ru", "glaze": "celadon", "type": "vase"})
+    pd.DataFrame(rows).to_csv(tmp_path / "synthetic.csv", index=False)
+    common = {"epochs": 2, "max_steps_per_epoch": 0, "patience": 5, "budget_ratio": 0.2}
+    synthetic = {"synthetic": str(tmp_path / "synthetic.csv")}
+    baseline = train(tiny_config(tiny_splits, tmp_path / "base", **common), progress=False)["budget"]
+    most = train(tiny_config(tiny_splits, tmp_path / "b", synthetic_ratio=0.2, **synthetic, **common),
+                 progress=False)["budget"]
+    less = train(tiny_config(tiny_splits, tmp_path / "a", synthetic_ratio=0.1, synthetic_tasks=["glaze", "type"],
+                             **synthetic, **common), progress=False)["budget"]
+    n_real = Trainer(tiny_config(tiny_splits, tmp_path / "count"), progress=False).n_real
+    draws = -(-round(n_real / 0.8) // 8) * 8  # the epoch, N / (1 - 0.2), in whole batches of 8
+    assert baseline["optimizer_steps"] == most["optimizer_steps"] == less["optimizer_steps"] == 2 * draws // 8
+    assert baseline["synthetic_presentations"] == 0 and baseline["real_presentations"] == 2 * draws
+    assert most["synthetic_presentations"] == 2 * round(draws * synthetic_share("on_top", 0.2, 0.2)) > 0
+    assert less["synthetic_presentations"] == 2 * round(draws * 0.8 * 0.1 / 0.9) > 0  # N x 0.1 / 0.9 on top
+    assert min(most["real_presentations"], less["real_presentations"]) >= 2 * n_real  # no real epoch lost
+    # labelled presentations per task: synthetic images add glaze and type labels, and none of kiln's
+    assert less["labels_glaze"] == less["labels_type"] == 2 * draws == baseline["labels_glaze"]
+    assert less["labels_kiln"] <= less["real_presentations"] < baseline["real_presentations"]
+    assert epoch_size("on_top", 100, 0.0, 0.1, mixed=False) == epoch_size("on_top", 100, 0.1, 0.1, mixed=True) == 111
+    assert epoch_size("add", 100, 0.1, 0.0, mixed=True) == 111 and epoch_size("add", 100, 0.1, 0.0, mixed=False) == 100
 
 
 @pytest.mark.slow

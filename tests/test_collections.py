@@ -293,7 +293,9 @@ def test_help_shows_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["data", "split", "--help"])
     out = capsys.readouterr().out
-    assert "--seed SEED           (default: 0)" in out and "(default: 100000000)" in out
+    text = " ".join(out.split())
+    assert "--seed SEED each combination is shuffled by a generator derived from it and the combination " \
+           "(default: 0)" in text and "(default: 100000000)" in text
 
 
 def test_top5_of_few_classes_and_undefined_metrics_are_left_out():

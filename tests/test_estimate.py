@@ -63,7 +63,8 @@ def test_the_paper_preset_generates_table_5s_dataset_sizes_whatever_the_catalogu
     for originals in (5068, 1000):  # a plan's `total` overrides the preset's share of the training originals
         work = study_workload(load_study("paper"), originals, 300, 200, train_rows=5 * originals)
         assert work.generated == {"A/lora": (570, 20), "B/lora": (2500, 20), "B/vanilla": (2500, 20)}
-        assert work.trainings[0] == 50 * 64 * -(-5 * originals // 64)  # 50 epochs over the augmented rows
+        # 50 epochs over the augmented rows, grown by 1 / (1 - 0.10) for every arm (on_top: B's synthetic on top)
+        assert work.trainings[0] == 50 * 64 * -(-round(5 * originals / 0.9) // 64)
     demo_a = study_workload(load_study("demo"), 5068, 300, 200).generated["A/lora"][0]
     assert demo_a == round(5068 * 5 / 95) == 267  # the demo keeps the preset ratio
 

@@ -193,13 +193,17 @@ def test_results_hold_the_primary_endpoint_and_every_comparison_with_adjusted_p(
     assert {r["metric"] for r in results["table14"]} >= {"f1_macro", "top1", "top5", "f1_weighted"}
     assert {r["group"] for r in results["table15"]} == {"minority", "majority"}
     assert results["rare_definition"]["combination"] == "dynasty+kiln+glaze+type"
-    # Equal budgets: the mixed arm trains exactly the baseline's optimizer steps, real draws replaced.
+    # Equal budgets: the mixed arm trains exactly the baseline's optimizer steps, its synthetic draws on top of a
+    # real epoch (on_top); each task's labelled presentations are on record.
     budgets = results["budgets"]
     for seed in ("0", "1"):
         base, mixed = budgets["baseline"][seed], budgets["A"][seed]
         assert mixed["optimizer_steps"] == base["optimizer_steps"] > 0
         assert mixed["real_presentations"] + mixed["synthetic_presentations"] == base["real_presentations"]
-        assert mixed["synthetic_presentations"] > 0 and mixed["mixing"] == "replace"
+        assert mixed["synthetic_presentations"] > 0 and mixed["mixing"] == "on_top"
+        # A's images train glaze and type only (arm tasks): they add those labels and take none of the others'
+        assert mixed["labels"]["glaze"] == base["labels"]["glaze"]
+        assert mixed["labels"]["kiln"] < base["labels"]["kiln"]
     images = results["table6"]["rows"]["images"]
     assert images["vanilla"] == images["lora"] == 6 and images["real photos"] >= 0
     assert set(results["qc"]) == {"A/lora", "A/vanilla"}
@@ -308,7 +312,7 @@ def test_config_mistakes_are_one_line_errors(tmp_path):
     ({"synthesis": {"generators": {"lora": {}, "i": {"generator": "img2img", "strength": 0.04}}}},
      r"^synthesis.generators.i: strength 0.04 with 20 steps leaves no denoising step"),
     ({"synthesis": {"generators": {"lora": {"generator": "paint"}}}},
-     r"^synthesis.generators.lora.generator: 'paint' is unknown; use one of txt2img, img2img$"),
+     r"^synthesis.generators.lora.generator: 'paint' is unknown; use one of txt2img, img2img, oracle, replay$"),
     ({"synthesis": {"sweep": {"generator": "lora", "strengths": [0.5]}}},
      r"^synthesis.sweep: give \{generator: NAME, strengths: \[0.3, 0.5, 0.7\]\} with NAME an img2img generator"),
     ({"synthesis": {"generators": {"lora": {}, "i": {"generator": "img2img"}}, "compare_plan": "A",

@@ -121,6 +121,16 @@ def test_label_fidelity_uses_the_reference_model(real_splits, tmp_path):
                  str(tmp_path / "judge-test.json"), "--judge-min-recall", "0.5", "--quiet"]) == 2
     assert not (tmp_path / "qc-test" / "qc.csv").exists()
 
+    # The same images drawn by a control (the oracle): true labels by construction, so the judge's misreadings
+    # neither fail nor mask them, and are still recorded (the judge's own ceiling on perfect images).
+    pd.DataFrame(rows).assign(generator="oracle").to_csv(tmp_path / "oracle.csv", index=False)
+    assert main(["synth", "qc", str(tmp_path / "oracle.csv"), "--real", str(real_splits), "--out",
+                 str(tmp_path / "qc-oracle"), "--model", str(tmp_path / "model"), "--task-masks", "--quiet"]) == 0
+    oracle = pd.read_csv(tmp_path / "qc-oracle" / "qc.csv")
+    assert list(oracle["pred_glaze"]) == list(qc["pred_glaze"]) and (qc["pred_glaze"] != qc["glaze"]).any()
+    assert oracle["qc_pass"].all() and set(oracle["qc_tasks"]) == {"dynasty,kiln,glaze,type"}
+    assert oracle["qc_masked"].isna().all()
+
 
 def test_kid_and_fid_separate_distributions():
     rng = np.random.default_rng(0)

@@ -36,6 +36,7 @@ from celadon.classify.data import (
 )
 from celadon.classify.device_batches import DeviceBatches, augments_on_device
 from celadon.classify.metrics import mean_macro_f1, task_metrics
+from celadon.classify.mixing import MIXING, epoch_draws, epoch_size, synthetic_share
 from celadon.classify.models import ModelConfig, MultiTaskNet
 from celadon.classify.predict import predict_logits
 from celadon.cpu import set_threads
@@ -82,10 +83,14 @@ class TrainConfig:
     sampler: str = "auto"
     synthetic: str | None = None  # a manifest of synthetic images (`celadon synth curate`'s accepted.csv)
     synthetic_ratio: float = 0.0  # share of training draws that are synthetic (paper: 0.05 and 0.10)
-    # "replace": synthetic draws take the place of that share of real draws, so every arm trains the same number
-    # of optimizer steps (a fair comparison); "add": the paper's protocol, the epoch grows by 1 / (1 - ratio)
-    # so real presentations stay equal but mixed arms train longer.
-    mixing: str = "replace"
+    # "on_top": synthetic draws come on top of a full epoch of real ones, and every arm of a study trains the same
+    # steps: the epoch is N / (1 - budget_ratio) draws for all, the baseline's all real, a mixed arm's real draws
+    # never fewer than N (so no task loses real labels to a synthetic image that does not train it);
+    # "replace": synthetic draws take the place of that share of real draws (equal steps, fewer real draws);
+    # "add": the paper's protocol, the epoch grows by 1 / (1 - ratio), so mixed arms train longer.
+    mixing: str = "on_top"
+    # on_top: the study's largest synthetic ratio, which sizes every arm's epoch (0: this run's own ratio)
+    budget_ratio: float = 0.0
     synthetic_tasks: list[str] | None = None  # tasks synthetic images train; None = all
     seed: int = 0
     device: str = "auto"  # auto (the GPU when there is one), cpu, cuda or cuda:N
@@ -103,7 +108,8 @@ class TrainConfig:
         """What decides the trained model, for a study's stage key: settings added since studies began count only
         where they differ from their defaults (so the keys of earlier studies hold)."""
         values = asdict(self)
-        for name, default in (("train_depthwise", True), ("augment_on", "auto"), ("freeze_stages", 0)):
+        for name, default in (("train_depthwise", True), ("augment_on", "auto"), ("freeze_stages", 0),
+                              ("budget_ratio", 0.0)):
             if values[name] == default:
                 values.pop(name)
         return values
@@ -138,24 +144,6 @@ def sample_weights(manifest: Manifest, samples: Samples, tasks: list[str], schem
     values, counts = np.unique(labels, return_counts=True)
     frequency = dict(zip(values.tolist(), counts.tolist(), strict=True))
     return np.array([1.0 / frequency[v] for v in labels.tolist()])
-
-
-MIXING = ("replace", "add")
-
-
-def epoch_draws(real_weights: np.ndarray, n_synthetic: int, ratio: float, draws: int, seed: int) -> list[int]:
-    """One epoch's sample indices: exactly round(draws * ratio) synthetic ones (uniform over the synthetic
-    rows, which follow the real ones) and the rest real, drawn by `real_weights`, shuffled together. Exact
-    counts, not an expected share, so each arm's real and synthetic presentations are known."""
-    generator = torch.Generator().manual_seed(seed)
-    n_fake = int(round(draws * ratio)) if n_synthetic and ratio > 0 else 0
-    real = torch.multinomial(torch.as_tensor(real_weights, dtype=torch.float64), draws - n_fake, replacement=True,
-                             generator=generator)
-    if n_fake == 0:
-        return real.tolist()
-    fake = len(real_weights) + torch.randint(n_synthetic, (n_fake,), generator=generator)
-    order = torch.randperm(draws, generator=generator)
-    return torch.cat([real, fake])[order].tolist()
 
 
 def multitask_loss(logits: dict[str, torch.Tensor], targets: torch.Tensor, tasks: list[str],
@@ -202,8 +190,11 @@ class Trainer:
         for task in self.tasks:
             self.taxonomy.task(task)
         if config.mixing not in MIXING:
-            raise CeladonError(f"mixing: {config.mixing!r} is neither 'replace' (equal training budgets) nor 'add' "
-                               "(the paper's longer epochs)")
+            raise CeladonError(f"mixing: {config.mixing!r} is not one of on_top (synthetic on top, equal steps), "
+                               "replace (synthetic in place of real draws, equal steps) or add (the paper's longer "
+                               "epochs)")
+        if not 0 <= config.budget_ratio < 1:
+            raise CeladonError(f"budget_ratio: {config.budget_ratio} must be in [0, 1)")
         unknown = [t for t in config.synthetic_tasks or [] if t not in self.tasks]
         if unknown:
             raise CeladonError(f"synthetic_tasks: {', '.join(unknown)} not among the trained tasks "
@@ -232,8 +223,9 @@ class Trainer:
         self.samples = concat_samples(parts)
         self.n_real, self.n_synthetic = len(real.rows), n_synthetic
         self.real_weights = sample_weights(self.train_manifest, real, self.tasks, config.sampler)
-        grow = n_synthetic and config.mixing == "add"
-        self.epoch_size = int(round(len(real.rows) / (1 - config.synthetic_ratio))) if grow else len(real.rows)
+        self.epoch_size = epoch_size(config.mixing, len(real.rows), config.synthetic_ratio, config.budget_ratio,
+                                     bool(n_synthetic))
+        self.share = synthetic_share(config.mixing, config.synthetic_ratio, config.budget_ratio)
         val_samples = prepare_samples(self.val_manifest, self.tasks, cache, progress=progress)
         pixels = cache.array()  # after every image is cached: the memmap's shape is fixed when opened
         self.train_set = CachedDataset(pixels, self.samples, train_transform(config.image_size))
@@ -271,7 +263,7 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
         torch.manual_seed(self._epoch_seed(epoch))
-        draws = epoch_draws(self.real_weights, self.n_synthetic, self.config.synthetic_ratio,
+        draws = epoch_draws(self.real_weights, self.n_synthetic, self.share,
                             self.steps_per_epoch * self.config.batch_size, self._epoch_seed(epoch))
         if self.on_device:
             loader = DeviceBatches(self.train_set.pixels, self.samples, draws, self.config.batch_size,
@@ -300,8 +292,10 @@ class Trainer:
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         synthetic = sum(1 for i in draws if i >= self.n_real)
         means = {k: float(v) / max(batches, 1) for k, v in totals.items()}
+        drawn = self.samples.targets[np.asarray(draws[:batches * self.config.batch_size], dtype=np.int64)]
+        labelled = {f"labels_{t}": int((drawn[:, j] != MISSING).sum()) for j, t in enumerate(self.tasks)}
         return {"loss": means.pop("loss", 0.0), **means, "optimizer_steps": batches,
-                "real_presentations": len(draws) - synthetic, "synthetic_presentations": synthetic}
+                "real_presentations": len(draws) - synthetic, "synthetic_presentations": synthetic, **labelled}
 
     def validate(self) -> dict[str, float]:
         logits = predict_logits(self.model, self.val_set, self.config.batch_size, self.device)
@@ -363,8 +357,9 @@ class Trainer:
             print(f"early stop: no improvement for {self.config.patience} epochs; best epoch {state['best_epoch']}")
         if writer is not None:
             writer.close()
+        counted = [*BUDGET, *(f"labels_{t}" for t in self.tasks)]  # labelled presentations per task, too
         state["budget"] = {"mixing": self.config.mixing, **{key: int(sum(row.get(key, 0) for row in state["history"]))
-                                                             for key in BUDGET}}
+                                                             for key in counted}}
         return state
 
     def _save_best(self) -> None:

@@ -182,6 +182,10 @@ def check_overrides(config: StudyConfig) -> None:
     if s.compare_plan is not None and s.compare_plan not in s.plans:
         raise CeladonError(f"synthesis.compare_plan: {s.compare_plan!r} is not in synthesis.plans")
     _check_generators(s)
+    oracles = [name for name, spec in s.generators.items() if (s.generate | spec).get("generator") == "oracle"]
+    if oracles and config.manifest:
+        raise CeladonError(f"synthesis.generators.{oracles[0]}: the oracle draws the embedded collection; a study of "
+                           "your own photos has no oracle (replay is its control)")
     if not config.seeds:
         raise CeladonError("seeds: give at least one seed (three or more for confidence intervals)")
     if config.jobs < 0:
@@ -203,7 +207,8 @@ def _check_generators(s: SynthesisConfig) -> None:
     if s.sweep:
         unknown = sorted(set(s.sweep) - {"generator", "strengths"})
         name = s.sweep.get("generator")
-        if unknown or name not in s.generators or not s.compare_plan or not GENERATORS[methods[name]].needs_sources:
+        sweepable = name in s.generators and "strength" in GENERATORS[methods[name]].settings
+        if unknown or not sweepable or not s.compare_plan:
             raise CeladonError("synthesis.sweep: give {generator: NAME, strengths: [0.3, 0.5, 0.7]} with NAME an "
                                f"img2img generator of synthesis.generators ({', '.join(s.generators)}) and a "
                                "compare_plan")
@@ -211,7 +216,7 @@ def _check_generators(s: SynthesisConfig) -> None:
         if not isinstance(strengths, list) or not all(isinstance(v, int | float) and 0 < v <= 1 for v in strengths):
             raise CeladonError(f"synthesis.sweep.strengths: a list of numbers in (0, 1], got {strengths!r}")
     for name, method in methods.items():
-        if GENERATORS[method].needs_sources:
+        if "strength" in GENERATORS[method].settings:
             settings = s.generate | s.generators[name]
             steps = settings.get("steps", GenerateConfig.steps)
             sweep = s.sweep.get("strengths", []) if s.sweep.get("generator") == name else []

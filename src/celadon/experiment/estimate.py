@@ -50,7 +50,9 @@ def _train_config(settings: dict):
 
 def _epoch_images(rows: int, config, ratio: float) -> tuple[int, int]:
     """(images per training, epochs) for one training of `rows` real rows, as Trainer counts them."""
-    epoch = int(round(rows / (1 - ratio))) if ratio and config.mixing == "add" else rows
+    from celadon.classify.mixing import epoch_size
+
+    epoch = epoch_size(config.mixing, rows, ratio, config.budget_ratio, bool(ratio))
     steps = -(-epoch // config.batch_size)
     if config.max_steps_per_epoch:
         steps = min(steps, config.max_steps_per_epoch)

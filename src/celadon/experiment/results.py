@@ -221,12 +221,15 @@ def table6(runs, qc_folders: dict[str, Path], plan_table: str | Path) -> dict:
 
 
 def training_budgets(runs) -> dict[str, dict]:
-    """Per arm and seed: optimizer steps and the real and synthetic images presented, as trained."""
+    """Per arm and seed: optimizer steps, the real and synthetic images presented, and per task the labelled
+    presentations (`labels`: what each task's loss saw), as trained."""
     budgets: dict[str, dict] = {}
     for (arm, seed), stage in sorted(runs.trainings.items()):
         info = stage.info
         budgets.setdefault(arm, {})[str(seed)] = {k: info.get(k) for k in (
             "optimizer_steps", "real_presentations", "synthetic_presentations", "epochs", "best_epoch", "mixing")}
+        budgets[arm][str(seed)]["labels"] = {k.removeprefix("labels_"): v for k, v in info.items()
+                                             if k.startswith("labels_")}
     return budgets
 
 

@@ -186,6 +186,7 @@ class Study:
                       synthetic=synthetic.info["table"] if synthetic else None,
                       synthetic_ratio=arm.ratio if synthetic and arm else 0.0,
                       synthetic_tasks=arm.tasks if synthetic and arm else None,
+                      budget_ratio=max((a.ratio for a in self.config.arms if a.plan), default=0.0),
                       threads=self.config.threads, device=self.config.device, log_tensorboard=False)
         # the taxonomy is in the data stage's key
         settings = key_settings(config, config.key_settings())
@@ -283,12 +284,14 @@ class Study:
         from celadon.synth.generate import GenerateConfig, generate, generator_settings, get_generator
 
         s = self.config.synthesis
-        lora = runs.lora if spec.get("lora", True) else None
+        method = get_generator((s.generate | spec).get("generator", GenerateConfig.generator))
+        lora = runs.lora if spec.get("lora", True) and method.uses_pipeline else None
+        model = model if method.uses_pipeline else {}  # the controls load no model
         config = make(GenerateConfig, s.generate | {k: v for k, v in spec.items() if k != "lora"}, model=s.model,
                       plan=plan.info["table"], lora=str(lora.path) if lora else None, threads=self.config.threads,
                       device=self.config.device,
                       real=runs.split.info["splits"], taxonomy=self.config.taxonomy)
-        sources = [runs.split] if get_generator(config.generator).needs_sources else []
+        sources = [runs.split] if method.needs_sources else []
         settings = key_settings(config, generator_settings(config)) | model
         return self.stages.run("generate", settings, [plan] + ([lora] if lora else []) + sources, lambda p: {
             "table": str(generate(dataclasses.replace(config, out=str(p)), progress=self.progress))},

@@ -133,15 +133,20 @@ def _budget_section(results: dict) -> str:
                 return "—"
             return f"{numbers[0]:,}" if len(numbers) == 1 else f"{numbers[0]:,}–{numbers[-1]:,}"
 
+        labels = values[0].get("labels") or {}  # seed 0's, per task: what each task's loss saw
         rows.append([_e(arm), _e(values[0].get("mixing") or "—"), span("optimizer_steps"),
-                     span("real_presentations"), span("synthetic_presentations"), span("epochs")])
+                     span("real_presentations"), span("synthetic_presentations"), span("epochs"),
+                     _e(", ".join(f"{task} {count:,}" for task, count in labels.items()) or "—")])
     if not rows:
         return ""
     return ("<h3>Training budget per arm (over seeds)</h3>" + _table(
-        ["arm", "mixing", "optimizer steps", "real images presented", "synthetic images presented", "epochs"], rows)
-        + "<p>In <em>replace</em> mixing every arm trains the same number of optimizer steps and synthetic images "
-          "take the place of that share of real draws; <em>add</em> is the paper's protocol, in which mixed arms "
-          "train longer.</p>")
+        ["arm", "mixing", "optimizer steps", "real images presented", "synthetic images presented", "epochs",
+         "labelled presentations per task (first seed)"], rows)
+        + "<p><em>on_top</em> (the default): every arm trains the same optimizer steps, a mixed arm's synthetic "
+          "images come on top of a full epoch of real ones and the real-only baseline fills the same steps with "
+          "real images; a task a synthetic image does not train sees fewer labels than in the baseline, by the "
+          "count shown. In <em>replace</em> synthetic images take the place of that share of real draws; "
+          "<em>add</em> is the paper's protocol, in which mixed arms train longer.</p>")
 
 
 def _data_section(results: dict, folder: Path) -> str:

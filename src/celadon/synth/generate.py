@@ -8,8 +8,9 @@ with nothing missing and nothing twice; `shard="i/n"` splits the plan across pro
 
 Generators are registered by name (`GENERATORS`): `txt2img` is the paper's method; `img2img` starts every
 item from a real training photo (chosen by sources.py: the same vessel) and re-renders it at
-`strength` through the same model + LoRA, running `strength` x `steps` denoising steps. Each item records
-its generator, settings and source photo.
+`strength` through the same model + LoRA, running `strength` x `steps` denoising steps. `oracle` (perfect
+images from the procedural renderer) and `replay` (img2img's source photos, shown again) are the controls
+every generator is read against (controls.py). Each item records its generator, settings and source photo.
 """
 
 from __future__ import annotations
@@ -62,13 +63,16 @@ class GenerateConfig:
 
 @dataclass(frozen=True)
 class Generator:
-    """A way of turning plan items into images with a loaded pipeline."""
+    """A way of turning plan items into images, with a loaded pipeline or without one (the controls)."""
 
     description: str
     adapt: Callable  # the txt2img pipeline -> the pipeline this generator calls
-    call: Callable  # (pipeline, batch rows, sampler kwargs, config) -> PIL images
+    call: Callable  # (pipeline or None, batch rows, sampler kwargs, config) -> PIL images
     needs_sources: bool = False
     settings: tuple[str, ...] = ()  # GenerateConfig fields only this generator reads
+    uses_pipeline: bool = True  # False: no Stable Diffusion (and no LoRA) is loaded
+    true_labels: bool = False  # its images carry their labels by construction: QC's judge neither fails nor masks
+    copies_by_design: bool = False  # its images are training photos again: not memorisation, not duplicates
 
 
 def _txt2img(pipe, batch: pd.DataFrame, kwargs: dict, config: GenerateConfig) -> list:
@@ -102,11 +106,28 @@ def _seeded(pipe, batch: pd.DataFrame) -> list:
     return [torch.Generator(pipe.device).manual_seed(int(s)) for s in batch["seed"]]
 
 
+def _oracle(pipe, batch: pd.DataFrame, kwargs: dict, config: GenerateConfig) -> list:
+    from celadon.synth.controls import oracle_images
+
+    return oracle_images(batch, kwargs["height"])
+
+
+def _replay(pipe, batch: pd.DataFrame, kwargs: dict, config: GenerateConfig) -> list:
+    from celadon.synth.controls import replay_images
+
+    return replay_images(batch, kwargs["height"])
+
+
+SOURCE_SETTINGS = ("real", "max_source_uses", "translate", "taxonomy")
 GENERATORS: dict[str, Generator] = {
     "txt2img": Generator("text to image, the paper's method", lambda pipe: pipe, _txt2img),
     "img2img": Generator("a real training photo re-rendered with the target label (structure kept)",
-                         _img2img_pipeline, _img2img, needs_sources=True,
-                         settings=("strength", "real", "max_source_uses", "translate", "taxonomy")),
+                         _img2img_pipeline, _img2img, needs_sources=True, settings=("strength", *SOURCE_SETTINGS)),
+    "oracle": Generator("control (ceiling): the embedded collection's renderer draws each item with exactly its "
+                        "labels", lambda pipe: pipe, _oracle, uses_pipeline=False, true_labels=True),
+    "replay": Generator("control (null): each item is img2img's source photo again, with the photo's own labels",
+                        lambda pipe: pipe, _replay, needs_sources=True, settings=SOURCE_SETTINGS, uses_pipeline=False,
+                        true_labels=True, copies_by_design=True),
 }
 
 
@@ -257,7 +278,7 @@ def generate(config: GenerateConfig, progress: bool = True) -> Path:
     mine = plan.iloc[index::count]
     pending = mine[[not (out / "items" / f"{item}.json").exists() for item in mine["item_id"]]]
     if len(pending):
-        pipe = method.adapt(prepare_generator_pipeline(config))
+        pipe = method.adapt(prepare_generator_pipeline(config)) if method.uses_pipeline else None
         kwargs = _call_kwargs(config)
         bar = tqdm(total=len(mine), initial=len(mine) - len(pending), desc="generating", disable=not progress)
         for start in range(0, len(pending), config.batch_size):
@@ -281,9 +302,15 @@ def _with_sources(plan: pd.DataFrame, config: GenerateConfig) -> pd.DataFrame:
     if not config.real:
         raise CeladonError(f"generator {config.generator} starts from real training photos: give the splits "
                            "manifest they come from (--real splits.csv)")
-    check_strength(config.strength, config.steps)
+    if "strength" in get_generator(config.generator).settings:
+        check_strength(config.strength, config.steps)
     real = read_manifest(config.real, load_taxonomy(config.taxonomy))
-    return assign_sources(plan, real, config.max_source_uses, config.translate)
+    plan = assign_sources(plan, real, config.max_source_uses, config.translate)
+    if config.generator == "replay":  # the photo itself: its own labels, not the item's
+        from celadon.synth.controls import relabel_as_sources
+
+        plan = relabel_as_sources(plan, real, [t for t in real.tasks if t in plan.columns])
+    return plan
 
 
 def _check_same_settings(out: Path, config: GenerateConfig) -> None:
@@ -307,12 +334,13 @@ def _write_item(out: Path, row: dict, image, config: GenerateConfig, kwargs: dic
     image.save(buffer, format="PNG")
     file = f"images/{row['item_id']}.png"
     atomic_write_bytes(out / file, buffer.getvalue())
-    record = {**{k: (None if pd.isna(v) else v) for k, v in row.items()}, PATH_COLUMN: file, "model": config.model,
-              "lora": config.lora, "lora_scale": config.lora_scale if config.lora else None,
-              "generator": config.generator,
-              **({"strength": config.strength} if get_generator(config.generator).needs_sources else {}),
-              "steps": kwargs["num_inference_steps"], "guidance": kwargs["guidance_scale"],
-              "clip_skip": kwargs["clip_skip"], "seconds": round(seconds, 3)}
+    method = get_generator(config.generator)
+    sampler = {"model": config.model, "lora": config.lora, "lora_scale": config.lora_scale if config.lora else None,
+               **({"strength": config.strength} if "strength" in method.settings else {}),
+               "steps": kwargs["num_inference_steps"], "guidance": kwargs["guidance_scale"],
+               "clip_skip": kwargs["clip_skip"]} if method.uses_pipeline else {}
+    record = {**{k: (None if pd.isna(v) else v) for k, v in row.items()}, PATH_COLUMN: file,
+              "generator": config.generator, **sampler, "seconds": round(seconds, 3)}
     atomic_write_text(out / "items" / f"{row['item_id']}.json", json.dumps(record, ensure_ascii=False, default=str))
 
 

@@ -123,7 +123,8 @@ def run_qc(config: QCConfig, progress: bool = True) -> dict:
         if stats.at[i, "contrast"] < config.min_contrast:
             reasons[i].append(("blank", "blank (no contrast)"))
 
-    # Memorised copies of real training images, and duplicates within the synthetic set.
+    # Memorised copies of real training images, and duplicates within the synthetic set (replay's are by design).
+    true_labels, by_design = _control_rows(synthetic)
     n_real = len(reference)
     infos = [i if isinstance(i, ImageInfo) else None for i in [*real_infos, *synthetic_infos]]
     real_paths = [str(p) for p in reference.frame["path"]]
@@ -131,21 +132,23 @@ def run_qc(config: QCConfig, progress: bool = True) -> dict:
         if pair.second < n_real:
             continue
         second = pair.second - n_real
+        if by_design[second]:
+            continue
         if pair.first < n_real:
             reasons[second].append(("memorised", f"copy of real training image {real_paths[pair.first]}"))
         else:
             first = synthetic.frame["path"].iat[pair.first - n_real]
             reasons[second].append(("duplicate", f"duplicate of synthetic {first}"))
 
-    source_bits = _source_copies(synthetic, synthetic_infos, config, reasons)
+    source_bits = _source_copies(synthetic, synthetic_infos, config, reasons, by_design)
     masked: list[list[tuple[str, str]]] = [[] for _ in range(len(synthetic))]
     predictions, source_predictions = _label_fidelity(synthetic, images, config,
-                                                      masked if config.task_masks else reasons, device)
+                                                      masked if config.task_masks else reasons, device, true_labels)
     table = synthetic.frame.copy()
     if source_bits is not None:
         table["source_distance"] = source_bits
     if config.task_masks:
-        table["qc_tasks"] = _verified_tasks(synthetic, predictions, reasons)
+        table["qc_tasks"] = _verified_tasks(synthetic, predictions, reasons, true_labels)
     for name in STATISTICS:
         table[name] = stats[name].round(3).to_numpy()
     for task, values in predictions.items():
@@ -167,8 +170,19 @@ def run_qc(config: QCConfig, progress: bool = True) -> dict:
     return summary
 
 
-def _source_copies(synthetic: Manifest, infos: list, config: QCConfig,
-                   reasons: list[list[tuple[str, str]]]) -> list | None:
+def _control_rows(synthetic: Manifest) -> tuple[list[bool], list[bool]]:
+    """Per image, whether its generator draws true labels by construction (oracle, replay) and whether its
+    images are training photos again by design (replay): `generate.GENERATORS` says."""
+    from celadon.synth.generate import GENERATORS
+
+    names = synthetic.frame.get("generator")
+    methods = [GENERATORS.get(str(n)) if isinstance(n, str) else None for n in
+               (names if names is not None else [None] * len(synthetic))]
+    return ([bool(m and m.true_labels) for m in methods], [bool(m and m.copies_by_design) for m in methods])
+
+
+def _source_copies(synthetic: Manifest, infos: list, config: QCConfig, reasons: list[list[tuple[str, str]]],
+                   by_design: list[bool]) -> list | None:
     """An img2img image that is a near copy of its own source photo fails (too little was re-rendered); the
     pHash distance to the source, per image, for the strength sweep."""
     from celadon.data.manifest import SOURCE_COLUMN, resolve_image_path
@@ -188,15 +202,16 @@ def _source_copies(synthetic: Manifest, infos: list, config: QCConfig,
             raise CeladonError(f"{config.table}: source photo {path} of {synthetic.frame['path'].iat[i]} is "
                                f"unreadable ({original.detail})")
         copy, bits[i] = is_near_copy(info, original, config.near_distance)
-        if copy:
+        if copy and not by_design[i]:
             reasons[i].append(("copy_of_source", f"near copy of its source photo {path} ({bits[i]} bits)"))
     return bits
 
 
-def _verified_tasks(synthetic: Manifest, predictions: dict[str, list],
-                    reasons: list[list[tuple[str, str]]]) -> list[str]:
+def _verified_tasks(synthetic: Manifest, predictions: dict[str, list], reasons: list[list[tuple[str, str]]],
+                    true_labels: list[bool]) -> list[str]:
     """Per image, the tasks QC can vouch for: the judge agrees, or (tasks the judge does not check) the label
-    is unchanged from the img2img source photo. No task left fails the image."""
+    is unchanged from the img2img source photo; every labelled task of a control's image (true by
+    construction). No task left fails the image."""
     from celadon.synth.sources import SHARED_COLUMN
 
     shared = synthetic.frame.get(SHARED_COLUMN)
@@ -205,7 +220,7 @@ def _verified_tasks(synthetic: Manifest, predictions: dict[str, list],
         inherited = set(str(shared.iat[i]).split(",")) if shared is not None and isinstance(shared.iat[i], str) \
             else set()
         tasks = [t for t in synthetic.tasks if row[t] is not None and (
-            predictions[t][i] == row[t] if t in predictions else t in inherited)]
+            true_labels[i] or (predictions[t][i] == row[t] if t in predictions else t in inherited))]
         if not tasks and not any(kind == "unreadable" for kind, _ in reasons[i]):
             reasons[i].append(("no_verified_task", "no label could be verified"))
         verified.append(",".join(tasks))
@@ -213,8 +228,10 @@ def _verified_tasks(synthetic: Manifest, predictions: dict[str, list],
 
 
 def _label_fidelity(synthetic: Manifest, images: dict[int, Image.Image], config: QCConfig,
-                    reasons: list[list[tuple[str, str]]], device: str) -> tuple[dict[str, list], dict[str, list]]:
-    """The judge's reading of each image and of each img2img source photo; a wrong label is a reason."""
+                    reasons: list[list[tuple[str, str]]], device: str,
+                    true_labels: list[bool]) -> tuple[dict[str, list], dict[str, list]]:
+    """The judge's reading of each image and of each img2img source photo; a wrong label is a reason, except
+    on a control's image, whose labels are true by construction (its reading is the judge's own ceiling)."""
     if not config.model_dir:
         return {}, {}
     from celadon.classify.predict import load_model, predict_images
@@ -229,7 +246,7 @@ def _label_fidelity(synthetic: Manifest, images: dict[int, Image.Image], config:
         for task in tasks:
             predicted, intended = row[task][0][0], synthetic.frame[task].iat[i]
             predictions[task][i] = predicted
-            if intended is None:
+            if intended is None or true_labels[i]:
                 continue
             trusted = task not in recall or recall[task].get(intended, 0.0) >= config.judge_min_recall
             if predicted != intended and (trusted or config.task_masks):  # a mask needs no trust
