@@ -175,11 +175,15 @@ def test_results_hold_the_primary_endpoint_and_every_comparison_with_adjusted_p(
     values = overall["A"]["values"]
     assert overall["A"]["mean"] == pytest.approx(sum(values.values()) / 2)
     primary = results["primary"]
-    assert primary["endpoint"] == "all/mean_f1_macro" and "resample the test images" in primary["covers"]
+    assert primary["endpoint"] == "all/mean_f1_macro" and "also cover the test images" in primary["covers"]
+    assert "not simultaneous" in primary["covers"]
     comparison = primary["arms"]["A"]["comparison"]
-    for key in ("difference", "ci_low", "ci_high", "method", "p", "p_adjusted", "verdict", "boot_low", "boot_high",
-                "detectable"):
+    for key in ("difference", "ci_low", "ci_high", "method", "p", "p_adjusted", "verdict", "combined_low",
+                "combined_high", "combined_df", "detectable", "sd_pooled", "effect", "seeds_needed"):
         assert key in comparison
+    # the interval that also covers the test images is at least as wide as the seeds' own
+    assert comparison["combined_low"] <= comparison["ci_low"] and comparison["combined_high"] >= comparison["ci_high"]
+    assert comparison["effect"] == 0.02  # power is for the declared effect, never the observed difference
     assert comparison["family"] == "primary" and comparison["family_size"] == 1
     assert comparison["p_adjusted"] == comparison["p"]  # one arm: nothing to adjust for
     assert comparison["difference"] == pytest.approx(overall["A"]["mean"] - overall["baseline"]["mean"])
@@ -188,8 +192,9 @@ def test_results_hold_the_primary_endpoint_and_every_comparison_with_adjusted_p(
     assert all(c["family"] == "secondary" for c in secondary)
     tested = [c for c in secondary if c["p"] == c["p"]]
     assert all(c["p_adjusted"] >= c["p"] and c["family_size"] == len(tested) for c in tested)
-    mcnemar = [c for c in secondary if c["method"].startswith("exact McNemar")]
-    assert len(mcnemar) == 4  # per-image top-1 of each task
+    mcnemar = [c for c in secondary if "mcnemar_p_per_seed" in c]
+    assert len(mcnemar) == 4  # per-image top-1 of each task, described per seed
+    assert all(set(c["mcnemar_p_per_seed"]) == {"0", "1"} and c["method"] != "exact McNemar" for c in mcnemar)
     assert {r["metric"] for r in results["table14"]} >= {"f1_macro", "top1", "top5", "f1_weighted"}
     assert {r["group"] for r in results["table15"]} == {"minority", "majority"}
     assert results["rare_definition"]["combination"] == "dynasty+kiln+glaze+type"
@@ -236,13 +241,13 @@ def test_the_report_is_rebuilt_from_results_json_and_the_files_it_names_alone(st
 
 
 def test_verdicts_need_the_adjusted_p_and_every_adjusted_interval():
-    clear = {"n": 5, "p_adjusted": 0.01, "adj_low": 0.01, "adj_high": 0.03, "adj_boot_low": 0.005,
-             "adj_boot_high": 0.04}
+    clear = {"n": 5, "p_adjusted": 0.01, "adj_low": 0.01, "adj_high": 0.03, "adj_combined_low": 0.005,
+             "adj_combined_high": 0.04}
     assert verdict(clear, 0.05) == "better"
-    assert verdict(clear | {"adj_low": -0.03, "adj_high": -0.01, "adj_boot_low": -0.04, "adj_boot_high": -0.01},
-                   0.05) == "worse"
+    assert verdict(clear | {"adj_low": -0.03, "adj_high": -0.01, "adj_combined_low": -0.04,
+                            "adj_combined_high": -0.01}, 0.05) == "worse"
     assert verdict(clear | {"p_adjusted": 0.06}, 0.05) == "no clear change"  # Holm says no
-    assert verdict(clear | {"adj_boot_low": -0.001}, 0.05) == "no clear change"  # test images say maybe not
+    assert verdict(clear | {"adj_combined_low": -0.001}, 0.05) == "no clear change"  # test images say maybe not
     assert verdict(clear | {"n": 1}, 0.05).startswith("1 seed(s)")
 
 

@@ -129,6 +129,29 @@ def cmd_bench_cli(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_stats(args: argparse.Namespace) -> int:
+    """`celadon bench stats`: type-I error and coverage of the study's statistics at 3 and 10 seeds."""
+    from celadon.evaluate.simulate import binomial_interval, simulate
+
+    rows = [simulate(n, args.images, args.seed_sd, delta, args.reps) for n in (3, 10) for delta in (0.0, args.delta)]
+    print(f"{args.reps} simulated studies each, {args.images} test images, seed sd {args.seed_sd} (logit); "
+          "rates with 95% Clopper-Pearson intervals")
+    for r in rows:
+        def rate(key: str, r=r) -> str:
+            low, high = binomial_interval(r[key], r["reps"])
+            return f"{r[key]:.3f} [{low:.3f}, {high:.3f}]"
+
+        what = "type-I error" if r["delta_logit"] == 0 else f"power at +{r['population_difference']:.3f}"
+        print(f"{r['seeds']:>2} seeds, {what} (seed sd of top-1 {r['seed_sd_of_top1']:.3f}): verdict rule "
+              f"{rate('verdict_rejection_rate')}, paired t {rate('t_rejection_rate')}, pooled McNemar "
+              f"{rate('pooled_mcnemar_rejection_rate')}; coverage: t {rate('t_coverage')}, seeds + images "
+              f"{rate('combined_coverage')}")
+    from celadon.cli.options import write_bench_json
+
+    write_bench_json(args.json, {"rows": rows}, reps=args.reps, images=args.images, seed_sd=args.seed_sd)
+    return 0
+
+
 def _duration(seconds: float) -> str:
     return f"{seconds / 60:>10.1f} min" if seconds < 7200 else f"{seconds / 3600:>12.1f} h"
 
@@ -223,6 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(bench_verbs, "cli", cmd_bench_cli, "start time and memory of `celadon --help` and `data validate` "
             "as new processes, against their budget (1 s, 300 MB)")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--json", help="also write the figures here")
+    p = add(bench_verbs, "stats", cmd_bench_stats, "type-I error and interval coverage of the study's statistics "
+            "at 3 and 10 seeds, by simulation")
+    p.add_argument("--reps", type=int, default=400, help="simulated studies per setting")
+    p.add_argument("--images", type=int, default=271, help="test images (the demo's 271)")
+    p.add_argument("--seed-sd", type=float, default=0.15, help="seed-to-seed sd of the logit (0.15: the demo's spread)")
+    p.add_argument("--delta", type=float, default=0.2, help="a true effect on the logit scale, for power and coverage")
     p.add_argument("--json", help="also write the figures here")
     review.add_parsers(stages, add)
 

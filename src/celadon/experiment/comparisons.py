@@ -2,10 +2,11 @@
 
 Each *measure* (a metric of a task, a class group, a rare-combination group) gives one value per evaluation
 stage. Per arm: the mean over seeds with a Student-t interval. Per arm vs baseline: the paired difference by
-seed with its t-interval and test (McNemar, exact, on per-image top-1 pooled over seeds, for top-1 rows), a
-crossed seeds x test-images bootstrap interval, Holm's adjustment over the comparison's family (the primary
-endpoint's comparisons are one family, every other comparison the second), intervals at the level that agrees
-with the adjusted p, the smallest effect the seeds could detect, and a verdict in words.
+seed with its t-interval and test (exact McNemar per seed on top-1 rows, as a description), an interval that
+also covers the test images (seed variance + class-stratified test-image variance, Satterthwaite df), Holm's
+adjustment over the comparison's family (the primary endpoint's comparisons are one family, every other
+comparison the second), both intervals at the Holm-matched level, the smallest effect the seeds could detect
+and the seeds a declared effect would need (sd pooled over arms), and a verdict in words.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from celadon.evaluate.resample import ResampledPredictions
 from celadon.evaluate.run import load_metrics
 from celadon.evaluate.stats import (
     adjusted_level,
+    combined_interval,
     detectable_effect,
-    hierarchical_bootstrap,
     holm,
     image_weights,
     mcnemar_exact,
     paired_t,
-    percentile_interval,
+    pooled_sd,
     seeds_needed,
     t_bounds,
     t_interval,
@@ -47,8 +48,11 @@ class Measure:
 
 
 SEEDS_COVER = ("Intervals cover the classifier's randomness (initialisation of the heads, sampling order, "
-               "augmentation), which is what changes between seeds; the bootstrap intervals also resample the test "
-               "images. The split, the LoRA and the synthetic images are fixed for the whole study.")
+               "augmentation), which is what changes between seeds; the combined intervals also cover the test "
+               "images (class-stratified resampling, Satterthwaite degrees of freedom). Adjusted intervals are at "
+               "the Holm-matched level: each excludes zero exactly when its Holm-adjusted p is below alpha; they "
+               "are not simultaneous intervals. The split, the LoRA and the synthetic images are fixed for the "
+               "whole study.")
 
 
 def verdict(comparison: dict, alpha: float) -> str:
@@ -57,8 +61,8 @@ def verdict(comparison: dict, alpha: float) -> str:
         return f"{comparison['n']} seed(s): too few for a test"
     significant = np.isfinite(comparison["p_adjusted"]) and comparison["p_adjusted"] < alpha
     bounds = [(comparison["adj_low"], comparison["adj_high"])]
-    if comparison.get("adj_boot_low") is not None:
-        bounds.append((comparison["adj_boot_low"], comparison["adj_boot_high"]))
+    if comparison.get("adj_combined_low") is not None:
+        bounds.append((comparison["adj_combined_low"], comparison["adj_combined_high"]))
     if significant and all(low > 0 for low, _ in bounds):
         return "better"
     if significant and all(high < 0 for _, high in bounds):
@@ -69,12 +73,16 @@ def verdict(comparison: dict, alpha: float) -> str:
 class Comparer:
     """Holds the study's evaluations, one set of bootstrap image weights, and the replicates computed so far."""
 
-    def __init__(self, runs, resamples: int, seed: int, alpha: float, power: float):
-        self.runs, self.alpha, self.power, self.seed = runs, alpha, power, seed
+    def __init__(self, runs, resamples: int, seed: int, alpha: float, power: float, effect: float = 0.02):
+        from celadon.taxonomy import load_taxonomy
+
+        self.runs, self.alpha, self.power, self.seed, self.effect = runs, alpha, power, seed, effect
         self._predictions: dict = {}
         self._replicates: dict = {}
-        first = next(iter(runs.evaluations.values()))
-        self.weights = image_weights(len(self.predictions(first).paths), resamples, seed)
+        first = self.predictions(next(iter(runs.evaluations.values())))
+        confusion = load_taxonomy(runs.config.taxonomy).confusion  # strata: its classes (unknown: one more)
+        strata = first.truth.get(confusion) if confusion in first.tasks else None
+        self.weights = image_weights(len(first.paths), resamples, seed, strata)
 
     def predictions(self, stage: Stage) -> ResampledPredictions:
         """An evaluation's predictions, read once; every arm must have been evaluated on the same images."""
@@ -108,42 +116,52 @@ class Comparer:
         """The unadjusted comparison of one arm with the baseline on one measure, and its bootstrap replicates."""
         test = paired_t(arm_row["values"], base_row["values"])
         shared = sorted(set(arm_row["values"]) & set(base_row["values"]))
-        comparison = {"difference": test.difference, "ci_low": test.low, "ci_high": test.high, "n": test.n,
-                      "sd": test.sd, "p": test.p, "method": "paired t over seeds"}
+        method = "paired t over seeds" if test.sd != 0 else "exact sign-flip over seeds (every difference equal)"
+        comparison = {"measure": measure.key, "difference": test.difference, "ci_low": test.low,
+                      "ci_high": test.high, "n": test.n, "sd": test.sd, "p": test.p, "method": method}
         arm_stages, base_stages = self.seeds(arm_row["arm"]), self.seeds(base_row["arm"])
-        if measure.mcnemar_task and test.n >= 2:
-            arm_only = base_only = 0
+        if measure.mcnemar_task:  # per seed, a description: seeds share one test set, so pooling would overstate
+            per_seed_p = {}
             for seed in shared:
                 a = self.predictions(arm_stages[seed]).correct(measure.mcnemar_task)
                 b = self.predictions(base_stages[seed]).correct(measure.mcnemar_task)
-                arm_only, base_only = arm_only + int((a & ~b).sum()), base_only + int((b & ~a).sum())
-            comparison |= {"p": mcnemar_exact(arm_only, base_only), "arm_only_correct": arm_only,
-                           "baseline_only_correct": base_only,
-                           "method": "exact McNemar on per-image top-1, pooled over seeds"}
-        replicates = None
+                per_seed_p[str(seed)] = mcnemar_exact(int((a & ~b).sum()), int((b & ~a).sum()))
+            comparison["mcnemar_p_per_seed"] = per_seed_p
+        images = None
         if measure.replicates is not None and test.n >= 2:
             per_seed = np.stack([self.replicates(arm_stages[s], measure) - self.replicates(base_stages[s], measure)
                                  for s in shared], axis=1)
-            replicates = hierarchical_bootstrap(per_seed, self.seed)
-            comparison["boot_low"], comparison["boot_high"] = percentile_interval(replicates, 0.95)
-        return comparison, replicates
+            mean = per_seed.mean(axis=1)  # one image resample shared by every seed: the test set's noise
+            variance = float(np.var(mean[np.isfinite(mean)], ddof=1)) if np.isfinite(mean).sum() > 1 else np.nan
+            differences = [arm_row["values"][s] - base_row["values"][s] for s in shared]
+            images = (differences, variance, self.weights.shape[1] - 1)
+            low, high, df = combined_interval(*images)
+            comparison |= {"image_sd": float(np.sqrt(variance)) if np.isfinite(variance) else None,
+                           "combined_low": low, "combined_high": high, "combined_df": df}
+        return comparison, images
 
-    def finish(self, comparisons: list[tuple[dict, np.ndarray | None]]) -> None:
-        """Holm over one family, then the intervals that agree with each adjusted p, and the verdicts."""
+    def finish(self, comparisons: list[tuple[dict, tuple | None]]) -> None:
+        """Holm over one family, then both intervals at the Holm-matched level, power for the declared effect
+        (sd pooled over the arms of each measure), and the verdicts."""
         adjusted = holm([c["p"] for c, _ in comparisons])
         m = sum(1 for c, _ in comparisons if np.isfinite(c["p"]))
         strictest = self.alpha / max(m, 1)  # Holm's first step: what the detectable effect is computed at
-        for (comparison, replicates), p_adjusted in zip(comparisons, adjusted, strict=True):
+        pooled = {}
+        for key in {c["measure"] for c, _ in comparisons}:
+            same = [c for c, _ in comparisons if c["measure"] == key]
+            pooled[key] = pooled_sd([c["sd"] for c in same], [c["n"] for c in same])
+        for (comparison, images), p_adjusted in zip(comparisons, adjusted, strict=True):
             level = adjusted_level(comparison["p"], p_adjusted, self.alpha)
             comparison |= {"p_adjusted": float(p_adjusted), "family_size": m, "adj_level": level,
                            "alpha": self.alpha}
             low, high = t_bounds(comparison["difference"], comparison["sd"], comparison["n"], level)
             comparison |= {"adj_low": low, "adj_high": high}
-            if replicates is not None:
-                comparison["adj_boot_low"], comparison["adj_boot_high"] = percentile_interval(replicates, level)
-            comparison["detectable"] = detectable_effect(comparison["sd"], comparison["n"], strictest, self.power)
-            comparison["seeds_needed"] = seeds_needed(comparison["difference"], comparison["sd"], strictest,
-                                                      self.power)
+            if images is not None:
+                comparison["adj_combined_low"], comparison["adj_combined_high"], _ = combined_interval(*images, level)
+            sd = pooled[comparison["measure"]]
+            comparison |= {"sd_pooled": sd, "effect": self.effect,
+                           "detectable": detectable_effect(sd, comparison["n"], strictest, self.power),
+                           "seeds_needed": seeds_needed(self.effect, sd, strictest, self.power)}
             comparison["verdict"] = verdict(comparison, self.alpha)
 
 

@@ -60,7 +60,10 @@ class StatisticsConfig:
     # (f1_macro, top1, top5, f1_weighted, minority, majority) or "rare combinations/rare".
     primary: str = "all/mean_f1_macro"
     alpha: float = 0.05  # family-wise error rate (Holm) for the verdicts
-    power: float = 0.8  # for the smallest detectable effect and the seeds a difference would need
+    power: float = 0.8  # for the smallest detectable effect and the seeds the declared effect would need
+    # the smallest difference worth detecting, declared before the study (power is computed for it, with the
+    # sd of paired differences pooled over arms; never for the observed difference)
+    effect: float = 0.02
     resamples: int = 10_000  # bootstrap replicates (seeds x test images)
     seed: int = 0  # of the bootstrap
 
@@ -236,6 +239,8 @@ def _check_statistics(config: StudyConfig) -> None:
             raise CeladonError(f"statistics.primary: {s.primary!r} is not a measure; use all/mean_f1_macro, "
                                f"rare combinations/rare or TASK/METRIC with TASK in {', '.join(tasks)} and METRIC "
                                f"in {', '.join(PRIMARY_METRICS)}")
+    if not s.effect > 0:
+        raise CeladonError(f"statistics.effect: the difference worth detecting, above 0 (e.g. 0.02), got {s.effect}")
     if not 0 < s.alpha < 1 or not 0 < s.power < 1:
         raise CeladonError(f"statistics: alpha and power must be between 0 and 1, got {s.alpha} and {s.power}")
     if s.resamples < 100:

@@ -133,7 +133,7 @@ def comparison_tables(runs, rare: tuple) -> dict[str, list[dict]]:
     from celadon.experiment.comparisons import Comparer
 
     s = runs.config.statistics
-    comparer = Comparer(runs, s.resamples, s.seed, s.alpha, s.power)
+    comparer = Comparer(runs, s.resamples, s.seed, s.alpha, s.power, s.effect)
     return compare_measures(comparer, measures(runs, {}, comparer.predictions, rare), s.primary)
 
 

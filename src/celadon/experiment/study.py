@@ -84,12 +84,13 @@ def print_summary(out: Path) -> None:
     rows += results.get("rare_combinations", [])
     if rows:
         print(f"\n== on test, mean [95% t-interval] over seeds {results['seeds']}; vs baseline: difference "
-              "[95% t-interval] (hierarchical bootstrap), Holm-adjusted p, verdict")
+              "[95% t-interval] (seeds + test images), Holm-adjusted p, verdict")
         for r in rows:
             c = r.get("comparison")
             change = ""
             if c and c["n"] >= 2:
-                boot = f" ({c['boot_low']:+.3f}, {c['boot_high']:+.3f})" if c.get("boot_low") is not None else ""
+                boot = (f" ({c['combined_low']:+.3f}, {c['combined_high']:+.3f})"
+                        if c.get("combined_low") is not None and c["combined_low"] == c["combined_low"] else "")
                 change = (f"  {c['difference']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]{boot} "
                           f"p_adj {c['p_adjusted']:.3f} {c['verdict']}")
             name = r["task"] if "task" in r else r["group"]
@@ -102,4 +103,5 @@ def print_summary(out: Path) -> None:
             if c and c["n"] >= 2:
                 need = c.get("seeds_needed")
                 print(f"  primary ({primary['endpoint']}) {arm}: {c['verdict']}; smallest detectable effect "
-                      f"±{c['detectable']:.3f}; seeds to detect {c['difference']:+.3f}: {need or 'more than 1000'}")
+                      f"±{c['detectable']:.3f}; seeds to detect the declared {c['effect']:.3f}: "
+                      f"{need or 'more than 1000'}")

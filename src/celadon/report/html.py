@@ -61,8 +61,9 @@ def _p(value: float) -> str:
 
 
 def _delta(row: dict, full: bool = False) -> str:
-    """The paired difference, its 95% t-interval, p adjusted (Holm) and the verdict; `full` adds the bootstrap
-    interval, the unadjusted p and the detectable effect."""
+    """The paired difference, its 95% t-interval, p adjusted (Holm) and the verdict; `full` adds the interval
+    that also covers the test images, the unadjusted p, the detectable effect and the seeds the declared effect
+    would need."""
     c = row.get("comparison")
     if c is None:
         return "—"
@@ -74,15 +75,16 @@ def _delta(row: dict, full: bool = False) -> str:
     if c["verdict"] == "no clear change" and c.get("p_adjusted", 1) < c.get("alpha", 0.05):
         text += " (an adjusted interval includes 0)"  # the test alone would say more than the intervals allow
     if full and c["n"] >= 2:
-        if c.get("boot_low") is not None:
-            text += f'; bootstrap over seeds × test images [{c["boot_low"]:+.3f}, {c["boot_high"]:+.3f}]'
+        if c.get("combined_low") is not None and c["combined_low"] == c["combined_low"]:
+            text += (f'; seeds and test images [{c["combined_low"]:+.3f}, {c["combined_high"]:+.3f}] '
+                     f'({c["combined_df"]:.1f} df)')
         text += f'; p {_p(c["p"])} ({html.escape(c["method"])}, Holm over {c["family_size"]})'
         if c.get("detectable") == c.get("detectable"):
-            text += f'; smallest detectable effect ±{c["detectable"]:.3f}'
-        if c["verdict"] == "no clear change":
+            text += f'; smallest detectable effect ±{c["detectable"]:.3f} (sd pooled over arms)'
+        if c.get("effect"):
             need = c.get("seeds_needed")
-            text += (f"; about {need} seeds would detect a true difference of {c['difference']:+.3f}" if need
-                     else "; no feasible number of seeds would detect a difference this small")
+            text += (f"; about {need} seeds would detect the declared effect of {c['effect']:.3f}" if need
+                     else f"; more than 1,000 seeds would be needed for the declared effect of {c['effect']:.3f}")
     return text
 
 
