@@ -371,3 +371,25 @@ def test_default_threads_train_the_same_weights_with_a_core_busy_and_without(tin
     first = load_tensors(tmp_path / "idle" / "checkpoints" / "epoch_002.model.safetensors")
     second = load_tensors(tmp_path / "busy" / "checkpoints" / "epoch_002.model.safetensors")
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_real_and_synthetic_images_reach_the_network_through_one_resize(tmp_path):
+    """A 64 px synthetic image and the 128 px real photo it was made from meet in the cache as the same pixels
+    when both pass through the generators' 64 px (source_size); straight to the cache, the real one is
+    sharper (downsampled) than the synthetic one (upsampled) - a cue only synthetic images carry."""
+    from PIL import Image
+
+    from celadon.data.images import load_image, resize_square
+
+    real = noise_image(7, 128)
+    real.save(tmp_path / "real.png")
+    Image.fromarray(resize_square(real, 64)).save(tmp_path / "synthetic.png")
+    paths = [tmp_path / "real.png", tmp_path / "synthetic.png"]
+    one_path = ImageCache(tmp_path / "cache", 73, source_size=64)
+    rows = one_path.rows_for(paths, progress=False)
+    pixels = one_path.array()
+    assert np.array_equal(pixels[rows[0]], pixels[rows[1]])
+    straight = ImageCache(tmp_path / "cache", 73)
+    rows = straight.rows_for(paths, progress=False)
+    assert not np.array_equal(straight.array()[rows[0]], straight.array()[rows[1]])
+    assert load_image(paths[1]).size == (64, 64)

@@ -181,8 +181,10 @@ def test_results_hold_the_primary_endpoint_and_every_comparison_with_adjusted_p(
     for key in ("difference", "ci_low", "ci_high", "method", "p", "p_adjusted", "verdict", "combined_low",
                 "combined_high", "combined_df", "detectable", "sd_pooled", "effect", "seeds_needed"):
         assert key in comparison
-    # the interval that also covers the test images is at least as wide as the seeds' own
-    assert comparison["combined_low"] <= comparison["ci_low"] and comparison["combined_high"] >= comparison["ci_high"]
+    # the interval that also covers the test images: seeds' and images' variance, Satterthwaite df (at least the
+    # seeds' own n - 1: it can be narrower than the t-interval of two seeds, whose t quantile is 12.7)
+    assert comparison["combined_low"] < comparison["difference"] < comparison["combined_high"]
+    assert comparison["combined_df"] >= comparison["n"] - 1 and comparison["image_sd"] > 0
     assert comparison["effect"] == 0.02  # power is for the declared effect, never the observed difference
     assert comparison["family"] == "primary" and comparison["family_size"] == 1
     assert comparison["p_adjusted"] == comparison["p"]  # one arm: nothing to adjust for
@@ -501,12 +503,16 @@ def test_the_readmes_study_configs_load_as_written(tmp_path, monkeypatch):
 
 
 def test_the_dry_run_plans_exactly_the_stages_a_run_makes_and_writes_nothing(study, tmp_path, capsys):
-    from celadon.experiment.runner import plan_study
+    from celadon.experiment.study import plan_study
 
     made = {p.name for p in (study / "out" / "stages").iterdir() if (p / "stage.json").exists()}
     fresh = tmp_path / "fresh"
     stages, notes = plan_study(load_study(str(study / "study.yaml"), {"out": str(fresh)}))
     assert {f"{s.kind}-{s.key}" for s in stages} == made and all(s.planned for s in stages) and notes == []
+    # every classifier's images pass through the generators' 64 px, real and synthetic alike (one resize path)
+    assert {s.settings.get("source_size") for s in stages if s.kind == "train"} == {64}
+    card = json.loads(next((study / "out" / "stages").glob("train-*/model.json")).read_text())
+    assert card["source_size"] == 64
     assert not fresh.exists()  # nothing written
     again, _ = plan_study(load_study(str(study / "study.yaml")))
     assert {f"{s.kind}-{s.key}" for s in again} == made and not any(s.planned for s in again)

@@ -22,7 +22,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from celadon.data.augment import augment_image
-from celadon.data.images import ImageReadError, load_image, resize_square
+from celadon.data.images import ImageReadError, load_image, prepare_square
 from celadon.data.manifest import TRAIN_TASKS_COLUMN, Manifest
 from celadon.runinfo import atomic_write_text
 
@@ -35,13 +35,15 @@ def cache_resolution(image_size: int) -> int:
 
 
 class ImageCache:
-    """uint8 (N, S, S, 3) pixels in `folder/pixels_{S}.u8`, rows located by content hash."""
+    """uint8 (N, S, S, 3) pixels in `folder/pixels_{S}.u8`, rows located by content hash; with `source_size`,
+    images pass through that square size first (`prepare_square`), in files of their own."""
 
-    def __init__(self, folder: str | Path, size: int):
-        self.folder, self.size = Path(folder), size
+    def __init__(self, folder: str | Path, size: int, source_size: int = 0):
+        self.folder, self.size, self.source_size = Path(folder), size, source_size
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.pixels_path = self.folder / f"pixels_{size}.u8"
-        self.index_path = self.folder / f"index_{size}.json"
+        self.name = f"{size}_from{source_size}" if source_size else str(size)
+        self.pixels_path = self.folder / f"pixels_{self.name}.u8"
+        self.index_path = self.folder / f"index_{self.name}.json"
         self.index = self._read_index()
         self.row_bytes = size * size * 3
 
@@ -67,7 +69,7 @@ class ImageCache:
             import fcntl
         except ImportError:  # Windows: one writer at a time is the user's to keep
             fcntl = None
-        with open(self.folder / f"lock_{self.size}", "a") as lock:
+        with open(self.folder / f"lock_{self.name}", "a") as lock:
             if fcntl:
                 fcntl.flock(lock, fcntl.LOCK_EX)
             self.index = self._read_index()
@@ -89,7 +91,7 @@ class ImageCache:
                 handle.seek(committed)
                 for digest, path in tqdm(todo.items(), desc=f"caching images at {self.size}px",
                                          disable=not progress, leave=False):
-                    handle.write(resize_square(load_image(path), self.size).tobytes())
+                    handle.write(prepare_square(load_image(path), self.size, self.source_size).tobytes())
                     self.index[digest] = len(self.index)
                 handle.flush()
             atomic_write_text(self.index_path, json.dumps(self.index))

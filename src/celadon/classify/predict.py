@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from celadon.checkpoint import load_tensors
 from celadon.classify.data import CachedDataset, cache_resolution, eval_transform, normalise
 from celadon.classify.models import ModelConfig, MultiTaskNet
-from celadon.data.images import IMAGE_EXTENSIONS, ImageReadError, load_image, resize_square
+from celadon.data.images import IMAGE_EXTENSIONS, ImageReadError, load_image, prepare_square
 from celadon.device import autocast, on_gpu
 from celadon.errors import CeladonError
 
@@ -26,6 +26,11 @@ class LoadedModel:
     @property
     def image_size(self) -> int:
         return int(self.card["image_size"])
+
+    @property
+    def source_size(self) -> int:
+        """The square size every image passed through in training (0: none); its readings must too."""
+        return int(self.card.get("source_size") or 0)
 
     def classes(self, task: str) -> list[str]:
         return self.card["classes"][task]
@@ -83,7 +88,7 @@ def predict_images(loaded: LoadedModel, paths: list[Path], top_k: int = 3, batch
 
     for path in paths:
         try:
-            pixels = resize_square(load_image(path), size)
+            pixels = prepare_square(load_image(path), size, loaded.source_size)
         except ImageReadError as exc:
             errors.append(f"error: {exc}")
             continue

@@ -68,6 +68,9 @@ class TrainConfig:
     # The backbone's first N stages (stem = 1) frozen: no backward through them at all; 0 trains every stage
     freeze_stages: int = 0
     image_size: int = 224  # pixels per side the network sees
+    # every image, real or synthetic, first brought to this square size by the same resize (a study sets the
+    # generators' resolution, so no arm can tell synthetic images by their sharpness); 0: straight to the cache
+    source_size: int = 0
     batch_size: int = 64  # images per optimizer step
     epochs: int = 50  # at most; early stopping may end sooner (patience)
     patience: int = 10  # epochs without a better val mean macro-F1 before stopping
@@ -109,7 +112,7 @@ class TrainConfig:
         where they differ from their defaults (so the keys of earlier studies hold)."""
         values = asdict(self)
         for name, default in (("train_depthwise", True), ("augment_on", "auto"), ("freeze_stages", 0),
-                              ("budget_ratio", 0.0)):
+                              ("budget_ratio", 0.0), ("source_size", 0)):
             if values[name] == default:
                 values.pop(name)
         return values
@@ -170,7 +173,8 @@ def multitask_loss(logits: dict[str, torch.Tensor], targets: torch.Tensor, tasks
 def model_card(model: MultiTaskNet, taxonomy: Taxonomy, config: TrainConfig) -> dict:
     """What `model.json` holds: enough to rebuild the model and decode its outputs without the run."""
     return {"model": asdict(model.config) | {"weights": "none"}, "pretrained": model.pretrained,
-            "image_size": config.image_size, "mean": list(model.mean), "std": list(model.std),
+            "image_size": config.image_size, "source_size": config.source_size, "mean": list(model.mean),
+            "std": list(model.std),
             "classes": {t: taxonomy.task(t).codes for t in model.task_names},
             "taxonomy": taxonomy.source if taxonomy.source.startswith("celadon:")
             else str(Path(taxonomy.source).resolve())}
@@ -210,7 +214,8 @@ class Trainer:
         if len(self.train_manifest) == 0 or len(self.val_manifest) == 0:
             raise CeladonError(f"{config.splits}: needs train and val rows (has {len(self.train_manifest)} train, "
                                f"{len(self.val_manifest)} val)")
-        cache = ImageCache(default_cache_dir(config.cache_dir), cache_resolution(config.image_size))
+        cache = ImageCache(default_cache_dir(config.cache_dir), cache_resolution(config.image_size),
+                           config.source_size)
         real = prepare_samples(self.train_manifest, self.tasks, cache, progress=progress)
         parts, n_synthetic = [real], 0
         if config.synthetic and config.synthetic_ratio > 0:

@@ -154,6 +154,15 @@ def perceptual_hash(img: Image.Image) -> int:
     return int(str(imagehash.phash(img)), 16)
 
 
+def prepare_square(img: Image.Image, size: int, source_size: int = 0) -> np.ndarray:
+    """The one way a classifier's images are sized: with `source_size`, first to that square (the resolution
+    synthetic images are generated at), then to `size`, so real photos and synthetic images reach the network
+    from the same resolution through the same resize; without it, straight to `size`."""
+    if source_size:
+        img = Image.fromarray(resize_square(img, source_size))
+    return resize_square(img, size)
+
+
 def resize_square(img: Image.Image, size: int) -> np.ndarray:
     """Shorter side to `size`, centre crop to a square: what every later crop starts from."""
     scale = size / min(img.size)

@@ -59,7 +59,7 @@ def evaluate_model(config: EvaluateConfig, progress: bool = True) -> dict:
         raise CeladonError(f"{config.splits}: no rows in split {config.split!r}")
     train = manifest.subset(manifest.frame["split"] == "train")
     tasks = loaded.model.task_names
-    cache = ImageCache(default_cache_dir(config.cache_dir), cache_resolution(loaded.image_size))
+    cache = ImageCache(default_cache_dir(config.cache_dir), cache_resolution(loaded.image_size), loaded.source_size)
     samples = prepare_samples(part, tasks, cache, progress=progress)
     logits = predict_logits(loaded.model, CachedDataset(cache.array(), samples, eval_transform(loaded.image_size)),
                             config.batch_size, device)

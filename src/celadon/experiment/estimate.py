@@ -68,7 +68,7 @@ def study_workload(config: StudyConfig, train: int, val: int, test: int, train_r
     import dataclasses
     import tempfile
 
-    from celadon.experiment.runner import plan_study
+    from celadon.experiment.study import plan_study
 
     with tempfile.TemporaryDirectory(prefix="celadon-estimate-") as nowhere:  # nothing there: every stage to run
         stages, _ = plan_study(dataclasses.replace(config, out=str(Path(nowhere) / "study")))

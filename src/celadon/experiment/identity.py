@@ -43,7 +43,8 @@ RUNNER_SETS: dict[str, RunnerSets] = {
                               study=("out",)),
     "AugmentConfig": RunnerSets(inputs=("splits", "taxonomy"), study=("out",)),
     "TrainConfig": RunnerSets(inputs=("splits", "synthetic", "taxonomy"),
-                              values=("seed", "synthetic_ratio", "synthetic_tasks", "budget_ratio", "log_tensorboard"),
+                              values=("seed", "synthetic_ratio", "synthetic_tasks", "budget_ratio", "source_size",
+                                      "log_tensorboard"),
                               study=("out", "cache_dir", "threads", "device")),
     # an evaluation reads the taxonomy of the model it evaluates: None here, and so in the key
     "EvaluateConfig": RunnerSets(inputs=("model_dir", "splits"), values=("split", "taxonomy"),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from celadon.experiment.config import Arm, StudyConfig
 from celadon.experiment.identity import check_runner_sets, key_settings
 from celadon.experiment.jobs import TrainingJob, job_count, run_trainings
 from celadon.experiment.stages import Stage, StageRunner
-from celadon.runinfo import atomic_write_text, write_json, write_run_info
+from celadon.runinfo import atomic_write_text, write_run_info
 from celadon.synth.pipeline import model_fingerprint
 from celadon.taxonomy import Taxonomy, load_taxonomy
 
@@ -187,10 +186,32 @@ class Study:
                       synthetic_ratio=arm.ratio if synthetic and arm else 0.0,
                       synthetic_tasks=arm.tasks if synthetic and arm else None,
                       budget_ratio=max((a.ratio for a in self.config.arms if a.plan), default=0.0),
+                      source_size=self._source_size,
                       threads=self.config.threads, device=self.config.device, log_tensorboard=False)
         # the taxonomy is in the data stage's key
         settings = key_settings(config, config.key_settings())
         return TrainingJob(config, settings, inputs + ([synthetic] if synthetic else []), label, seed)
+
+    @functools.cached_property
+    def _source_size(self) -> int:
+        """The square size every classifier image passes through: the arms' generators' resolution (the
+        smallest), when the study trains on synthetic images; 0 when it does not."""
+        from celadon.errors import CeladonError
+        from celadon.synth.pipeline import resolve_profile
+
+        s = self.config.synthesis
+        sizes = []
+        for arm in (a for a in self.config.arms if a.plan):
+            size = int((s.generate | s.generators[arm.generator]).get("resolution") or 0)
+            if not size:
+                try:
+                    size = resolve_profile(s.model).resolution
+                except CeladonError:
+                    if not self.dry_run:
+                        raise
+                    size = 512  # a plan without the weights: SD 1.5's own
+            sizes.append(size)
+        return min(sizes, default=0)
 
     def train_all(self, jobs: list[TrainingJob], split: str = "test") -> list[tuple[Stage, Stage]]:
         """Train (or reuse) classifiers, several at once where that is faster (`jobs`), and evaluate each on
@@ -387,33 +408,3 @@ class Study:
                                                self.config.seeds[0], self.config.taxonomy,
                                                device=self.config.device))},
             "t-SNE real vs synthetic")
-
-
-def plan_study(config: StudyConfig) -> tuple[list[Stage], list[str]]:
-    """What `config` would run, stage by stage, without running or writing anything: (stages, notes)."""
-    study = Study(config, progress=False, dry_run=True)
-    study.run()
-    return study.stages.plan(), study.notes
-
-
-def execute_study(config: StudyConfig, progress: bool = True) -> Path:
-    """Run (or resume) every stage, then write results and the report; returns report.html."""
-    from celadon.device import resolve_device
-    from celadon.experiment.results import collect_results
-    from celadon.report.html import write_report
-
-    for device in (config.device, *config.devices, *config.synthesis.generate.get("devices", ())):
-        resolve_device(device)  # a missing GPU stops the study before its first stage, not after
-    began = time.perf_counter()
-    experiment = Study(config, progress)
-    runs = experiment.run()
-    results = collect_results(runs)
-    results["stages"] = [{"stage": s.label, "folder": s.path.name, "reused": s.reused, "seconds": round(s.seconds, 1)}
-                         for s in experiment.stages.history]
-    results["wall_seconds"] = round(time.perf_counter() - began, 1)  # less than the stages' sum: trainings overlap
-    write_json(Path(config.out) / "results.json", results)
-    report = write_report(results, config.out)
-    print(f"study finished in {time.perf_counter() - began:.0f} s; "
-          f"{len(experiment.stages.ran())} stages ran, {len(experiment.stages.history) - len(experiment.stages.ran())} "
-          "reused")
-    return report

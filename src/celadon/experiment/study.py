@@ -1,13 +1,16 @@
 """`celadon run CONFIG` and `celadon demo` (the `demo` preset): the whole study from a config, with the wall
-time of every stage and the results table at the end."""
+time of every stage and the results table at the end; `--dry-run` prints its plan instead (`plan_study`)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
-from celadon.experiment.config import load_study
-from celadon.experiment.runner import execute_study, plan_study
+from celadon.experiment.config import StudyConfig, load_study
+from celadon.experiment.runner import Study
+from celadon.experiment.stages import Stage
+from celadon.runinfo import write_json
 
 
 def run_study(source: str, overrides: dict[str, Any] | None = None, settings: list[str] | None = None,
@@ -17,6 +20,35 @@ def run_study(source: str, overrides: dict[str, Any] | None = None, settings: li
     report = execute_study(config, progress)
     print_summary(Path(config.out))
     print(f"\nreport: {report.resolve()}")
+    return report
+
+
+def plan_study(config: StudyConfig) -> tuple[list[Stage], list[str]]:
+    """What `config` would run, stage by stage, without running or writing anything: (stages, notes)."""
+    study = Study(config, progress=False, dry_run=True)
+    study.run()
+    return study.stages.plan(), study.notes
+
+
+def execute_study(config: StudyConfig, progress: bool = True) -> Path:
+    """Run (or resume) every stage, then write results and the report; returns report.html."""
+    from celadon.device import resolve_device
+    from celadon.experiment.results import collect_results
+    from celadon.report.html import write_report
+
+    for device in (config.device, *config.devices, *config.synthesis.generate.get("devices", ())):
+        resolve_device(device)  # a missing GPU stops the study before its first stage, not after
+    began = time.perf_counter()
+    study = Study(config, progress)
+    runs = study.run()
+    results = collect_results(runs)
+    results["stages"] = [{"stage": s.label, "folder": s.path.name, "reused": s.reused, "seconds": round(s.seconds, 1)}
+                         for s in study.stages.history]
+    results["wall_seconds"] = round(time.perf_counter() - began, 1)  # less than the stages' sum: trainings overlap
+    write_json(Path(config.out) / "results.json", results)
+    report = write_report(results, config.out)
+    print(f"study finished in {time.perf_counter() - began:.0f} s; "
+          f"{len(study.stages.ran())} stages ran, {len(study.stages.history) - len(study.stages.ran())} reused")
     return report
 
 
