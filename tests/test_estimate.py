@@ -49,14 +49,15 @@ def test_a_study_without_synthesis_still_trains_its_reference_first_and_needs_no
 
 def test_the_demo_workload_shares_the_reference_and_counts_img2img_and_the_sweep_by_steps():
     work = study_workload(load_study("demo"), 1729, 500, 271)
-    assert len(work.trainings) == 12  # 4 arms x 3 seeds; the reference is baseline seed 0
+    assert len(work.trainings) == 15  # 5 arms x 3 seeds; the reference is baseline seed 0
     explicit = load_study("demo").classifier | {"grad_clip": 1.0}  # a default, spelled out
     spelled_out = load_study("demo", {}, [f"synthesis.reference={explicit}"])
-    assert len(study_workload(spelled_out, 1729, 500, 271).trainings) == 12  # same resolved settings, same key
+    assert len(study_workload(spelled_out, 1729, 500, 271).trainings) == 15  # same resolved settings, same key
     assert work.lora_steps == 600 and work.lora_grid_images == 8 * 6
     a, b = round(1729 * 5 / 95), round(1729 * 10 / 90)
     assert work.generated == {"A/img2img": (a, 10), "A/lora": (a, 20), "A/vanilla": (a, 20), "B/img2img": (b, 10),
-                              "B/lora": (b, 20), "A/img2img@0.3": (a, 6), "A/img2img@0.7": (a, 14)}  # 0.5: reused
+                              "B/lora": (b, 20), "A/img2img@0.3": (a, 6), "A/img2img@0.7": (a, 14),  # 0.5: reused
+                              "A/oracle": (a, 0), "A/replay": (a, 0), "B/oracle": (b, 0), "B/replay": (b, 0)}
 
 
 def test_the_paper_preset_generates_table_5s_dataset_sizes_whatever_the_catalogue():

@@ -77,7 +77,7 @@ def study_workload(config: StudyConfig, train: int, val: int, test: int, train_r
 
 def workload_of(stages: list, train: int, val: int, test: int, rows: int) -> Workload:
     """The work of a study's planned stages (`runner.plan_study`) on a split of these sizes."""
-    from celadon.synth.generate import GenerateConfig
+    from celadon.synth.generate import GENERATORS, GenerateConfig
     from celadon.synth.lora import GRID_PROMPTS, LoraConfig
     from celadon.synth.plan import PlanConfig, plan_total
 
@@ -102,8 +102,9 @@ def workload_of(stages: list, train: int, val: int, test: int, rows: int) -> Wor
         elif stage.kind == "generate":
             plan = by_name[next(name for name in stage.inputs if name.startswith("plan-"))]
             size = plan_total(build(PlanConfig, dict(plan.settings), "PlanConfig"), train)
-            steps = int(settings.get("steps", GenerateConfig.steps))
-            if settings.get("generator") == "img2img":
+            method = GENERATORS[settings.get("generator", GenerateConfig.generator)]
+            steps = int(settings.get("steps", GenerateConfig.steps)) if method.uses_pipeline else 0  # controls
+            if "strength" in method.settings:
                 steps = int(float(settings.get("strength", GenerateConfig.strength)) * steps)
             work.generated[stage.label.removeprefix("generate ")] = size, steps
     return work

@@ -80,6 +80,15 @@ def check_runner_sets(cls: type, owned: dict) -> None:
                              "celadon.experiment.identity.RUNNER_SETS")
 
 
+def make(cls, overrides: dict[str, Any], **owned: Any):
+    """A stage config from YAML overrides plus what the runner sets (declared in `identity.RUNNER_SETS`, which
+    `check_overrides` refused in the config), built as the CLI builds it."""
+    from celadon.settings import build
+
+    check_runner_sets(cls, owned)
+    return build(cls, dict(overrides) | owned, cls.__name__)
+
+
 def key_settings(config: Any, values: dict | None = None, drop: tuple[str, ...] = ()) -> dict:
     """A stage config as its stage key reads it: its fields (or `values`, the config's own view of them, e.g.
     `TrainConfig.key_settings()`) minus execution fields, the input paths that the input stages' keys already

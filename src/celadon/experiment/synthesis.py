@@ -1,0 +1,136 @@
+"""The synthesis part of a study's stage graph: selection, captions, LoRA, plans, generation (each arm's generator,
+every generator on the compare plan, the strength sweep), QC and curation, and `synthesis.replicates`.
+
+A mixin of `runner.Study`, which provides the stage runner, the config and the stages this part reads (the
+split, the training pool, the reference and its validation evaluation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from celadon.experiment.identity import key_settings, make
+from celadon.experiment.stages import Stage
+from celadon.synth.pipeline import model_fingerprint
+
+if TYPE_CHECKING:
+    from celadon.experiment.runner import Runs
+
+
+class SynthesisStages:
+    def synthesis(self, runs: Runs) -> None:
+        from celadon.data.manifest import read_manifest
+        from celadon.synth.captions import write_lora_folder
+        from celadon.synth.lora import LoraConfig, train_lora
+        from celadon.synth.plan import PlanConfig, run_plan
+        from celadon.synth.select import SelectConfig, run_select
+
+        s = self.config.synthesis
+        taxonomy = self.taxonomy
+        metrics = str(runs.reference_eval.path / "metrics.json")
+        roles = {"key": taxonomy.combination, "confusion_task": taxonomy.confusion}  # what the stage will use
+        select = make(SelectConfig, roles | s.select, metrics=metrics, manifest=str(self.train_table),
+                      taxonomy=self.config.taxonomy)
+        runs.selection = self.stages.run(
+            "select", key_settings(select), [*self.pool, runs.reference_eval],
+            lambda p: {"table": str(run_select(read_manifest(self.train_table, taxonomy), p,
+                                               dataclasses.replace(select, out=str(p)))[0])},
+            "select LoRA training set")
+        caption = self.stages.run("caption", {}, [runs.selection], lambda p: {"folder": str(write_lora_folder(
+            read_manifest(runs.selection.info["table"], taxonomy), p, progress=self.progress,
+            taxonomy=self.config.taxonomy).parent)}, "caption LoRA training set")
+        lora = make(LoraConfig, s.lora, model=s.model, threads=self.config.threads, device=self.config.device)
+        model = {"model": s.model, "weights": self._model_weights(s.model)}  # a rebuilt model redoes synthesis
+        runs.lora = self.stages.run("lora", key_settings(lora) | model, [caption],
+                                    lambda p: {"folder": str(train_lora(dataclasses.replace(
+                                        lora, data=caption.info["folder"], out=str(p)), progress=self.progress))},
+                                    "train LoRA")
+        wanted = {(arm.plan, arm.generator) for arm in self.config.arms if arm.plan}
+        if s.compare_plan:
+            wanted |= {(s.compare_plan, generator) for generator in s.generators}
+        for name in sorted({plan for plan, _ in wanted}):
+            plan = make(PlanConfig, {"confusion_task": taxonomy.confusion} | s.plans[name], metrics=metrics,
+                        manifest=runs.split.info["splits"], taxonomy=self.config.taxonomy)
+            runs.plans[name] = self.stages.run(
+                "plan", key_settings(plan), [runs.split, runs.reference_eval],
+                lambda p, plan=plan: {"table": str(run_plan(read_manifest(plan.manifest, taxonomy), p,
+                                                            dataclasses.replace(plan, out=str(p)))[0])},
+                f"plan {name}")
+        # The same validation evaluation tells QC which classes the judge can tell apart.
+        judge = runs.reference_eval if s.qc.get("judge_min_recall") else None
+        for name, generator in sorted(wanted):
+            key = f"{name}/{generator}"
+            runs.generations[key] = self._generate(key, runs.plans[name], s.generators[generator], runs, model)
+            runs.qc[key] = self._qc(key, runs.generations[key], runs, judge)
+        for strength in s.sweep.get("strengths", []):  # Table 6's sweep: one generator at several strengths
+            key = f"{s.compare_plan}/{s.sweep['generator']}@{strength}"
+            spec = s.generators[s.sweep["generator"]] | {"strength": float(strength)}
+            runs.sweep[float(strength)] = self._qc(key, self._generate(key, runs.plans[s.compare_plan], spec, runs,
+                                                                       model), runs, judge)
+
+    def _model_weights(self, model: str) -> str:
+        from celadon.errors import CeladonError
+
+        try:
+            return model_fingerprint(model)
+        except CeladonError as exc:
+            if not self.dry_run:
+                raise
+            self.notes.append(f"synthesis.model: {exc}; a run would stop here")
+            return "missing"
+
+    def _generate(self, label: str, plan: Stage, spec: dict, runs: Runs, model: dict) -> Stage:
+        """One named generator (synthesis.generators) on one plan; img2img also reads the split's photos."""
+        from celadon.synth.generate import GenerateConfig, generate, generator_settings, get_generator
+
+        s = self.config.synthesis
+        method = get_generator((s.generate | spec).get("generator", GenerateConfig.generator))
+        lora = runs.lora if spec.get("lora", True) and method.uses_pipeline else None
+        model = model if method.uses_pipeline else {}  # the controls load no model
+        config = make(GenerateConfig, s.generate | {k: v for k, v in spec.items() if k != "lora"}, model=s.model,
+                      plan=plan.info["table"], lora=str(lora.path) if lora else None, threads=self.config.threads,
+                      device=self.config.device,
+                      real=runs.split.info["splits"], taxonomy=self.config.taxonomy)
+        sources = [runs.split] if method.needs_sources else []
+        settings = key_settings(config, generator_settings(config)) | model
+        return self.stages.run("generate", settings, [plan] + ([lora] if lora else []) + sources, lambda p: {
+            "table": str(generate(dataclasses.replace(config, out=str(p)), progress=self.progress))},
+            f"generate {label}")
+
+    def _qc(self, label: str, generation: Stage, runs: Runs, judge: Stage | None) -> Stage:
+        from celadon.synth.qc import QCConfig, run_qc
+
+        config = make(QCConfig, {"fidelity_tasks": self.taxonomy.combination} | self.config.synthesis.qc,
+                      table=generation.info["table"],
+                      real=runs.split.info["splits"], model_dir=str(runs.reference.path), taxonomy=self.config.taxonomy,
+                      device=self.config.device,
+                      judge_metrics=str(judge.path / "metrics.json") if judge else None)
+
+        def work(path: Path) -> dict:
+            summary = run_qc(dataclasses.replace(config, out=str(path)), progress=self.progress)
+            return {"table": str(path / "qc.csv"), "generation": str(generation.path),
+                    "pass_rate": summary["pass_rate"], "n_pass": summary["n_pass"]}
+
+        unused = () if config.task_masks else ("task_masks",)  # absent when off: keys stay as they were
+        return self.stages.run("qc", key_settings(config, drop=unused),
+                               [generation, runs.split, runs.reference] + ([judge] if judge else []), work,
+                               f"QC {label}")
+
+    def _curate(self, label: str, qc: Stage) -> Stage:
+        """QC verdicts + review decisions -> accepted.csv. The decisions are part of the key: an image rejected
+        in `celadon review serve` since redoes this stage, then the trainings of the arms that use it."""
+        from celadon.review.store import rejected_items
+        from celadon.synth.curate import CurateConfig, curate
+
+        generation = qc.info["generation"]
+        rejected = sorted(rejected_items(generation))
+        config = CurateConfig(qc=qc.info["table"], generation=generation, taxonomy=self.config.taxonomy)
+
+        def work(path: Path) -> dict:
+            table = curate(dataclasses.replace(config, out=str(path)))
+            return {"table": str(table), "n_accepted": json.loads((path / "curate.json").read_text())["accepted"]}
+
+        return self.stages.run("curate", {"review_rejected": rejected}, [qc], work, f"curate {label}")
