@@ -524,3 +524,27 @@ def test_the_dry_run_plans_exactly_the_stages_a_run_makes_and_writes_nothing(stu
     out = capsys.readouterr().out
     assert "4 classifier trainings" in out  # the arms retrain (2 x 2); the reference has its own settings
     assert sorted(p.name for p in (study / "out").rglob("*")) == before
+
+
+def test_synthesis_replicates_draw_their_own_lora_and_images_and_the_arms_seeds_cycle_over_them(tmp_path):
+    from celadon.experiment.study import plan_study
+
+    config = load_study(_write(tmp_path / "s.yaml", SMALL | {"out": str(tmp_path / "out"), "seeds": [0, 1, 2]}),
+                        {}, ["synthesis.replicates=2"])
+    stages, _ = plan_study(config)
+    by_label = {s.label: s for s in stages}
+    loras = [s for s in stages if s.kind == "lora"]
+    assert [s.label for s in loras] == ["train LoRA", "train LoRA#1"] and loras[0].key != loras[1].key
+    assert loras[1].settings["seed"] == loras[0].settings["seed"] + 1
+    plans = {s.label: s for s in stages if s.kind == "plan"}
+    assert set(plans) == {"plan A", "plan A#1"} and plans["plan A#1"].settings["seed"] == 1
+    # Table 6 (every generator on the compare plan) and the t-SNE read replicate 0 only
+    assert "generate A/vanilla#1" not in by_label and "generate A/lora#1" in by_label
+    assert f"generate-{by_label['generate A/lora'].key}" in by_label["t-SNE real vs synthetic"].inputs
+    assert f"generate-{by_label['generate A/lora#1'].key}" not in by_label["t-SNE real vs synthetic"].inputs
+    curated = {s.label: f"curate-{s.key}" for s in stages if s.kind == "curate"}
+    trained = [by_label[f"train A (seed {seed})"].inputs for seed in (0, 1, 2)]
+    assert [curated["curate A/lora"] in t for t in trained] == [True, False, True]  # seeds cycle: 0, 1, 0
+    assert curated["curate A/lora#1"] in trained[1]
+    with pytest.raises(CeladonError, match="synthesis.replicates: at least 1"):
+        load_study(tmp_path / "s.yaml", {}, ["synthesis.replicates=0"])

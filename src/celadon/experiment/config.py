@@ -50,6 +50,9 @@ class SynthesisConfig:
     # The model whose confusion pairs steer selection and plans and which judges label fidelity in QC.
     # Its own settings, so changing the arms' classifier does not redo synthesis; {} = the classifier's.
     reference: dict[str, Any] = field(default_factory=dict)
+    # Synthesis replicates: K LoRAs and image sets (LoRA and plan seeds shifted by 0..K-1); an arm's seeds cycle
+    # over them, so its interval covers the generator's variance too (Table 6 and the sweep read replicate 0)
+    replicates: int = 1
 
 
 @dataclass
@@ -185,6 +188,8 @@ def check_overrides(config: StudyConfig) -> None:
     if s.compare_plan is not None and s.compare_plan not in s.plans:
         raise CeladonError(f"synthesis.compare_plan: {s.compare_plan!r} is not in synthesis.plans")
     _check_generators(s)
+    if s.replicates < 1:
+        raise CeladonError(f"synthesis.replicates: at least 1, got {s.replicates}")
     oracles = [name for name, spec in s.generators.items() if (s.generate | spec).get("generator") == "oracle"]
     if oracles and config.manifest:
         raise CeladonError(f"synthesis.generators.{oracles[0]}: the oracle draws the embedded collection; a study of "

@@ -18,7 +18,7 @@ from celadon.experiment.config import Arm, StudyConfig
 from celadon.experiment.identity import key_settings, make
 from celadon.experiment.jobs import TrainingJob, job_count, run_trainings
 from celadon.experiment.stages import Stage, StageRunner
-from celadon.experiment.synthesis import SynthesisStages
+from celadon.experiment.synthesis import SynthesisStages, replicate_suffix
 from celadon.runinfo import atomic_write_text, write_run_info
 from celadon.taxonomy import Taxonomy, load_taxonomy
 
@@ -35,7 +35,8 @@ class Runs:
     reference: Stage
     reference_eval: Stage
     selection: Stage | None = None
-    lora: Stage | None = None
+    lora: Stage | None = None  # replicate 0's (Table 6, the sweep, the report's samples)
+    loras: dict[int, Stage] = dataclasses.field(default_factory=dict)  # per synthesis replicate
     plans: dict[str, Stage] = dataclasses.field(default_factory=dict)
     generations: dict[str, Stage] = dataclasses.field(default_factory=dict)  # "B/lora", "B/vanilla"
     qc: dict[str, Stage] = dataclasses.field(default_factory=dict)
@@ -254,18 +255,23 @@ class Study(SynthesisStages):
             self.synthesis(runs)
         jobs: list[tuple[tuple[str, int], TrainingJob]] = []  # every arm x seed, trained together at the end
         for arm in config.arms:
-            key = f"{arm.plan}/{arm.generator}"
-            if arm.plan and key not in runs.curated:
-                runs.curated[key] = self._curate(key, runs.qc[key])
-            synthetic = runs.curated[key] if arm.plan else None
-            if synthetic is not None and not synthetic.info.get("n_accepted"):
+            curated: dict[int, Stage] = {}  # per synthesis replicate; the arm's seeds cycle over them
+            for replicate in range(config.synthesis.replicates if arm.plan else 0):
+                key = f"{arm.plan}/{arm.generator}{replicate_suffix(replicate)}"
+                if key not in runs.curated:
+                    runs.curated[key] = self._curate(key, runs.qc[key])
+                curated[replicate] = runs.curated[key]
+            empty = [r for r, stage in curated.items() if not stage.info.get("n_accepted")]
+            if empty:
+                key = f"{arm.plan}/{arm.generator}{replicate_suffix(empty[0])}"
                 runs.skipped[arm.name] = f"no image of {key} passed QC and review"
                 print(f"arm {arm.name}: skipped, {runs.skipped[arm.name]}")
                 continue
-            if synthetic is not None and arm.plan not in runs.imbalance:
-                runs.imbalance[arm.plan] = self.imbalance(arm.plan, split, synthetic)
-            jobs += [((arm.name, seed), self.training(arm.name, config.classifier, seed, self.pool, synthetic, arm))
-                     for seed in config.seeds]
+            if curated and arm.plan not in runs.imbalance:
+                runs.imbalance[arm.plan] = self.imbalance(arm.plan, split, curated[0])
+            jobs += [((arm.name, seed), self.training(arm.name, config.classifier, seed, self.pool,
+                                                      curated[i % len(curated)] if curated else None, arm))
+                     for i, seed in enumerate(config.seeds)]
         for (key, _), (training, evaluation) in zip(jobs, self.train_all([job for _, job in jobs]), strict=True):
             runs.trainings[key], runs.evaluations[key] = training, evaluation
         if runs.qc:
@@ -275,9 +281,10 @@ class Study(SynthesisStages):
     def _tsne(self, runs: Runs) -> Stage:
         from celadon.evaluate.embeddings import tsne_real_vs_synthetic
 
-        sets = {key: stage.info["table"] for key, stage in runs.generations.items()}
+        first = {key: stage for key, stage in runs.generations.items() if "#" not in key}  # replicate 0's
+        sets = {key: stage.info["table"] for key, stage in first.items()}
         settings = {"per_set": self.config.tsne_per_set, "seed": self.config.seeds[0]}
-        return self.stages.run("tsne", settings, [runs.split, *runs.generations.values()], lambda p: {
+        return self.stages.run("tsne", settings, [runs.split, *first.values()], lambda p: {
             "plot": str(tsne_real_vs_synthetic(runs.split.info["splits"], sets, p, self.config.tsne_per_set,
                                                self.config.seeds[0], self.config.taxonomy,
                                                device=self.config.device))},

@@ -20,6 +20,11 @@ if TYPE_CHECKING:
     from celadon.experiment.runner import Runs
 
 
+def replicate_suffix(replicate: int) -> str:
+    """How a synthesis replicate's stages and keys are named: replicate 0 as without replicates, then "#1"..."""
+    return f"#{replicate}" if replicate else ""
+
+
 class SynthesisStages:
     def synthesis(self, runs: Runs) -> None:
         from celadon.data.manifest import read_manifest
@@ -44,32 +49,41 @@ class SynthesisStages:
             taxonomy=self.config.taxonomy).parent)}, "caption LoRA training set")
         lora = make(LoraConfig, s.lora, model=s.model, threads=self.config.threads, device=self.config.device)
         model = {"model": s.model, "weights": self._model_weights(s.model)}  # a rebuilt model redoes synthesis
-        runs.lora = self.stages.run("lora", key_settings(lora) | model, [caption],
-                                    lambda p: {"folder": str(train_lora(dataclasses.replace(
-                                        lora, data=caption.info["folder"], out=str(p)), progress=self.progress))},
-                                    "train LoRA")
         wanted = {(arm.plan, arm.generator) for arm in self.config.arms if arm.plan}
-        if s.compare_plan:
-            wanted |= {(s.compare_plan, generator) for generator in s.generators}
-        for name in sorted({plan for plan, _ in wanted}):
-            plan = make(PlanConfig, {"confusion_task": taxonomy.confusion} | s.plans[name], metrics=metrics,
-                        manifest=runs.split.info["splits"], taxonomy=self.config.taxonomy)
-            runs.plans[name] = self.stages.run(
-                "plan", key_settings(plan), [runs.split, runs.reference_eval],
-                lambda p, plan=plan: {"table": str(run_plan(read_manifest(plan.manifest, taxonomy), p,
-                                                            dataclasses.replace(plan, out=str(p)))[0])},
-                f"plan {name}")
+        compared = {(s.compare_plan, generator) for generator in s.generators} if s.compare_plan else set()
         # The same validation evaluation tells QC which classes the judge can tell apart.
         judge = runs.reference_eval if s.qc.get("judge_min_recall") else None
-        for name, generator in sorted(wanted):
-            key = f"{name}/{generator}"
-            runs.generations[key] = self._generate(key, runs.plans[name], s.generators[generator], runs, model)
-            runs.qc[key] = self._qc(key, runs.generations[key], runs, judge)
+        for replicate in range(s.replicates):
+            # replicate r: the LoRA and the plans' item seeds shifted by r; Table 6 and the sweep read replicate 0
+            suffix = replicate_suffix(replicate)
+            trained = dataclasses.replace(lora, seed=lora.seed + replicate)
+            runs.loras[replicate] = self.stages.run(
+                "lora", key_settings(trained) | model, [caption],
+                lambda p, trained=trained: {"folder": str(train_lora(dataclasses.replace(
+                    trained, data=caption.info["folder"], out=str(p)), progress=self.progress))},
+                f"train LoRA{suffix}")
+            pairs = wanted | (compared if replicate == 0 else set())
+            for name in sorted({plan for plan, _ in pairs}):
+                settings = {"confusion_task": taxonomy.confusion} | s.plans[name]
+                plan = make(PlanConfig, settings, metrics=metrics, manifest=runs.split.info["splits"],
+                            taxonomy=self.config.taxonomy)
+                plan = dataclasses.replace(plan, seed=plan.seed + replicate)
+                runs.plans[name + suffix] = self.stages.run(
+                    "plan", key_settings(plan), [runs.split, runs.reference_eval],
+                    lambda p, plan=plan: {"table": str(run_plan(read_manifest(plan.manifest, taxonomy), p,
+                                                                dataclasses.replace(plan, out=str(p)))[0])},
+                    f"plan {name}{suffix}")
+            for name, generator in sorted(pairs):
+                key = f"{name}/{generator}{suffix}"
+                runs.generations[key] = self._generate(key, runs.plans[name + suffix], s.generators[generator],
+                                                       runs, model, runs.loras[replicate])
+                runs.qc[key] = self._qc(key, runs.generations[key], runs, judge)
+        runs.lora = runs.loras[0]
         for strength in s.sweep.get("strengths", []):  # Table 6's sweep: one generator at several strengths
             key = f"{s.compare_plan}/{s.sweep['generator']}@{strength}"
             spec = s.generators[s.sweep["generator"]] | {"strength": float(strength)}
             runs.sweep[float(strength)] = self._qc(key, self._generate(key, runs.plans[s.compare_plan], spec, runs,
-                                                                       model), runs, judge)
+                                                                       model, runs.lora), runs, judge)
 
     def _model_weights(self, model: str) -> str:
         from celadon.errors import CeladonError
@@ -82,13 +96,13 @@ class SynthesisStages:
             self.notes.append(f"synthesis.model: {exc}; a run would stop here")
             return "missing"
 
-    def _generate(self, label: str, plan: Stage, spec: dict, runs: Runs, model: dict) -> Stage:
+    def _generate(self, label: str, plan: Stage, spec: dict, runs: Runs, model: dict, trained: Stage) -> Stage:
         """One named generator (synthesis.generators) on one plan; img2img also reads the split's photos."""
         from celadon.synth.generate import GenerateConfig, generate, generator_settings, get_generator
 
         s = self.config.synthesis
         method = get_generator((s.generate | spec).get("generator", GenerateConfig.generator))
-        lora = runs.lora if spec.get("lora", True) and method.uses_pipeline else None
+        lora = trained if spec.get("lora", True) and method.uses_pipeline else None
         model = model if method.uses_pipeline else {}  # the controls load no model
         config = make(GenerateConfig, s.generate | {k: v for k, v in spec.items() if k != "lora"}, model=s.model,
                       plan=plan.info["table"], lora=str(lora.path) if lora else None, threads=self.config.threads,
