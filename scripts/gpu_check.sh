@@ -83,6 +83,10 @@ print(','.join(str(rows.count(s)) for s in ('train', 'val', 'test')))" "$SPLIT")
   step estimate-demo 30 "${CELADON[@]}" bench estimate demo --images "$IMAGES" --train "$OUT/bench-train-64.json" \
     --lora "$OUT/bench-lora-tiny.json" --generate "$OUT/bench-generate-tiny.json" --gpus 1,4 --quiet
 fi
+# the confirmatory preset on its own render's split sizes (the demo's render size: about the demo's split)
+[ -n "${IMAGES:-}" ] && step estimate-confirm 30 "${CELADON[@]}" bench estimate confirm --images "$IMAGES" \
+  --train "$OUT/bench-train-64.json" --lora "$OUT/bench-lora-tiny.json" --generate "$OUT/bench-generate-tiny.json" \
+  --gpus 1,8 --quiet
 step estimate-paper 30 "${CELADON[@]}" bench estimate paper --images 5068,1392,801 --train-rows 25877 \
   --train "$OUT/bench-train-224.json" --lora "$OUT/bench-lora-sd15.json" --generate "$OUT/bench-generate-sd15.json" \
   --gpus 1,8 --quiet

@@ -112,3 +112,22 @@ def test_a_missing_rate_the_study_needs_is_a_one_line_error():
     work = study_workload(load_study("demo"), 1729, 500, 271)
     with pytest.raises(CeladonError, match="bench lora --json"):
         estimate(work, _rates(lora=0.0), 1)
+
+
+def test_the_confirmatory_preset_is_fresh_large_and_controlled_and_priced_from_its_plan():
+    from celadon.experiment.config import resolve_config_path
+
+    config = load_study("confirm")
+    text = resolve_config_path("confirm").read_text(encoding="utf-8")
+    assert "NO SETTING HERE MAY BE TUNED ON ITS RESULTS" in text
+    assert len(config.seeds) >= 10 and config.synthesis.replicates >= 2
+    assert config.embedded["seed"] != load_study("demo").embedded["seed"]
+    assert config.split["seed"] != load_study("demo").split["seed"]
+    generators = {arm.generator for arm in config.arms if arm.plan}
+    assert {"lora", "oracle", "replay"} <= generators and config.arms[0].plan is None
+    work = study_workload(config, 1729, 500, 271)
+    assert len(work.trainings) == 5 * 10  # 5 arms x 10 seeds, the reference shared with the baseline's seed 0
+    assert work.lora_steps == 2 * 600  # one LoRA per replicate
+    b = round(1729 * 10 / 90)
+    assert work.generated["B/lora"] == work.generated["B/lora#1"] == (b, 20)
+    assert work.generated["B/oracle#1"] == (b, 0)  # a control draws no denoising step

@@ -96,9 +96,10 @@ def workload_of(stages: list, train: int, val: int, test: int, rows: int) -> Wor
             training = next(name for name in stage.inputs if name.startswith("train-"))
             work.evaluated[trainings[training]] += val if settings.get("split") == "val" else test
         elif stage.kind == "lora":
-            work.lora_steps = int(settings.get("steps", LoraConfig.steps))
+            steps = int(settings.get("steps", LoraConfig.steps))  # summed: one LoRA per synthesis replicate
             every = int(settings.get("checkpoint_every", LoraConfig.checkpoint_every))
-            work.lora_grid_images = 2 * GRID_PROMPTS * -(-work.lora_steps // every)
+            work.lora_steps += steps
+            work.lora_grid_images += 2 * GRID_PROMPTS * -(-steps // every)
         elif stage.kind == "generate":
             plan = by_name[next(name for name in stage.inputs if name.startswith("plan-"))]
             size = plan_total(build(PlanConfig, dict(plan.settings), "PlanConfig"), train)
