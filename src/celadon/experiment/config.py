@@ -50,6 +50,11 @@ class SynthesisConfig:
     # The model whose confusion pairs steer selection and plans and which judges label fidelity in QC.
     # Its own settings, so changing the arms' classifier does not redo synthesis; {} = the classifier's.
     reference: dict[str, Any] = field(default_factory=dict)
+    # Who reads synthetic images' labels (QC's gates and task masks, Table 6): "reference" (the reference
+    # classifier: it trained on the photos img2img starts from, so it is not independent) or "own_render"
+    # (embedded collections: a classifier trained on a render of its own, sharing no image; experiment/judge.py)
+    judge: str = "reference"
+    judge_render: dict[str, Any] = field(default_factory=dict)  # own_render: EmbeddedConfig overrides (seed, n)
     # Synthesis replicates: K LoRAs and image sets (LoRA and plan seeds shifted by 0..K-1); an arm's seeds cycle
     # over them, so its interval covers the generator's variance too (Table 6 and the sweep read replicate 0)
     replicates: int = 1
@@ -188,6 +193,14 @@ def check_overrides(config: StudyConfig) -> None:
     if s.compare_plan is not None and s.compare_plan not in s.plans:
         raise CeladonError(f"synthesis.compare_plan: {s.compare_plan!r} is not in synthesis.plans")
     _check_generators(s)
+    from celadon.experiment.judge import check_judge
+
+    check_judge(config)
+    if s.judge_render:
+        from celadon.data.embedded import EmbeddedConfig
+
+        _known(EmbeddedConfig, "synthesis.judge_render", s.judge_render)
+        check_types(EmbeddedConfig, s.judge_render, "synthesis.judge_render")
     if s.replicates < 1:
         raise CeladonError(f"synthesis.replicates: at least 1, got {s.replicates}")
     oracles = [name for name, spec in s.generators.items() if (s.generate | spec).get("generator") == "oracle"]

@@ -194,7 +194,7 @@ def table6(runs, qc_folders: dict[str, Path], plan_table: str | Path) -> dict:
 
     rows = {str(k): {n: None if pd.isna(v) else v for n, v in values.items()}  # a row some runs lack: None
             for k, values in compare_qc(qc_folders).to_dict("index").items()}
-    real = read_predictions(runs.reference_eval.path)
+    real = read_predictions(runs.judge_eval.path)
     plan = pd.read_csv(plan_table, dtype=str, keep_default_na=False)
     keys = [k for k in load_taxonomy(runs.config.taxonomy).combination if k in plan and k in real]
     items = {name: pd.read_csv(Path(folder) / "qc.csv", dtype=str, keep_default_na=False)
@@ -216,7 +216,7 @@ def table6(runs, qc_folders: dict[str, Path], plan_table: str | Path) -> dict:
         if any(counts.values()):
             rows[f"QC fails: {row.replace('_', ' ')}"] = counts
     # label fidelity is only as good as the judge: its top-1 on real validation photos
-    judge = _metrics(runs.reference_eval.path)["tasks"]
+    judge = _metrics(runs.judge_eval.path)["tasks"]
     return {"rows": rows, "judge_real_top1": {t: judge[t]["top1"] for t in judge}}
 
 
@@ -284,6 +284,10 @@ def collect_results(runs) -> dict:
                                         "counted_on": "real training originals (what the plans count)"},
                     "validation_curves": validation_curves(runs), "budgets": training_budgets(runs)}
     results["qc"] = {key: _json(stage.path / "qc_summary.json") for key, stage in runs.qc.items()}
+    if runs.judge_eval is not None:
+        from celadon.experiment.judge import describe_judge
+
+        results["judge"] = describe_judge(runs)
     results["curated"] = {key: _json(stage.path / "curate.json") for key, stage in runs.curated.items()}
     compare = runs.config.synthesis.compare_plan
     generators = {name: runs.qc[f"{compare}/{name}"].path for name in runs.config.synthesis.generators

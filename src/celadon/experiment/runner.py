@@ -17,6 +17,7 @@ import yaml
 from celadon.experiment.config import Arm, StudyConfig
 from celadon.experiment.identity import key_settings, make
 from celadon.experiment.jobs import TrainingJob, job_count, run_trainings
+from celadon.experiment.judge import JudgeStages
 from celadon.experiment.stages import Stage, StageRunner
 from celadon.experiment.synthesis import SynthesisStages, replicate_suffix
 from celadon.runinfo import atomic_write_text, write_run_info
@@ -35,6 +36,8 @@ class Runs:
     reference: Stage
     reference_eval: Stage
     selection: Stage | None = None
+    judge: Stage | None = None  # reads synthetic images' labels (QC, Table 6): the reference, or its own render's
+    judge_eval: Stage | None = None  # the judge on the study's validation photos
     lora: Stage | None = None  # replicate 0's (Table 6, the sweep, the report's samples)
     loras: dict[int, Stage] = dataclasses.field(default_factory=dict)  # per synthesis replicate
     plans: dict[str, Stage] = dataclasses.field(default_factory=dict)
@@ -49,7 +52,7 @@ class Runs:
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # arm -> why it was not trained
 
 
-class Study(SynthesisStages):
+class Study(SynthesisStages, JudgeStages):
     """The stage graph of one study. With `dry_run`, `run()` computes and writes nothing: every stage is reused
     when finished, else planned, and `stages.plan()` is what the study would do (`celadon run --dry-run`,
     `bench estimate`); `notes` says what a real run would refuse (a missing manifest or model)."""
@@ -166,11 +169,13 @@ class Study(SynthesisStages):
 
     # -- classifier ---------------------------------------------------------------------------------------
     def training(self, label: str, overrides: dict, seed: int, inputs: list[Stage], synthetic: Stage | None = None,
-                 arm: Arm | None = None) -> TrainingJob:
-        """One classifier's stage: its config (out set when it runs), key settings and inputs."""
+                 arm: Arm | None = None, splits: str | None = None) -> TrainingJob:
+        """One classifier's stage: its config (out set when it runs), key settings and inputs; `splits` another
+        split table than the study's training table (the judge's own render)."""
         from celadon.classify.train import TrainConfig
 
-        config = make(TrainConfig, overrides, splits=str(self.train_table), seed=seed, cache_dir=self.cache_dir,
+        config = make(TrainConfig, overrides, splits=splits or str(self.train_table), seed=seed,
+                      cache_dir=self.cache_dir,
                       taxonomy=self.config.taxonomy,
                       synthetic=synthetic.info["table"] if synthetic else None,
                       synthetic_ratio=arm.ratio if synthetic and arm else 0.0,
@@ -252,6 +257,7 @@ class Study(SynthesisStages):
         runs = Runs(config, self.out, data, split, self.train_table, reference, reference_eval)
         runs.imbalance["real"] = self.imbalance("real", split, None)
         if any(arm.plan for arm in config.arms) or config.synthesis.compare_plan:
+            runs.judge, runs.judge_eval = self.judge(runs)
             self.synthesis(runs)
         jobs: list[tuple[tuple[str, int], TrainingJob]] = []  # every arm x seed, trained together at the end
         for arm in config.arms:

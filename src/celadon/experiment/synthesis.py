@@ -52,7 +52,7 @@ class SynthesisStages:
         wanted = {(arm.plan, arm.generator) for arm in self.config.arms if arm.plan}
         compared = {(s.compare_plan, generator) for generator in s.generators} if s.compare_plan else set()
         # The same validation evaluation tells QC which classes the judge can tell apart.
-        judge = runs.reference_eval if s.qc.get("judge_min_recall") else None
+        judge = runs.judge_eval if s.qc.get("judge_min_recall") else None
         for replicate in range(s.replicates):
             # replicate r: the LoRA and the plans' item seeds shifted by r; Table 6 and the sweep read replicate 0
             suffix = replicate_suffix(replicate)
@@ -119,7 +119,7 @@ class SynthesisStages:
 
         config = make(QCConfig, {"fidelity_tasks": self.taxonomy.combination} | self.config.synthesis.qc,
                       table=generation.info["table"],
-                      real=runs.split.info["splits"], model_dir=str(runs.reference.path), taxonomy=self.config.taxonomy,
+                      real=runs.split.info["splits"], model_dir=str(runs.judge.path), taxonomy=self.config.taxonomy,
                       device=self.config.device,
                       judge_metrics=str(judge.path / "metrics.json") if judge else None)
 
@@ -130,7 +130,7 @@ class SynthesisStages:
 
         unused = () if config.task_masks else ("task_masks",)  # absent when off: keys stay as they were
         return self.stages.run("qc", key_settings(config, drop=unused),
-                               [generation, runs.split, runs.reference] + ([judge] if judge else []), work,
+                               [generation, runs.split, runs.judge] + ([judge] if judge else []), work,
                                f"QC {label}")
 
     def _curate(self, label: str, qc: Stage) -> Stage:

@@ -199,7 +199,12 @@ def _synthesis_section(results: dict, folder: Path) -> str:
         out += (f"<h3>Table 6: generators on the same plan, and the judge on real validation photos of the same "
                 f"{shown} combinations</h3>" + _fidelity_table(compare))
         judge = ", ".join(f"{t} {v:.0%}" for t, v in compare.get("judge_real_top1", {}).items())
-        out += (f"<p>Label fidelity is judged by the reference classifier, whose top-1 accuracy on real validation "
+        about = results.get("judge", {})
+        who = ("a classifier trained on a render of its own, which shares no image with the collection (an "
+               "independent judge)" if about.get("independent") else
+               "the reference classifier, which trained on the photos img2img starts from and the LoRA learns from "
+               "(not an independent judge: it reads re-rendered training photos more easily than new ones)")
+        out += (f"<p>Label fidelity is judged by {who}; its top-1 accuracy on real validation "
                 f"photos is {_e(judge)}. The <em>real photos</em> column is that judge on real validation photos of "
                 f"the plan's {shown} combinations, each combination weighted by its plan items (a plan favours "
                 "the rarest combinations, where a judge tends to read real photos worst): synthetic images as "

@@ -1,0 +1,95 @@
+"""Who reads synthetic images' labels (QC's gates and task masks, Table 6, the sweep): `synthesis.judge`.
+
+- `reference` (the default so far): the reference classifier. It trained on the real training photos, the very
+  photos img2img re-renders and the LoRA learns from, so it reads a near copy of its own training photo
+  better than an unseen validation photo of the same labels: it is *not* an independent judge, and results
+  say so.
+- `own_render` (embedded collections): a classifier trained on a render of its own, drawn by the same
+  procedural renderer with the collection's settings but its own seed (`judge_render` overrides them), so it
+  shares no image with the collection: none of the generators' sources, none of the LoRA's training photos.
+  It follows the collection's long tail, as the reference's training set does, so the two judges differ in
+  which photos they saw, not in what mix of labels: the difference in their readings is the bias the
+  independence removes. It is split and trained like the reference (its own validation photos stop it early)
+  and then read on the *study's* validation photos: the real-photo column of Table 6 and QC's per-class trust.
+
+A study of the user's own photos has no second render; cross-fitted judges are the way there (not yet built),
+and its results name the reference as a judge that is not independent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from celadon.errors import CeladonError
+from celadon.experiment.identity import key_settings, make
+from celadon.experiment.stages import Stage
+
+JUDGES = ("reference", "own_render")
+JUDGE_SEED_OFFSET = 7919  # the judge's render seed: the collection's plus this, unless judge_render sets one
+
+
+def check_judge(config) -> None:
+    """A one-line error for a judge the study cannot have."""
+    s = config.synthesis
+    if s.judge not in JUDGES:
+        raise CeladonError(f"synthesis.judge: {s.judge!r} is not one of {', '.join(JUDGES)}")
+    if s.judge_render and s.judge != "own_render":
+        raise CeladonError("synthesis.judge_render: applies to judge: own_render; remove it or set the judge")
+    if s.judge == "own_render" and config.manifest:
+        raise CeladonError("synthesis.judge: own_render draws a second embedded collection; a study of your own "
+                           "photos cannot (cross-fitted judges are not built yet): use judge: reference")
+
+
+def judge_render_config(config):
+    """The EmbeddedConfig of the judge's own render: the collection's settings, its own seed."""
+    from celadon.data.embedded import EmbeddedConfig
+
+    collection = make(EmbeddedConfig, config.embedded, workers=config.workers)
+    seed = collection.seed + JUDGE_SEED_OFFSET
+    return make(EmbeddedConfig, {**config.embedded, "seed": seed, **config.synthesis.judge_render},
+                workers=config.workers)
+
+
+class JudgeStages:
+    """A mixin of `runner.Study`: the judge's stages, or the reference when the study keeps it as judge."""
+
+    def judge(self, runs) -> tuple[Stage, Stage]:
+        """(the judge's training, its reading of the study's validation photos)."""
+        if self.config.synthesis.judge == "reference":
+            return runs.reference, runs.reference_eval
+        from celadon.data.embedded import make_demo
+        from celadon.data.split import SplitConfig, run_split
+
+        render = judge_render_config(self.config)
+        data = self.stages.run("data", key_settings(render) | self._taxonomy_key(), [], lambda p: {
+            "manifest": str(make_demo(p, render, progress=self.progress))}, "render the judge's own collection")
+        split = make(SplitConfig, dict(self.config.split or {}), manifest=data.info["manifest"],
+                     taxonomy=self.config.taxonomy)
+        split_stage = self.stages.run("split", split.key_settings(), [data], lambda p: {"splits": str(run_split(
+            split.manifest, self.taxonomy, p, dataclasses.replace(split, out=str(p)), progress=self.progress).path)},
+            "split the judge's collection")
+        settings = self.config.synthesis.reference or self.config.classifier
+        job = self.training("judge (own render)", settings, self.config.seeds[0], [split_stage],
+                            splits=split_stage.info["splits"])
+        [(training, evaluation)] = self.train_all([job], split="val")  # read on the study's validation photos
+        return training, evaluation
+
+
+def describe_judge(runs) -> dict:
+    """What results.json says of the judge: what it trained on, and its top-1 on the study's validation photos."""
+    import json
+
+    from celadon.evaluate.run import load_metrics
+
+    metrics = load_metrics(runs.judge_eval.path)
+    top1 = {task: values["top1"] for task, values in metrics["tasks"].items()}
+    if runs.config.synthesis.judge == "reference":
+        return {"kind": "reference", "independent": False, "validation_top1": top1,
+                "trained_on": "the study's real training photos: the photos img2img starts from and the LoRA "
+                              "learns from"}
+    stage = json.loads((runs.judge.path / "stage.json").read_text(encoding="utf-8"))
+    render = judge_render_config(runs.config)
+    return {"kind": "own_render", "independent": True, "validation_top1": top1,
+            "render": {"seed": render.seed, "n": render.n, "size": render.size}, "stage": runs.judge.path.name,
+            "trained_on": f"a render of its own (seed {render.seed}): no image of the collection",
+            "real_presentations": stage["summary"].get("real_presentations")}
