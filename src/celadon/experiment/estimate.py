@@ -104,7 +104,7 @@ def workload_of(stages: list, train: int, val: int, test: int, rows: int) -> Wor
             plan = by_name[next(name for name in stage.inputs if name.startswith("plan-"))]
             size = plan_total(build(PlanConfig, dict(plan.settings), "PlanConfig"), train)
             method = GENERATORS[settings.get("generator", GenerateConfig.generator)]
-            steps = int(settings.get("steps", GenerateConfig.steps)) if method.uses_pipeline else 0  # controls
+            steps = int(settings.get("steps", GenerateConfig.steps)) if method.denoises else 0  # the references
             if "strength" in method.settings:
                 steps = int(float(settings.get("strength", GenerateConfig.strength)) * steps)
             work.generated[stage.label.removeprefix("generate ")] = size, steps

@@ -12,7 +12,11 @@
   input, and not re-rendered (no VAE round trip). It is labelled with the *source's* labels, which are true,
   not the item's. An arm with it separates "new images" from "the same photos shown again".
 
-Both carry true labels by construction, so QC neither fails nor masks them on the judge's reading, and
+A third reference, `roundtrip`, is a do-nothing generator for img2img: each item's source photo through the
+model's VAE (encode, decode) with no denoising, labelled with the item's *intended* labels as img2img's
+images are. What img2img keeps of a label beyond this is what its denoising adds.
+
+Oracle and replay carry true labels by construction, so QC neither fails nor masks them on the judge's reading, and
 replay's copies of training photos (and of each other, where a photo is the source of two items) are copies
 by design, not memorisation.
 """
@@ -84,3 +88,19 @@ def relabel_as_sources(plan: pd.DataFrame, real, tasks: list[str]) -> pd.DataFra
     plan[SHARED_COLUMN] = [",".join(t for t in tasks if plan[t].iat[k] is not None and not pd.isna(plan[t].iat[k]))
                            for k in range(len(plan))]
     return plan
+
+
+def roundtrip_images(pipe, batch: pd.DataFrame, size: int) -> list:
+    """Each item's source photo (resized as img2img resizes it) encoded and decoded by the model's VAE."""
+    import torch
+    from PIL import Image
+
+    images = []
+    for photo in replay_images(batch, size):
+        pixels = torch.from_numpy(np.array(photo)).permute(2, 0, 1)[None].float() / 127.5 - 1
+        pixels = pixels.to(pipe.device, dtype=pipe.vae.dtype)
+        with torch.no_grad():
+            decoded = pipe.vae.decode(pipe.vae.encode(pixels).latent_dist.mean).sample
+        back = ((decoded[0].float().permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().cpu().numpy()
+        images.append(Image.fromarray(back))
+    return images

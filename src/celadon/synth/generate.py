@@ -73,6 +73,7 @@ class Generator:
     uses_pipeline: bool = True  # False: no Stable Diffusion (and no LoRA) is loaded
     true_labels: bool = False  # its images carry their labels by construction: QC's judge neither fails nor masks
     copies_by_design: bool = False  # its images are training photos again: not memorisation, not duplicates
+    denoises: bool = True  # runs diffusion steps (what `bench estimate` prices); the references do not
 
 
 def _txt2img(pipe, batch: pd.DataFrame, kwargs: dict, config: GenerateConfig) -> list:
@@ -118,16 +119,25 @@ def _replay(pipe, batch: pd.DataFrame, kwargs: dict, config: GenerateConfig) -> 
     return replay_images(batch, kwargs["height"])
 
 
+def _roundtrip(pipe, batch: pd.DataFrame, kwargs: dict, config: GenerateConfig) -> list:
+    from celadon.synth.controls import roundtrip_images
+
+    return roundtrip_images(pipe, batch, kwargs["height"])
+
+
 SOURCE_SETTINGS = ("real", "max_source_uses", "translate", "taxonomy")
 GENERATORS: dict[str, Generator] = {
     "txt2img": Generator("text to image, the paper's method", lambda pipe: pipe, _txt2img),
     "img2img": Generator("a real training photo re-rendered with the target label (structure kept)",
                          _img2img_pipeline, _img2img, needs_sources=True, settings=("strength", *SOURCE_SETTINGS)),
     "oracle": Generator("control (ceiling): the embedded collection's renderer draws each item with exactly its "
-                        "labels", lambda pipe: pipe, _oracle, uses_pipeline=False, true_labels=True),
+                        "labels", lambda pipe: pipe, _oracle, uses_pipeline=False, true_labels=True, denoises=False),
     "replay": Generator("control (null): each item is img2img's source photo again, with the photo's own labels",
                         lambda pipe: pipe, _replay, needs_sources=True, settings=SOURCE_SETTINGS, uses_pipeline=False,
-                        true_labels=True, copies_by_design=True),
+                        true_labels=True, copies_by_design=True, denoises=False),
+    "roundtrip": Generator("reference (do nothing): img2img's source photo through the VAE alone, with the item's "
+                           "labels", lambda pipe: pipe, _roundtrip, needs_sources=True, settings=SOURCE_SETTINGS,
+                           denoises=False),
 }
 
 
