@@ -1,8 +1,9 @@
 """Table 6 of a finished demo read by two judges: the reference it was judged by, and an independent judge.
 
 The independent judge is what `synthesis.judge: own_render` trains: the reference's own settings on a render of
-its own (the collection's settings, seed + 7919; no image shared with the collection), split and stopped on its
-own validation photos, then read on the study's validation photos. Every generation of the compare plan is
+its own (the collection's labels row for row, drawn as other objects: image seed = seed + 7919; no image shared
+with the collection), split and stopped on its own validation photos, then read on the study's validation
+photos. Every generation of the compare plan is
 checked again by `celadon synth qc` with that judge (same settings as the study's QC), and Table 6 is computed
 for both judges with the study's own code (`experiment.results.table6`).
 
@@ -42,7 +43,7 @@ def run(study: Path, out: Path) -> dict:
     quiet = ["--quiet"]
     data = out / "judge-data"
     assert main(["data", "make-demo", str(data), "--n", str(render.n), "--size", str(render.size), "--seed",
-                 str(render.seed), *quiet]) == 0
+                 str(render.seed), "--image-seed", str(render.image_seed), *quiet]) == 0
     assert main(["data", "split", str(data / "manifest.csv"), "--out", str(out / "judge-split"), "--seed",
                  str(config.split.get("seed", 0)), *quiet]) == 0
     trained = yaml.safe_load((reference / "run.yaml").read_text(encoding="utf-8"))["config"]
@@ -66,7 +67,8 @@ def run(study: Path, out: Path) -> dict:
     old = table6(SimpleNamespace(config=taxonomy, judge_eval=SimpleNamespace(path=stages["evaluate reference on val "
                                                                                            "(seed 0)"])), old_qc, plan)
     new = table6(SimpleNamespace(config=taxonomy, judge_eval=SimpleNamespace(path=out / "judge-val")), new_qc, plan)
-    summary = {"study": str(study), "plan": compare, "judge_render": {"seed": render.seed, "n": render.n},
+    summary = {"study": str(study), "plan": compare,
+               "judge_render": {"seed": render.seed, "image_seed": render.image_seed, "n": render.n},
                "old_judge": old, "new_judge": new}
     (out / "judge_readings.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
     return summary

@@ -28,11 +28,16 @@ def test_the_judges_render_shares_no_image_with_the_collection(tmp_path):
 
     config = load_study(_write(tmp_path / "s.yaml", SMALL | {"out": str(tmp_path / "out")}), {}, OWN)
     render = judge_render_config(config)
-    assert render.seed == SMALL["embedded"]["seed"] + JUDGE_SEED_OFFSET and render.n == SMALL["embedded"]["n"]
-    same_but_seed = dataclasses.replace(render, seed=SMALL["embedded"]["seed"])  # the study's own collection
-    collection = make_demo(tmp_path / "collection", same_but_seed, progress=False).parent
-    judge = make_demo(tmp_path / "judge", render, progress=False).parent
-    assert len(_hashes(collection)) > 100 and not _hashes(collection) & _hashes(judge)
+    assert render.seed == SMALL["embedded"]["seed"] and render.n == SMALL["embedded"]["n"]
+    assert render.image_seed == SMALL["embedded"]["seed"] + JUDGE_SEED_OFFSET
+    same = dataclasses.replace(render, image_seed=None)  # the study's own collection
+    collection = make_demo(tmp_path / "collection", same, progress=False)
+    judge = make_demo(tmp_path / "judge", render, progress=False)
+    assert len(_hashes(collection.parent)) > 100 and not _hashes(collection.parent) & _hashes(judge.parent)
+    # the same labels, row for row: the two judges differ in the photos they saw, not in the mix of labels
+    import pandas as pd
+
+    assert pd.read_csv(collection).equals(pd.read_csv(judge))
 
 
 def test_qc_and_table_6_read_the_judge_not_the_reference_when_it_has_its_own_render(tmp_path):
@@ -41,7 +46,7 @@ def test_qc_and_table_6_read_the_judge_not_the_reference_when_it_has_its_own_ren
     by_label = {s.label: s for s in stages}
     judge, reference = by_label["train judge (own render) (seed 0)"], by_label["train reference (seed 0)"]
     judge_data = by_label["render the judge's own collection"]
-    assert judge_data.settings["seed"] == SMALL["embedded"]["seed"] + JUDGE_SEED_OFFSET
+    assert judge_data.settings["image_seed"] == SMALL["embedded"]["seed"] + JUDGE_SEED_OFFSET
     assert f"split-{by_label['split the judge' + chr(39) + 's collection'].key}" in judge.inputs
     for qc in (s for s in stages if s.kind == "qc"):
         assert f"train-{judge.key}" in qc.inputs and f"train-{reference.key}" not in qc.inputs

@@ -4,13 +4,16 @@
   photos img2img re-renders and the LoRA learns from, so it reads a near copy of its own training photo
   better than an unseen validation photo of the same labels: it is *not* an independent judge, and results
   say so.
-- `own_render` (embedded collections): a classifier trained on a render of its own, drawn by the same
-  procedural renderer with the collection's settings but its own seed (`judge_render` overrides them), so it
-  shares no image with the collection: none of the generators' sources, none of the LoRA's training photos.
-  It follows the collection's long tail, as the reference's training set does, so the two judges differ in
-  which photos they saw, not in what mix of labels: the difference in their readings is the bias the
-  independence removes. It is split and trained like the reference (its own validation photos stop it early)
-  and then read on the *study's* validation photos: the real-photo column of Table 6 and QC's per-class trust.
+- `own_render` (embedded collections): a classifier trained on a render of its own: the collection's labels,
+  row for row, drawn as other objects (the renderer's pixel seed `image_seed`, the collection's seed plus
+  7919; `judge_render` overrides), so it shares no image with the collection: none of the generators'
+  sources, none of the LoRA's training photos. Its training set has the reference's labels exactly (the same
+  long tail, the same split), so the two judges differ in which photos they saw and in nothing else: the
+  difference in their readings is the bias the independence removes. (A render with another label seed
+  would also change which combinations are common: such a judge read type at 48 % on the demo's validation
+  photos against the reference's 83 %.) It is trained like the reference (its own validation photos stop it
+  early) and then read on the *study's* validation photos: the real-photo column of Table 6 and QC's
+  per-class trust.
 
 A study of the user's own photos has no second render; cross-fitted judges are the way there (not yet built),
 and its results name the reference as a judge that is not independent.
@@ -25,7 +28,7 @@ from celadon.experiment.identity import key_settings, make
 from celadon.experiment.stages import Stage
 
 JUDGES = ("reference", "own_render")
-JUDGE_SEED_OFFSET = 7919  # the judge's render seed: the collection's plus this, unless judge_render sets one
+JUDGE_SEED_OFFSET = 7919  # the judge's pixel seed: the collection's seed plus this, unless judge_render sets one
 
 
 def check_judge(config) -> None:
@@ -41,12 +44,12 @@ def check_judge(config) -> None:
 
 
 def judge_render_config(config):
-    """The EmbeddedConfig of the judge's own render: the collection's settings, its own seed."""
+    """The EmbeddedConfig of the judge's own render: the collection's labels, its own pixels."""
     from celadon.data.embedded import EmbeddedConfig
 
     collection = make(EmbeddedConfig, config.embedded, workers=config.workers)
-    seed = collection.seed + JUDGE_SEED_OFFSET
-    return make(EmbeddedConfig, {**config.embedded, "seed": seed, **config.synthesis.judge_render},
+    pixels = collection.seed + JUDGE_SEED_OFFSET
+    return make(EmbeddedConfig, {**config.embedded, "image_seed": pixels, **config.synthesis.judge_render},
                 workers=config.workers)
 
 
@@ -61,8 +64,9 @@ class JudgeStages:
         from celadon.data.split import SplitConfig, run_split
 
         render = judge_render_config(self.config)
-        data = self.stages.run("data", key_settings(render) | self._taxonomy_key(), [], lambda p: {
-            "manifest": str(make_demo(p, render, progress=self.progress))}, "render the judge's own collection")
+        settings = key_settings(render, render.key_settings()) | self._taxonomy_key()
+        data = self.stages.run("data", settings, [], lambda p: {"manifest": str(make_demo(
+            p, render, progress=self.progress))}, "render the judge's own collection")
         split = make(SplitConfig, dict(self.config.split or {}), manifest=data.info["manifest"],
                      taxonomy=self.config.taxonomy)
         split_stage = self.stages.run("split", split.key_settings(), [data], lambda p: {"splits": str(run_split(
@@ -90,6 +94,8 @@ def describe_judge(runs) -> dict:
     stage = json.loads((runs.judge.path / "stage.json").read_text(encoding="utf-8"))
     render = judge_render_config(runs.config)
     return {"kind": "own_render", "independent": True, "validation_top1": top1,
-            "render": {"seed": render.seed, "n": render.n, "size": render.size}, "stage": runs.judge.path.name,
-            "trained_on": f"a render of its own (seed {render.seed}): no image of the collection",
+            "render": {"seed": render.seed, "image_seed": render.image_seed, "n": render.n, "size": render.size},
+            "stage": runs.judge.path.name,
+            "trained_on": f"the collection's labels drawn as other objects (image seed {render.image_seed}): no "
+                          "image of the collection",
             "real_presentations": stage["summary"].get("real_presentations")}

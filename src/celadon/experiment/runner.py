@@ -75,7 +75,7 @@ class Study(SynthesisStages, JudgeStages):
         if self.config.manifest:
             return self._user_manifest(Path(self.config.manifest))
         demo = make(EmbeddedConfig, self.config.embedded, workers=self.config.workers)
-        return self.stages.run("data", key_settings(demo) | self._taxonomy_key(), [], lambda p: {
+        return self.stages.run("data", key_settings(demo, demo.key_settings()) | self._taxonomy_key(), [], lambda p: {
             "manifest": str(make_demo(p, demo, progress=self.progress))}, "render embedded dataset")
 
     def _taxonomy_key(self) -> dict:

@@ -75,6 +75,16 @@ class EmbeddedConfig:
     missing_rate: float = 0.03  # rows with an unknown dynasty or kiln, as catalogues have
     workers: int = 2  # rendering processes
     quality: int = 92  # JPEG quality
+    # the seed of the pixels alone (None: `seed`): the same labels, row for row, drawn as other objects, e.g.
+    # for a judge that must read the collection's labels without having seen any of its images
+    image_seed: int | None = None
+
+    def key_settings(self) -> dict:
+        """What decides the render, for a study's stage key: `image_seed` only where set (earlier keys hold)."""
+        values = asdict(self)
+        if values["image_seed"] is None:
+            values.pop("image_seed")
+        return values
 
 
 def _all_combinations() -> tuple[list[tuple[str, str, str, str]], np.ndarray]:
@@ -124,7 +134,8 @@ def plan_rows(config: EmbeddedConfig) -> pd.DataFrame:
             rows.append({"dynasty": dynasty, "kiln": kiln, "glaze": glaze, "type": kind})
     frame = pd.DataFrame(rows).sample(frac=1.0, random_state=config.seed).reset_index(drop=True)
     frame.insert(0, PATH_COLUMN, [f"images/{i:05d}.jpg" for i in range(len(frame))])
-    frame["render_seed"] = [_row_seed(config.seed, i) for i in range(len(frame))]
+    pixels = config.seed if config.image_seed is None else config.image_seed
+    frame["render_seed"] = [_row_seed(pixels, i) for i in range(len(frame))]
     missing = rng.random(len(frame)) < config.missing_rate
     which = rng.choice(["dynasty", "kiln"], size=len(frame))
     for task in ("dynasty", "kiln"):
