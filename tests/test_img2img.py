@@ -258,7 +258,7 @@ def test_table6_shows_standardised_real_photos_relative_fidelity_and_the_sources
         if name == "img2img":
             summary["source_fidelity"] = {"glaze": 0.8, "type": 1.0, "glaze+type": 0.8}
         (tmp_path / name / "qc_summary.json").write_text(json.dumps(summary))
-    runs = SimpleNamespace(reference_eval=SimpleNamespace(path=reference), config=SimpleNamespace(taxonomy=None))
+    runs = SimpleNamespace(judge_eval=SimpleNamespace(path=reference), config=SimpleNamespace(taxonomy=None))
     table = table6(runs, {"lora": tmp_path / "lora", "img2img": tmp_path / "img2img"}, tmp_path / "plan.csv")
     rows = table["rows"]
     assert rows["label fidelity glaze"]["real photos"] == pytest.approx(0.25)
