@@ -112,7 +112,7 @@ def scan_paths(paths: list[Path], workers: int = 2, progress: bool = True) -> li
             return exc
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        fresh = list(tqdm(pool.map(one, todo), total=len(todo), desc="reading images", disable=not progress,
+        fresh = list(tqdm(pool.map(one, todo), total=len(todo), desc="reading images", disable=not progress or not todo,
                           leave=False))
     for index, result in zip(todo, fresh, strict=True):
         results[index] = result
