@@ -64,6 +64,7 @@ def _run(config: dict, out: Path, tmp_path: Path) -> list[dict]:
     return _stages(out)
 
 
+@pytest.mark.slow
 def test_every_stage_runs_once_and_the_reference_is_read_on_validation_only(study):
     first = _stages(study / "out")
     assert first and not any(s["reused"] for s in first[:12])
@@ -75,12 +76,14 @@ def test_every_stage_runs_once_and_the_reference_is_read_on_validation_only(stud
     assert "evaluate reference (seed 0)" not in labels  # the reference is never read on test
 
 
+@pytest.mark.slow
 def test_a_copied_study_folder_reuses_every_stage(study, tmp_path):
     out = _copy(study, tmp_path)  # another machine, a colleague: stage folders are found by their keys
     assert all(s["reused"] for s in _run(SMALL, out, tmp_path))
     assert str(study / "out") not in (out / "report.html").read_text()
 
 
+@pytest.mark.slow
 def test_a_classifier_change_reruns_only_training_and_evaluation(study, tmp_path):
     stages = _run(SMALL | {"classifier": SMALL["classifier"] | {"epochs": 1}}, _copy(study, tmp_path), tmp_path)
     reran = [s["stage"] for s in stages if not s["reused"]]
@@ -115,6 +118,7 @@ def test_trainings_at_once_in_their_own_processes_train_the_same_weights(study, 
         assert arms[1]["A again"]["mean"] == arms[0]["A"]["mean"]
 
 
+@pytest.mark.slow
 def test_a_review_rejection_reruns_curate_and_only_the_arm_that_mixes_the_image_in(study, tmp_path):
     import pandas as pd
 
@@ -166,6 +170,7 @@ def test_adding_an_img2img_generator_reruns_nothing_the_others_made(study, tmp_p
     assert strip.width == (1 + 3 + 2) * CELL  # source photo, three generators, two real photos
 
 
+@pytest.mark.slow
 def test_results_hold_the_primary_endpoint_and_every_comparison_with_adjusted_p(study):
     results = json.loads((study / "out" / "results.json").read_text())
     overall = {r["arm"]: r for r in results["table14"] if r["task"] == "all"}
@@ -219,6 +224,7 @@ def test_results_hold_the_primary_endpoint_and_every_comparison_with_adjusted_p(
     assert change["after"] == change["before"] + results["qc"]["A/lora"]["n_pass"]
 
 
+@pytest.mark.slow
 def test_the_report_is_rebuilt_from_results_json_and_the_files_it_names_alone(study, tmp_path, capsys):
     from celadon.report.html import _named_files
 
@@ -455,6 +461,7 @@ def test_model_fingerprint_follows_the_weights(tiny_sd, tmp_path):
     assert model_fingerprint(str(copy)) != before
 
 
+@pytest.mark.slow
 def test_the_estimate_counts_the_work_the_study_did(study):
     """`bench estimate`'s workload of SMALL equals what running SMALL did: the distinct trainings and the images
     each trained on, LoRA steps and sample grids, every generation's images and denoising steps."""
@@ -503,6 +510,7 @@ def test_the_readmes_study_configs_load_as_written(tmp_path, monkeypatch):
         assert [a.name for a in config.arms][0] == "baseline" and len(config.arms) >= 2
 
 
+@pytest.mark.slow
 def test_the_dry_run_plans_exactly_the_stages_a_run_makes_and_writes_nothing(study, tmp_path, capsys):
     from celadon.experiment.study import plan_study
 
