@@ -7,11 +7,11 @@ prompt. Run from the clone: `.venv/bin/python scripts/tiny_on_real_photos.py`.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from sklearn.datasets import load_sample_image
 
+from celadon.synth.controls import vae_round_trip
 from celadon.synth.generate import _img2img_pipeline
 from celadon.synth.pipeline import load_pipeline
 
@@ -26,13 +26,6 @@ def square(name: str, size: int = 64) -> Image.Image:
     return Image.fromarray(pixels[top:top + s, left:left + s]).resize((size, size), Image.BICUBIC)
 
 
-def round_trip(pipe, photo: Image.Image) -> Image.Image:
-    x = torch.from_numpy(np.array(photo)).permute(2, 0, 1)[None].float() / 127.5 - 1
-    with torch.no_grad():
-        back = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample
-    return Image.fromarray(((back[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy())
-
-
 def main() -> None:
     torch.set_num_threads(2)
     pipe = load_pipeline("tiny")
@@ -42,7 +35,7 @@ def main() -> None:
         photo = square(name)
         redrawn = img2img(prompt=PROMPT, image=photo, strength=0.5, guidance_scale=3.0, num_inference_steps=20,
                           generator=torch.Generator().manual_seed(0)).images[0]
-        rows.append([photo, round_trip(pipe, photo), redrawn])
+        rows.append([photo, vae_round_trip(pipe, [photo])[0], redrawn])
     cell, pad, top = 192, 8, 26
     sheet = Image.new("RGB", (3 * cell + 4 * pad, top + 2 * (cell + pad) + pad), "white")
     draw = ImageDraw.Draw(sheet)

@@ -87,8 +87,9 @@ def test_replay_shows_each_source_again_with_its_own_labels_and_qc_keeps_it_whol
 def test_roundtrip_is_the_source_through_the_vae_alone_with_the_items_labels(splits, tiny_sd, tmp_path):  # noqa: F811
     import torch
 
-    from celadon.synth.controls import replay_images, roundtrip_images
+    from celadon.synth.controls import vae_round_trip
     from celadon.synth.pipeline import load_pipeline
+    from celadon.synth.sources import source_images
 
     plan = _write_plan(tmp_path, [IVORY, {**IVORY, "glaze": "white"}])
     config = GenerateConfig(plan=str(plan), out=str(tmp_path / "rt"), generator="roundtrip", real=str(splits),
@@ -97,9 +98,9 @@ def test_roundtrip_is_the_source_through_the_vae_alone_with_the_items_labels(spl
     assert list(table["glaze"]) == ["ivory_white", "white"]  # the items' intended labels, as img2img's
     assert "strength" not in table and set(table["generator"]) == {"roundtrip"}
     batch = table.assign(source=table["source"])
-    sources = replay_images(batch, 32)
+    sources = source_images(batch, 32)
     torch.manual_seed(0)
-    expected = roundtrip_images(load_pipeline(str(tiny_sd)), batch, 32)
+    expected = vae_round_trip(load_pipeline(str(tiny_sd)), sources)
     got = [np.asarray(Image.open(tmp_path / "rt" / p).convert("RGB")) for p in table["path"]]
     assert all(np.array_equal(g, np.asarray(e)) for g, e in zip(got, expected, strict=True))
     assert not np.array_equal(got[0], np.asarray(sources[0]))  # the VAE changed it, a little

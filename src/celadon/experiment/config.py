@@ -298,7 +298,7 @@ def apply_settings(raw: dict, items: list[str]) -> dict:
 
 
 def load_study(source: str | Path, overrides: dict[str, Any] | None = None,
-                    settings: list[str] | None = None) -> StudyConfig:
+               settings: list[str] | None = None) -> StudyConfig:
     path = resolve_config_path(str(source))
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -323,7 +323,7 @@ def load_study(source: str | Path, overrides: dict[str, Any] | None = None,
         check_types(Arm, _known(Arm, f"arms.{item['name']}", item), f"arms.{item['name']}")
         arms.append(Arm(**item))
     config = StudyConfig(**raw, synthesis=SynthesisConfig(**synthesis), statistics=StatisticsConfig(**statistics),
-                              **({"arms": arms} if arms else {}))
+                         **({"arms": arms} if arms else {}))
     config.source = str(path)  # type: ignore[attr-defined]
     check_overrides(config)
     return config

@@ -62,7 +62,7 @@ def _epoch_images(rows: int, config, ratio: float) -> tuple[int, int]:
 def study_workload(config: StudyConfig, train: int, val: int, test: int, train_rows: int = 0) -> Workload:
     """What `config` will compute, from scratch, on a split of `train`/`val`/`test` originals; `train_rows` is the
     training table after offline augmentation (default `train`). The stages are the runner's own plan (a dry
-    run, `runner.plan_study`), so trainings shared by two arms, or by the reference and the baseline's first
+    run, `study.plan_study`), so trainings shared by two arms, or by the reference and the baseline's first
     seed, and generations a sweep shares are counted once, as the runner runs them. Trainings run to their last
     epoch (early stopping can end them sooner, so this is an upper bound)."""
     import dataclasses
@@ -76,7 +76,7 @@ def study_workload(config: StudyConfig, train: int, val: int, test: int, train_r
 
 
 def workload_of(stages: list, train: int, val: int, test: int, rows: int) -> Workload:
-    """The work of a study's planned stages (`runner.plan_study`) on a split of these sizes."""
+    """The work of a study's planned stages (`study.plan_study`) on a split of these sizes."""
     from celadon.synth.generate import GENERATORS, GenerateConfig
     from celadon.synth.lora import GRID_PROMPTS, LoraConfig
     from celadon.synth.plan import PlanConfig, plan_total

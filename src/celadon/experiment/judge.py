@@ -21,10 +21,8 @@ and its results name the reference as a judge that is not independent.
 
 from __future__ import annotations
 
-import dataclasses
-
 from celadon.errors import CeladonError
-from celadon.experiment.identity import key_settings, make
+from celadon.experiment.identity import make
 from celadon.experiment.stages import Stage
 
 JUDGES = ("reference", "own_render")
@@ -60,18 +58,8 @@ class JudgeStages:
         """(the judge's training, its reading of the study's validation photos)."""
         if self.config.synthesis.judge == "reference":
             return runs.reference, runs.reference_eval
-        from celadon.data.embedded import make_demo
-        from celadon.data.split import SplitConfig, run_split
-
-        render = judge_render_config(self.config)
-        settings = key_settings(render, render.key_settings()) | self._taxonomy_key()
-        data = self.stages.run("data", settings, [], lambda p: {"manifest": str(make_demo(
-            p, render, progress=self.progress))}, "render the judge's own collection")
-        split = make(SplitConfig, dict(self.config.split or {}), manifest=data.info["manifest"],
-                     taxonomy=self.config.taxonomy)
-        split_stage = self.stages.run("split", split.key_settings(), [data], lambda p: {"splits": str(run_split(
-            split.manifest, self.taxonomy, p, dataclasses.replace(split, out=str(p)), progress=self.progress).path)},
-            "split the judge's collection")
+        data = self.render(judge_render_config(self.config), "render the judge's own collection")
+        split_stage = self.split(data, "split the judge's collection")
         settings = self.config.synthesis.reference or self.config.classifier
         job = self.training("judge (own render)", settings, self.config.seeds[0], [split_stage],
                             splits=split_stage.info["splits"])

@@ -70,13 +70,19 @@ class Study(SynthesisStages, JudgeStages):
 
     # -- data ---------------------------------------------------------------------------------------------
     def data(self) -> Stage:
-        from celadon.data.embedded import EmbeddedConfig, make_demo
+        from celadon.data.embedded import EmbeddedConfig
 
         if self.config.manifest:
             return self._user_manifest(Path(self.config.manifest))
-        demo = make(EmbeddedConfig, self.config.embedded, workers=self.config.workers)
-        return self.stages.run("data", key_settings(demo, demo.key_settings()) | self._taxonomy_key(), [], lambda p: {
-            "manifest": str(make_demo(p, demo, progress=self.progress))}, "render embedded dataset")
+        return self.render(make(EmbeddedConfig, self.config.embedded, workers=self.config.workers),
+                           "render embedded dataset")
+
+    def render(self, config, label: str) -> Stage:
+        """A render of the embedded collection (the study's, or its judge's) as a data stage."""
+        from celadon.data.embedded import make_demo
+
+        return self.stages.run("data", key_settings(config, config.key_settings()) | self._taxonomy_key(), [],
+                               lambda p: {"manifest": str(make_demo(p, config, progress=self.progress))}, label)
 
     def _taxonomy_key(self) -> dict:
         """The label vocabulary every stage reads, by content: an edited taxonomy YAML redoes everything."""
@@ -118,14 +124,16 @@ class Study(SynthesisStages, JudgeStages):
         return self.stages.run("data", {"manifest": str(manifest.resolve()), "sha256": digest} | self._taxonomy_key()
                                | root, [], work, "validate manifest")
 
-    def split(self, data: Stage) -> Stage:
+    def split(self, data: Stage, label: str | None = None) -> Stage:
+        """The study's split of a data stage (its own, or its judge's render, named by `label`)."""
         from celadon.data.check import ImageCheckConfig
         from celadon.data.split import SplitConfig, run_split
 
         config = make(SplitConfig, dict(self.config.split or {}), manifest=data.info["manifest"],
                       taxonomy=self.config.taxonomy)
         check = ImageCheckConfig(root=self.config.image_root)  # the study's image_root decides
-        label = "adaptive split + leakage check" if not config.keep_split else f"split kept from {config.keep_split!r}"
+        label = label or ("adaptive split + leakage check" if not config.keep_split
+                          else f"split kept from {config.keep_split!r}")
         return self.stages.run("split", config.key_settings(), [data], lambda p: {"splits": str(run_split(
             config.manifest, self.taxonomy, p, dataclasses.replace(config, out=str(p)), progress=self.progress,
             check=check).path)}, label)

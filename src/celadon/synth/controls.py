@@ -67,15 +67,6 @@ def oracle_images(batch: pd.DataFrame, size: int) -> list:
     return images
 
 
-def replay_images(batch: pd.DataFrame, size: int) -> list:
-    """Each item's source photo, resized as img2img resizes the photo it starts from."""
-    from PIL import Image
-
-    from celadon.data.images import load_image, resize_square
-
-    return [Image.fromarray(resize_square(load_image(path), size)) for path in batch["source"]]
-
-
 def relabel_as_sources(plan: pd.DataFrame, real, tasks: list[str]) -> pd.DataFrame:
     """A replay plan: each item carries its source photo's labels (true) and shares every task with it."""
     from celadon.synth.sources import SHARED_COLUMN
@@ -90,13 +81,13 @@ def relabel_as_sources(plan: pd.DataFrame, real, tasks: list[str]) -> pd.DataFra
     return plan
 
 
-def roundtrip_images(pipe, batch: pd.DataFrame, size: int) -> list:
-    """Each item's source photo (resized as img2img resizes it) encoded and decoded by the model's VAE."""
+def vae_round_trip(pipe, photos: list) -> list:
+    """Each photo encoded and decoded by the pipeline's VAE, no denoising: what the model's latent space keeps."""
     import torch
     from PIL import Image
 
     images = []
-    for photo in replay_images(batch, size):
+    for photo in photos:
         pixels = torch.from_numpy(np.array(photo)).permute(2, 0, 1)[None].float() / 127.5 - 1
         pixels = pixels.to(pipe.device, dtype=pipe.vae.dtype)
         with torch.no_grad():

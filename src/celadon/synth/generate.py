@@ -91,12 +91,9 @@ def _img2img_pipeline(pipe):
 
 
 def _img2img(pipe, batch: pd.DataFrame, kwargs: dict, config: GenerateConfig) -> list:
-    from PIL import Image
+    from celadon.synth.sources import source_images
 
-    from celadon.data.images import load_image, resize_square
-
-    size = kwargs["height"]
-    sources = [Image.fromarray(resize_square(load_image(path), size)) for path in batch["source"]]
+    sources = source_images(batch, kwargs["height"])
     sampler = {k: v for k, v in kwargs.items() if k not in ("height", "width")}  # the source sets the size
     return pipe(prompt=list(batch["prompt"]), negative_prompt=list(batch["negative_prompt"]), image=sources,
                 strength=config.strength, generator=_seeded(pipe, batch), **sampler).images
@@ -114,15 +111,16 @@ def _oracle(pipe, batch: pd.DataFrame, kwargs: dict, config: GenerateConfig) -> 
 
 
 def _replay(pipe, batch: pd.DataFrame, kwargs: dict, config: GenerateConfig) -> list:
-    from celadon.synth.controls import replay_images
+    from celadon.synth.sources import source_images
 
-    return replay_images(batch, kwargs["height"])
+    return source_images(batch, kwargs["height"])  # the photo img2img starts from, not re-rendered
 
 
 def _roundtrip(pipe, batch: pd.DataFrame, kwargs: dict, config: GenerateConfig) -> list:
-    from celadon.synth.controls import roundtrip_images
+    from celadon.synth.controls import vae_round_trip
+    from celadon.synth.sources import source_images
 
-    return roundtrip_images(pipe, batch, kwargs["height"])
+    return vae_round_trip(pipe, source_images(batch, kwargs["height"]))
 
 
 SOURCE_SETTINGS = ("real", "max_source_uses", "translate", "taxonomy")

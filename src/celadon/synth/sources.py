@@ -84,3 +84,12 @@ def assign_sources(plan: pd.DataFrame, real: Manifest, max_uses: int = 2, transl
         shared.append(",".join(t for t in pool.tasks if values[t][chosen] is not None
                                and values[t][chosen] == item.get(t)))
     return plan.assign(**{SOURCE_COLUMN: sources, SHARED_COLUMN: shared})
+
+
+def source_images(batch: pd.DataFrame, size: int) -> list:
+    """Each item's source photo as img2img starts from it (and replay shows it): a `size` px square."""
+    from PIL import Image
+
+    from celadon.data.images import load_image, resize_square
+
+    return [Image.fromarray(resize_square(load_image(path), size)) for path in batch[SOURCE_COLUMN]]
