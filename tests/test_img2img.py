@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -241,6 +242,37 @@ def test_relative_fidelity_weights_real_photos_to_the_plans_mix_of_combinations(
     assert never.relative == 0.0 and never.interval == (0.0, 0.0)
 
 
+def test_item_clusters_join_items_that_share_a_source_or_a_combination():
+    from celadon.evaluate.fidelity import item_clusters
+
+    frame = pd.DataFrame({"glaze": ["a", "a", "b", "c", "d", "e"], "type": ["x"] * 6,
+                          "source": ["p1", "p2", "p2", "p3", "", None]})
+    # a-a share a combination, p2 joins b to them; c, d and e stand alone (no source is not a shared source)
+    assert item_clusters(frame, ["glaze", "type"]).tolist() == [0, 0, 0, 1, 2, 3]
+    assert item_clusters(frame.drop(columns="source"), ["glaze", "type"]).tolist() == [0, 0, 1, 2, 3, 4]
+
+
+def test_cluster_bootstrap_widens_the_interval_where_items_of_a_source_agree_together():
+    """40 sources of 10 re-renders each, every re-render of a source read alike: 40 independent readings, not
+    400. Resampling clusters gives an interval about sqrt(10) wider than resampling items."""
+    from celadon.evaluate.fidelity import item_clusters, relative_fidelity
+
+    rng = np.random.default_rng(3)
+    right = rng.random(40) < 0.6
+    synthetic = pd.DataFrame({"glaze": "a", "type": "x", "pred_glaze": np.repeat(np.where(right, "a", "b"), 10),
+                              "source": np.repeat([f"p{i}" for i in range(40)], 10)})
+    real = pd.DataFrame({"glaze": "a", "type": "x", "pred_glaze": np.where(rng.random(400) < 0.8, "a", "b")})
+    # one combination joins every item: the clusters here are the sources
+    clusters = pd.factorize(synthetic["source"])[0]
+    by_item = relative_fidelity(synthetic, real, ["glaze", "type"], ["glaze"], n_resamples=1000)
+    by_cluster = relative_fidelity(synthetic, real, ["glaze", "type"], ["glaze"], n_resamples=1000,
+                                   clusters=clusters)
+    assert by_item.relative == by_cluster.relative and (by_item.clusters, by_cluster.clusters) == (400, 40)
+    ratio = (by_cluster.interval[1] - by_cluster.interval[0]) / (by_item.interval[1] - by_item.interval[0])
+    assert 2.2 < ratio < 4.2, ratio
+    assert item_clusters(synthetic, ["glaze", "type"]).max() == 0  # by combination too: a single cluster
+
+
 def test_table6_shows_standardised_real_photos_relative_fidelity_and_the_sources(tmp_path):
     from celadon.experiment.results import table6
 
@@ -251,14 +283,19 @@ def test_table6_shows_standardised_real_photos_relative_fidelity_and_the_sources
     pd.DataFrame(PLAN, columns=["glaze", "type"]).to_csv(tmp_path / "plan.csv", index=False)
     for name, readings in SYNTHETIC_READINGS.items():
         (tmp_path / name).mkdir()
-        _readings([(*c, *r) for c, r in zip(PLAN, readings, strict=True)]).to_csv(tmp_path / name / "qc.csv",
-                                                                                   index=False)
+        items = _readings([(*c, *r) for c, r in zip(PLAN, readings, strict=True)])
+        if name == "img2img":  # beside an independent judge, the reference (QC's second reader) reads all right
+            items = items.assign(second_pred_glaze=items["glaze"], second_pred_type=items["type"])
+        items.to_csv(tmp_path / name / "qc.csv", index=False)
         summary = {"n_images": 5, "pass_rate": 0.5, "reasons": {"copy_of_source": 2} if name == "img2img" else {},
                    "label_fidelity": {"glaze": 0.6, "type": 0.6, "glaze+type": 0.4}}
         if name == "img2img":
             summary["source_fidelity"] = {"glaze": 0.8, "type": 1.0, "glaze+type": 0.8}
+            summary["second_reader"] = {"glaze": {"judge_confirms": 3, "second_reader_misreads": 1,
+                                                  "second_reader_agrees_judge_rejects": 0}}
         (tmp_path / name / "qc_summary.json").write_text(json.dumps(summary))
-    runs = SimpleNamespace(judge_eval=SimpleNamespace(path=reference), config=SimpleNamespace(taxonomy=None))
+    runs = SimpleNamespace(judge_eval=SimpleNamespace(path=reference), fold_judges=[],
+                           reference_eval=SimpleNamespace(path=reference), config=SimpleNamespace(taxonomy=None))
     table = table6(runs, {"lora": tmp_path / "lora", "img2img": tmp_path / "img2img"}, tmp_path / "plan.csv")
     rows = table["rows"]
     assert rows["label fidelity glaze"]["real photos"] == pytest.approx(0.25)
@@ -266,12 +303,18 @@ def test_table6_shows_standardised_real_photos_relative_fidelity_and_the_sources
     assert rows["relative fidelity glaze"] == {"lora": 0.0, "img2img": pytest.approx(2.0)}
     assert rows["relative fidelity type"] == {"lora": pytest.approx(1 / (11 / 12)),
                                               "img2img": pytest.approx(0.75 / (11 / 12))}
-    assert rows["relative fidelity type, 95% interval"] == {"lora": None, "img2img": None}  # too few photos
+    assert rows["relative fidelity type, 95% cluster interval"] == {"lora": None, "img2img": None}  # too few photos
     assert rows["items compared (their combination has real photos)"] == {"lora": 4, "img2img": 4}
+    assert rows["clusters resampled (items sharing a source or a combination)"] == {"lora": 3, "img2img": 3}
     assert rows["images"] == {"lora": 5, "img2img": 5, "real photos": 4}  # the black jars are not the plan's
     assert rows["source photos: label fidelity type"] == {"lora": None, "img2img": 1.0}
     assert rows["QC fails: copy of source"] == {"lora": None, "img2img": 2}
-    assert table["judge_real_top1"] == {"glaze": 0.6}
+    assert rows["glaze labels the judge confirms, the reference misreads"] == {"lora": None, "img2img": 1}
+    # old judge and new from one run: the reference's readings of the same items, against its validation readings
+    assert rows["relative fidelity glaze, read by the reference (not independent)"] == {"img2img": pytest.approx(4.0)}
+    assert rows["relative fidelity type, read by the reference (not independent)"] == {
+        "img2img": pytest.approx(12 / 11)}
+    assert table["judge_real_top1"] == {"glaze": pytest.approx(4 / 6), "type": pytest.approx(5 / 6)}
 
 
 def test_sources_do_not_depend_on_where_the_collection_lives(splits, tmp_path):

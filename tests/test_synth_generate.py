@@ -182,10 +182,11 @@ def test_compare_table_lists_each_run(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "qc_summary.json").write_text(json.dumps({
             "n_images": 10, "pass_rate": fidelity, "label_fidelity": {"glaze": fidelity, "glaze+type": fidelity},
-            "distances": {"features": "efficientnet_lite0", "fid": fid, "kid_mean": fid / 1000, "kid_std": 0.001}}))
+            "distances": {"features": "efficientnet_lite0", "fid": fid, "kid_mean": fid / 1000, "kid_std": 0.001},
+            "distance_reference": {"split": "val", "images": 20}}))
     table = compare_qc({"vanilla": tmp_path / "vanilla", "lora": tmp_path / "lora"})
     assert list(table.columns) == ["vanilla", "lora"]
-    assert table.loc["FID (efficientnet_lite0)", "lora"] == 40.0
+    assert table.loc["FID vs val photos (efficientnet_lite0)", "lora"] == 40.0
     assert table.loc["label fidelity glaze+type", "vanilla"] == 0.4
     with pytest.raises(CeladonError, match="no qc_summary.json"):
         compare_qc({"x": tmp_path})

@@ -96,6 +96,24 @@ def test_label_fidelity_uses_the_reference_model(real_splits, tmp_path):
     summary = json.loads((tmp_path / "qc" / "qc_summary.json").read_text())
     expected = float((qc["pred_glaze"] == qc["glaze"]).mean())
     assert summary["label_fidelity"]["glaze"] == pytest.approx(expected)
+    assert "second_reader" not in summary and not any(c.startswith("second_pred_") for c in qc)
+
+    # A second reader (the reference, beside an independent judge) reads the same images; the summary counts
+    # the labels the judge confirms that it misreads. Read by the judge's own weights, it agrees everywhere.
+    assert main(["synth", "qc", str(tmp_path / "synthetic.csv"), "--real", str(real_splits), "--out",
+                 str(tmp_path / "qc-second"), "--model", str(tmp_path / "model"), "--second-reader",
+                 str(tmp_path / "model"), "--quiet"]) == 0
+    second = pd.read_csv(tmp_path / "qc-second" / "qc.csv")
+    assert list(second["second_pred_glaze"]) == list(second["pred_glaze"]) == list(qc["pred_glaze"])
+    counts = json.loads((tmp_path / "qc-second" / "qc_summary.json").read_text())["second_reader"]
+    assert counts["glaze"] == {"judge_confirms": int((qc["pred_glaze"] == qc["glaze"]).sum()),
+                               "second_reader_misreads": 0, "second_reader_agrees_judge_rejects": 0}
+    from celadon.synth.readings import confirmed_misreads
+
+    table = pd.DataFrame({"glaze": ["a", "a", "b", "b", None], "pred_glaze": ["a", "a", "a", "b", "a"],
+                          "second_pred_glaze": ["a", "c", "b", "c", "c"]})
+    assert confirmed_misreads(table, ["glaze"]) == {"glaze": {
+        "judge_confirms": 3, "second_reader_misreads": 2, "second_reader_agrees_judge_rejects": 1}}
 
     # The judge is trusted only for classes it recognises on real validation photos: here only celadon.
     judge = {"split": "val", "tasks": {"glaze": {"per_class": {"celadon": {"recall": 0.9}, "black": {"recall": 0.1}}},
@@ -161,3 +179,29 @@ def test_the_real_sets_features_are_extracted_once_and_give_the_same_distances(m
     assert cached == fresh
     distances.image_distances(real[:8], second, batch_size=4)  # other real images: extracted anew
     assert sum(images_seen) == 6 + 6 + 8 + 6
+
+
+def test_copy_check_reads_every_training_original_and_fid_reads_validation(real_splits, tmp_path):
+    """Independent references: a copy of *any* training original fails, however few photos the statistics
+    sample; FID/KID compare with held-out validation photos, which no generator starts from."""
+    from celadon.synth.qc import QCConfig, run_qc
+
+    splits = pd.read_csv(real_splits)
+    train = splits[splits["split"] == "train"]
+    train = train[train["augmentation_seed"].fillna(-1) < 0] if "augmentation_seed" in train else train
+    rows = []
+    for i, relative in enumerate(train["path"].iloc[-3:]):  # the last originals: outside a 2-photo sample
+        copy = tmp_path / f"copy{i}.jpg"
+        copy.write_bytes((real_splits.parent / relative).read_bytes())
+        rows.append({"path": copy.name, **LABELS})
+    for i in range(3):
+        render(Labels(**LABELS), 40, np.random.default_rng(200 + i)).save(tmp_path / f"new{i}.png")
+        rows.append({"path": f"new{i}.png", **LABELS})
+    pd.DataFrame(rows).to_csv(tmp_path / "synthetic.csv", index=False)
+    summary = run_qc(QCConfig(table=str(tmp_path / "synthetic.csv"), real=str(real_splits), out=str(tmp_path / "qc"),
+                              max_real_reference=2), progress=False)
+    qc = pd.read_csv(tmp_path / "qc" / "qc.csv")
+    memorised = qc["qc_reasons"].fillna("").str.contains("copy of real training image")
+    assert memorised.tolist() == [True] * 3 + [False] * 3
+    assert summary["copy_check_originals"] == len(train) and summary["statistics_reference"] == 2
+    assert summary["distance_reference"] == {"split": "val", "images": 2}

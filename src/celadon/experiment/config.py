@@ -51,10 +51,13 @@ class SynthesisConfig:
     # Its own settings, so changing the arms' classifier does not redo synthesis; {} = the classifier's.
     reference: dict[str, Any] = field(default_factory=dict)
     # Who reads synthetic images' labels (QC's gates and task masks, Table 6): "reference" (the reference
-    # classifier: it trained on the photos img2img starts from, so it is not independent) or "own_render"
-    # (embedded collections: a classifier trained on a render of its own, sharing no image; experiment/judge.py)
+    # classifier: it trained on the photos img2img starts from, so it is not independent), "own_render"
+    # (embedded collections: a classifier trained on a render of its own, sharing no image) or "cross_fit"
+    # (any collection: judge_folds judges, each trained without one fold of the training photos, each img2img
+    # item read by the judge that left out its source's fold); experiment/judge.py
     judge: str = "reference"
     judge_render: dict[str, Any] = field(default_factory=dict)  # own_render: EmbeddedConfig overrides (seed, n)
+    judge_folds: int = 3  # cross_fit: how many judges (folds of the training photos)
     # Synthesis replicates: K LoRAs and image sets (LoRA and plan seeds shifted by 0..K-1); an arm's seeds cycle
     # over them, so its interval covers the generator's variance too (Table 6 and the sweep read replicate 0)
     replicates: int = 1

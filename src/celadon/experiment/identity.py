@@ -56,7 +56,8 @@ RUNNER_SETS: dict[str, RunnerSets] = {
                              study=("out",)),
     "GenerateConfig": RunnerSets(inputs=("plan", "lora", "model", "real", "taxonomy"),
                                  study=("out", "shard", "threads", "device")),
-    "QCConfig": RunnerSets(inputs=("table", "real", "model_dir", "judge_metrics", "taxonomy"),
+    "QCConfig": RunnerSets(inputs=("table", "real", "model_dir", "judge_metrics", "second_reader", "fold_models",
+                                   "folds", "taxonomy"),
                            values=("allow_test_metrics",), study=("out", "device")),
     "CurateConfig": RunnerSets(inputs=("qc", "generation", "taxonomy"), study=("out",)),
 }

@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 
 from celadon.classify.metrics import compare_confusion_pairs
-from celadon.evaluate.resample import read_predictions
 from celadon.evaluate.run import load_metrics
 from celadon.experiment.comparisons import SEEDS_COVER, Measure, compare_measures
 from celadon.experiment.stages import Stage
@@ -189,12 +188,13 @@ def table6(runs, qc_folders: dict[str, Path], plan_table: str | Path) -> dict:
     two over the items whose combination has real photos (1.0 = as convincing to the judge as real photos),
     with a bootstrap interval (celadon.evaluate.fidelity). Validation, like every reading that steers
     synthesis."""
-    from celadon.evaluate.fidelity import relative_fidelity, standardised_real
+    from celadon.evaluate.fidelity import agreement, item_clusters, relative_fidelity, standardised_real
+    from celadon.experiment.judge import judge_readings
     from celadon.synth.qc import compare_qc
 
     rows = {str(k): {n: None if pd.isna(v) else v for n, v in values.items()}  # a row some runs lack: None
             for k, values in compare_qc(qc_folders).to_dict("index").items()}
-    real = read_predictions(runs.judge_eval.path)
+    real = judge_readings(runs)
     plan = pd.read_csv(plan_table, dtype=str, keep_default_na=False)
     keys = [k for k in load_taxonomy(runs.config.taxonomy).combination if k in plan and k in real]
     items = {name: pd.read_csv(Path(folder) / "qc.csv", dtype=str, keep_default_na=False)
@@ -204,20 +204,54 @@ def table6(runs, qc_folders: dict[str, Path], plan_table: str | Path) -> dict:
     for row in [r for r in rows if r.startswith("label fidelity ")]:
         tasks = row.removeprefix("label fidelity ").split("+")
         rows[row]["real photos"] = standardised_real(plan, real, keys, tasks)
-        relative = {name: relative_fidelity(frame, real, keys, tasks) for name, frame in items.items()}
+        relative = {name: relative_fidelity(frame, real, keys, tasks, clusters=item_clusters(frame, keys))
+                    for name, frame in items.items()}
         metric = row.replace("label fidelity", "relative fidelity")
         rows[metric] = {g: r.relative for g, r in relative.items()}
-        rows[f"{metric}, 95% interval"] = {g: list(r.interval) if r.interval else None for g, r in relative.items()}
+        rows[f"{metric}, 95% cluster interval"] = {g: list(r.interval) if r.interval else None
+                                                   for g, r in relative.items()}
         if "+" not in row:  # the same items for every task; said once
             rows["items compared (their combination has real photos)"] = {g: r.items for g, r in relative.items()}
+            rows["clusters resampled (items sharing a source or a combination)"] = {
+                g: r.clusters for g, r in relative.items()}
+    summaries = {name: _json(Path(folder) / "qc_summary.json") for name, folder in qc_folders.items()}
     for row in ("copy_of_source", "no_verified_task"):
-        counts = {name: _json(Path(folder) / "qc_summary.json")["reasons"].get(row) for name, folder in
-                  qc_folders.items()}
+        counts = {name: summary["reasons"].get(row) for name, summary in summaries.items()}
         if any(counts.values()):
             rows[f"QC fails: {row.replace('_', ' ')}"] = counts
-    # label fidelity is only as good as the judge: its top-1 on real validation photos
-    judge = _metrics(runs.judge_eval.path)["tasks"]
-    return {"rows": rows, "judge_real_top1": {t: judge[t]["top1"] for t in judge}}
+    # an independent judge gates QC; what gating on the reference would have lost: labels the judge confirms
+    # that the reference (trained on the generators' sources) reads otherwise
+    second = {name: summary.get("second_reader") or {} for name, summary in summaries.items()}
+    for task in sorted({task for counts in second.values() for task in counts}):
+        rows[f"{task} labels the judge confirms, the reference misreads"] = {
+            name: counts.get(task, {}).get("second_reader_misreads") for name, counts in second.items()}
+    rows |= _read_by_the_reference(runs, items, keys, [r.removeprefix("label fidelity ").split("+")
+                                                       for r in rows if r.startswith("label fidelity ")])
+    # label fidelity is only as good as the judge: its top-1 on real validation photos (cross-fitted: pooled)
+    tasks = [c.removeprefix("pred_") for c in real if c.startswith("pred_") and c.removeprefix("pred_") in real]
+    return {"rows": rows, "judge_real_top1": {t: float(agreement(real, [t]).mean()) for t in tasks}}
+
+
+def _read_by_the_reference(runs, items: dict[str, pd.DataFrame], keys: list[str], groups: list[list[str]]) -> dict:
+    """Beside an independent judge, the same relative fidelity as the reference reads it (QC's second reader
+    on the items, the reference on validation photos): old judge and new from one run."""
+    from celadon.evaluate.fidelity import item_clusters, relative_fidelity
+    from celadon.evaluate.resample import read_predictions
+
+    read = {name: frame.drop(columns=[c for c in frame if c.startswith("pred_")]).rename(
+        columns=lambda c: "pred_" + c.removeprefix("second_pred_") if c.startswith("second_pred_") else c)
+        for name, frame in items.items() if any(c.startswith("second_pred_") for c in frame)}
+    if not read:
+        return {}
+    real = read_predictions(runs.reference_eval.path)
+    rows = {}
+    for tasks in groups:
+        if not all(f"pred_{t}" in frame for frame in read.values() for t in tasks):
+            continue
+        rows[f"relative fidelity {'+'.join(tasks)}, read by the reference (not independent)"] = {
+            name: relative_fidelity(frame, real, keys, tasks, clusters=item_clusters(frame, keys)).relative
+            for name, frame in read.items()}
+    return rows
 
 
 def training_budgets(runs) -> dict[str, dict]:
@@ -290,7 +324,9 @@ def collect_results(runs) -> dict:
         results["judge"] = describe_judge(runs)
     results["curated"] = {key: _json(stage.path / "curate.json") for key, stage in runs.curated.items()}
     compare = runs.config.synthesis.compare_plan
-    generators = {name: runs.qc[f"{compare}/{name}"].path for name in runs.config.synthesis.generators
+    from celadon.experiment.synthesis import table6_generators
+
+    generators = {name: runs.qc[f"{compare}/{name}"].path for name in table6_generators(runs.config.synthesis)
                   if f"{compare}/{name}" in runs.qc}
     if len(generators) > 1:
         results["table6"] = table6(runs, generators, runs.plans[compare].info["table"]) | {"plan": compare}

@@ -38,6 +38,8 @@ class Runs:
     selection: Stage | None = None
     judge: Stage | None = None  # reads synthetic images' labels (QC, Table 6): the reference, or its own render's
     judge_eval: Stage | None = None  # the judge on the study's validation photos
+    judge_folds: Stage | None = None  # judge cross_fit: the folds of the training photos
+    fold_judges: list[tuple[Stage, Stage]] = dataclasses.field(default_factory=list)  # cross_fit: (training, val)
     lora: Stage | None = None  # replicate 0's (Table 6, the sweep, the report's samples)
     loras: dict[int, Stage] = dataclasses.field(default_factory=dict)  # per synthesis replicate
     plans: dict[str, Stage] = dataclasses.field(default_factory=dict)
@@ -177,9 +179,10 @@ class Study(SynthesisStages, JudgeStages):
 
     # -- classifier ---------------------------------------------------------------------------------------
     def training(self, label: str, overrides: dict, seed: int, inputs: list[Stage], synthetic: Stage | None = None,
-                 arm: Arm | None = None, splits: str | None = None) -> TrainingJob:
+                 arm: Arm | None = None, splits: str | None = None, key: dict | None = None) -> TrainingJob:
         """One classifier's stage: its config (out set when it runs), key settings and inputs; `splits` another
-        split table than the study's training table (the judge's own render)."""
+        split table than the study's training table (the judge's own render, a cross-fitted judge's fold), and
+        `key` what tells apart trainings whose inputs are the same stages (which fold a judge leaves out)."""
         from celadon.classify.train import TrainConfig
 
         config = make(TrainConfig, overrides, splits=splits or str(self.train_table), seed=seed,
@@ -192,7 +195,7 @@ class Study(SynthesisStages, JudgeStages):
                       source_size=self._source_size,
                       threads=self.config.threads, device=self.config.device, log_tensorboard=False)
         # the taxonomy is in the data stage's key
-        settings = key_settings(config, config.key_settings())
+        settings = key_settings(config, config.key_settings()) | (key or {})
         return TrainingJob(config, settings, inputs + ([synthetic] if synthetic else []), label, seed)
 
     @functools.cached_property

@@ -200,19 +200,27 @@ def _synthesis_section(results: dict, folder: Path) -> str:
                 f"{shown} combinations</h3>" + _fidelity_table(compare))
         judge = ", ".join(f"{t} {v:.0%}" for t, v in compare.get("judge_real_top1", {}).items())
         about = results.get("judge", {})
-        who = ("a classifier trained on a render of its own, which shares no image with the collection (an "
-               "independent judge)" if about.get("independent") else
-               "the reference classifier, which trained on the photos img2img starts from and the LoRA learns from "
-               "(not an independent judge: it reads re-rendered training photos more easily than new ones)")
+        kind = about.get("kind", "reference")
+        who = {"own_render": "a classifier trained on a render of its own, which shares no image with the collection "
+                             "(an independent judge)",
+               "cross_fit": f"{about.get('folds')} cross-fitted classifiers, each trained without one fold of the "
+                            "training photos: each img2img item is read by the one that never saw its source photo "
+                            "(independent for img2img; txt2img items are read by a judge that saw the photos the "
+                            "LoRA learnt from)"}.get(
+            kind, "the reference classifier, which trained on the photos img2img starts from and the LoRA learns "
+                  "from (not an independent judge: it reads re-rendered training photos more easily than new ones)")
         out += (f"<p>Label fidelity is judged by {who}; its top-1 accuracy on real validation "
                 f"photos is {_e(judge)}. The <em>real photos</em> column is that judge on real validation photos of "
                 f"the plan's {shown} combinations, each combination weighted by its plan items (a plan favours "
                 "the rarest combinations, where a judge tends to read real photos worst): synthetic images as "
                 "convincing as real ones would score about that. <em>Relative fidelity</em> divides the two over "
                 "the items whose combination has real photos (1.0 = as convincing as real photos), with a 95% "
-                "bootstrap interval over items and photos. For img2img, <em>source photos</em> is the judge on the "
-                "training photos the images started from, read against the intended labels. The reference is read "
-                "on validation only: no test label steers selection, plans or QC.</p>")
+                "bootstrap interval that resamples clusters of items (those sharing a source photo or a "
+                "combination) and real photos. <em>copy</em> (the source photo unchanged) and <em>roundtrip</em> "
+                "(the source through the VAE alone), both read against the item's labels, are what doing nothing "
+                "scores: a generator that does not beat them has not changed what the judge reads. For img2img, "
+                "<em>source photos</em> is the judge on the training photos the images started from. The judge is "
+                "read on validation only: no test label steers selection, plans or QC.</p>")
     sweep = results.get("sweep")
     if sweep:
         out += (f"<h3>Strength sweep of {_e(sweep['generator'])} on plan {_e(sweep['plan'])}: higher strength "
@@ -229,7 +237,7 @@ def _synthesis_section(results: dict, folder: Path) -> str:
         qc_rows.append([_e(key), f"{summary['n_pass']}/{summary['n_images']} ({summary['pass_rate']:.0%})",
                         _e(fidelity), _e(reasons), _e(trains)])
     out += "<h3>Automatic QC, review and what trains</h3>" + _table(
-        ["set", "pass", "label fidelity (reference classifier)", "reasons", "images each task trains on"],
+        ["set", "pass", "label fidelity (the judge)", "reasons", "images each task trains on"],
         qc_rows, 4)
     if files.get("tsne"):
         out += "<h3>t-SNE of real and synthetic images</h3>" + _img(folder / files["tsne"], "t-SNE")

@@ -10,7 +10,9 @@ Generators are registered by name (`GENERATORS`): `txt2img` is the paper's metho
 item from a real training photo (chosen by sources.py: the same vessel) and re-renders it at
 `strength` through the same model + LoRA, running `strength` x `steps` denoising steps. `oracle` (perfect
 images from the procedural renderer) and `replay` (img2img's source photos, shown again) are the controls
-every generator is read against (controls.py). Each item records its generator, settings and source photo.
+every generator is read against (controls.py); `copy` (the source photo unchanged) and `roundtrip` (through the
+VAE alone), both with the item's labels, are what doing nothing scores in Table 6. Each item records its
+generator, settings and source photo.
 """
 
 from __future__ import annotations
@@ -133,6 +135,8 @@ GENERATORS: dict[str, Generator] = {
     "replay": Generator("control (null): each item is img2img's source photo again, with the photo's own labels",
                         lambda pipe: pipe, _replay, needs_sources=True, settings=SOURCE_SETTINGS, uses_pipeline=False,
                         true_labels=True, copies_by_design=True, denoises=False),
+    "copy": Generator("reference (do nothing): img2img's source photo unchanged, with the item's labels", lambda pipe:
+                      pipe, _replay, needs_sources=True, settings=SOURCE_SETTINGS, uses_pipeline=False, denoises=False),
     "roundtrip": Generator("reference (do nothing): img2img's source photo through the VAE alone, with the item's "
                            "labels", lambda pipe: pipe, _roundtrip, needs_sources=True, settings=SOURCE_SETTINGS,
                            denoises=False),

@@ -30,6 +30,7 @@ from celadon.data.manifest import Manifest, read_manifest, write_manifest
 from celadon.device import resolve_device
 from celadon.errors import CeladonError
 from celadon.runinfo import write_json, write_run_info
+from celadon.synth.readings import agreement_rates, confirmed_misreads, label_fidelity, second_reading
 from celadon.taxonomy import load_taxonomy
 
 STATS_SIZE = 128  # statistics are compared at one resolution (sharpness depends on it)
@@ -42,6 +43,13 @@ class QCConfig:
     real: str = ""  # the real splits.csv; its training rows are the reference
     out: str = ""  # where qc.csv and qc_summary.json go
     model_dir: str | None = None  # a reference classifier trained on real data (celadon train), the judge
+    # a second reader, when the judge is independent: the reference classifier (trained on the photos the
+    # generators start from); the summary counts the labels the judge confirms that it misreads
+    second_reader: str | None = None
+    # cross-fitted judges (a collection with no second render): judge i trained without fold i of the training
+    # photos (folds.csv, celadon.data.folds); an item is read by the judge that left out its source's fold
+    fold_models: tuple[str, ...] = ()
+    folds: str | None = None
     judge_metrics: str | None = None  # the judge's metrics.json on real validation photos (evaluate --split val)
     judge_min_recall: float = 0.0  # fail a wrong label only where the judge's val recall of the class is this high
     allow_test_metrics: bool = False  # accept a test-split judge_metrics (test labels then gate training images)
@@ -51,7 +59,7 @@ class QCConfig:
     min_contrast: float = 2.0  # grey-level std below which an image is blank
     outlier_z: float = 4.0  # robust z-score beyond which a statistic is an outlier
     near_distance: int = DEFAULT_NEAR_DISTANCE  # pHash bits within which two images are near copies
-    max_real_reference: int = 600  # real images sampled for statistics and FID/KID
+    max_real_reference: int = 600  # real images sampled for statistics (training) and FID/KID (validation)
     inception: str | None = None  # local Inception-v3 weights for FID/KID; default EfficientNet-Lite0 features
     taxonomy: str | None = None
     seed: int = 0  # of the real sample and KID's subsets
@@ -76,16 +84,18 @@ def robust_z(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return (values - median) / scale
 
 
-def _real_reference(real: Manifest, limit: int, seed: int) -> Manifest:
+def _originals(real: Manifest, split: str) -> Manifest:
+    """The real originals (no offline augmentation) of one split; every row where there is no split column."""
     frame = real.frame
-    keep = (frame["split"] == "train").to_numpy() if "split" in frame else np.ones(len(frame), dtype=bool)
-    reference = real.subset(keep & (real.augmentation_seeds() < 0))
-    if len(reference) > limit:
-        rows = np.sort(np.random.default_rng(seed).choice(len(reference), limit, replace=False))
-        reference = reference.subset(np.isin(np.arange(len(reference)), rows))
-    if len(reference) < 2:
-        raise CeladonError(f"{real.source}: needs at least 2 real training images as the QC reference")
-    return reference
+    keep = (frame["split"] == split).to_numpy() if "split" in frame else np.ones(len(frame), dtype=bool)
+    return real.subset(keep & (real.augmentation_seeds() < 0))
+
+
+def _sample(images: Manifest, limit: int, seed: int) -> Manifest:
+    if len(images) > limit:
+        rows = np.sort(np.random.default_rng(seed).choice(len(images), limit, replace=False))
+        images = images.subset(np.isin(np.arange(len(images)), rows))
+    return images
 
 
 def run_qc(config: QCConfig, progress: bool = True) -> dict:
@@ -96,12 +106,19 @@ def run_qc(config: QCConfig, progress: bool = True) -> dict:
     synthetic = read_manifest(config.table, taxonomy)
     if len(synthetic) == 0:
         raise CeladonError(f"{config.table}: no synthetic images to check")
-    reference = _real_reference(read_manifest(config.real, taxonomy), config.max_real_reference, config.seed)
+    real = read_manifest(config.real, taxonomy)
+    originals = _originals(real, "train")  # the copy check reads them all
+    if len(originals) < 2:
+        raise CeladonError(f"{real.source}: needs at least 2 real training images as the QC reference")
+    reference = _sample(originals, config.max_real_reference, config.seed)  # statistics
+    held_out = _originals(real, "val")  # FID/KID; a table without validation rows falls back to training photos
+    distance_split = "val" if len(held_out) >= 2 else "train"
+    held_out = _sample(held_out if distance_split == "val" else originals, config.max_real_reference, config.seed)
     reasons: list[list[tuple[str, str]]] = [[] for _ in range(len(synthetic))]  # (kind, message) per image
 
     # Integrity, and hashes for duplicate checks, in one decoding pass over both sets.
     synthetic_infos = scan_paths(synthetic.image_paths(), progress=progress)
-    real_infos = scan_paths(reference.image_paths(), progress=progress)
+    real_infos = scan_paths(originals.image_paths(), progress=progress)
     images: dict[int, Image.Image] = {}
     for i, info in enumerate(synthetic_infos):
         if isinstance(info, ImageReadError):
@@ -112,8 +129,7 @@ def run_qc(config: QCConfig, progress: bool = True) -> dict:
         images[i] = load_image(synthetic.image_path(i))
 
     # Statistics against the real distribution.
-    real_images = [load_image(p) for p in reference.image_paths()]  # decoded once: statistics and FID/KID
-    real_stats = pd.DataFrame([image_statistics(img) for img in real_images])
+    real_stats = pd.DataFrame([image_statistics(load_image(p)) for p in reference.image_paths()])
     stats = pd.DataFrame({i: image_statistics(img) for i, img in images.items()}).T.reindex(range(len(synthetic)))
     for name in STATISTICS:
         z = robust_z(stats[name].to_numpy(), real_stats[name].to_numpy())
@@ -125,9 +141,9 @@ def run_qc(config: QCConfig, progress: bool = True) -> dict:
 
     # Memorised copies of real training images, and duplicates within the synthetic set (replay's are by design).
     true_labels, by_design = _control_rows(synthetic)
-    n_real = len(reference)
+    n_real = len(originals)
     infos = [i if isinstance(i, ImageInfo) else None for i in [*real_infos, *synthetic_infos]]
-    real_paths = [str(p) for p in reference.frame["path"]]
+    real_paths = [str(p) for p in originals.frame["path"]]
     for pair in find_duplicates(infos, config.near_distance):
         if pair.second < n_real:
             continue
@@ -142,8 +158,8 @@ def run_qc(config: QCConfig, progress: bool = True) -> dict:
 
     source_bits = _source_copies(synthetic, synthetic_infos, config, reasons, by_design)
     masked: list[list[tuple[str, str]]] = [[] for _ in range(len(synthetic))]
-    predictions, source_predictions = _label_fidelity(synthetic, images, config,
-                                                      masked if config.task_masks else reasons, device, true_labels)
+    predictions, source_predictions, judges = label_fidelity(
+        synthetic, images, config, masked if config.task_masks else reasons, device, true_labels)
     table = synthetic.frame.copy()
     if source_bits is not None:
         table["source_distance"] = source_bits
@@ -155,16 +171,25 @@ def run_qc(config: QCConfig, progress: bool = True) -> dict:
         table[f"pred_{task}"] = values
     for task, values in source_predictions.items():
         table[f"source_pred_{task}"] = values
+    for column, values in judges.items():
+        table[column] = values
+    second = second_reading(synthetic, images, config, device, list(predictions))
+    for task, values in second.items():
+        table[f"second_pred_{task}"] = values
     table["qc_pass"] = [not r for r in reasons]
     table["qc_reasons"] = ["; ".join(message for _, message in r) for r in reasons]
     if config.task_masks:
         table["qc_masked"] = ["; ".join(message for _, message in m) for m in masked]
     out = Path(config.out)
     write_manifest(synthetic.with_frame(table), out / "qc.csv")
-    summary = _summary(table, reasons, _agreement_rates(table, list(predictions), "pred_"), real_images, images,
-                       config, device)
+    summary = _summary(table, reasons, agreement_rates(table, list(predictions), "pred_"),
+                       [load_image(p) for p in held_out.image_paths()], images, config, device)
+    summary |= {"copy_check_originals": len(originals), "statistics_reference": len(reference),
+                "distance_reference": {"split": distance_split, "images": len(held_out)}}
     if source_predictions:
-        summary["source_fidelity"] = _agreement_rates(table, list(source_predictions), "source_pred_")
+        summary["source_fidelity"] = agreement_rates(table, list(source_predictions), "source_pred_")
+    if second:
+        summary["second_reader"] = confirmed_misreads(table, list(second))
     write_json(out / "qc_summary.json", summary)
     write_run_info(out, "synth qc", asdict(config), config.seed, device)
     return summary
@@ -227,78 +252,6 @@ def _verified_tasks(synthetic: Manifest, predictions: dict[str, list], reasons: 
     return verified
 
 
-def _label_fidelity(synthetic: Manifest, images: dict[int, Image.Image], config: QCConfig,
-                    reasons: list[list[tuple[str, str]]], device: str,
-                    true_labels: list[bool]) -> tuple[dict[str, list], dict[str, list]]:
-    """The judge's reading of each image and of each img2img source photo; a wrong label is a reason, except
-    on a control's image, whose labels are true by construction (its reading is the judge's own ceiling)."""
-    if not config.model_dir:
-        return {}, {}
-    from celadon.classify.predict import load_model, predict_images
-
-    loaded = load_model(config.model_dir, device)
-    tasks = [t for t in config.fidelity_tasks if t in loaded.model.task_names]
-    recall = _judge_recall(config, tasks)
-    readable = sorted(images)
-    results, _ = predict_images(loaded, [synthetic.image_path(i) for i in readable], top_k=1)
-    predictions: dict[str, list] = {t: [None] * len(synthetic) for t in tasks}
-    for i, row in zip(readable, results, strict=True):
-        for task in tasks:
-            predicted, intended = row[task][0][0], synthetic.frame[task].iat[i]
-            predictions[task][i] = predicted
-            if intended is None or true_labels[i]:
-                continue
-            trusted = task not in recall or recall[task].get(intended, 0.0) >= config.judge_min_recall
-            if predicted != intended and (trusted or config.task_masks):  # a mask needs no trust
-                reasons[i].append((f"wrong_{task}", f"{task} looks like {predicted}, intended {intended}"))
-    return predictions, _judge_sources(loaded, synthetic, tasks)
-
-
-def _judge_sources(loaded, synthetic: Manifest, tasks: list[str]) -> dict[str, list]:
-    """The judge's reading of each img2img source photo: what it saw before re-rendering (a source it
-    misreads bounds what the re-rendered image can score)."""
-    from celadon.classify.predict import predict_images
-    from celadon.data.manifest import SOURCE_COLUMN, resolve_image_path
-
-    column = synthetic.frame.get(SOURCE_COLUMN)
-    if column is None or not column.map(lambda s: isinstance(s, str) and bool(s)).any():
-        return {}
-    paths = [resolve_image_path(synthetic.root, s) if isinstance(s, str) and s else None for s in column]
-    unique = sorted({p for p in paths if p is not None})
-    results, errors = predict_images(loaded, unique, top_k=1)
-    if errors:  # _source_copies has checked they decode; a failure here is a real problem
-        raise CeladonError(f"{synthetic.source}: {errors[0]}")
-    read = {Path(r["image"]): r for r in results}
-    return {t: [read[p][t][0][0] if p is not None else None for p in paths] for t in tasks}
-
-
-def _agreement_rates(table: pd.DataFrame, tasks: list[str], prefix: str) -> dict[str, float]:
-    """Per task, and jointly (the paper's "correct glaze-type combination"), how often the judge's reading in
-    the `prefix<task>` columns (of the images, or of their source photos) matches the intended labels, over
-    the rows that have both."""
-    from celadon.evaluate.fidelity import agreement
-
-    readings = table[tasks].join(table[[f"{prefix}{t}" for t in tasks]].rename(
-        columns=lambda c: "pred_" + c.removeprefix(prefix)))
-    groups = [[t] for t in tasks] + ([tasks] if len(tasks) > 1 else [])
-    rates = {"+".join(g): agreement(readings, g).mean() for g in groups}
-    return {k: float(v) for k, v in rates.items() if pd.notna(v)}
-
-
-def _judge_recall(config: QCConfig, tasks: list[str]) -> dict[str, dict[str, float]]:
-    """Per task and class, the judge's recall on real photos (classes it never saw there: 0)."""
-    if not config.judge_min_recall:
-        return {}
-    if not config.judge_metrics or not Path(config.judge_metrics).exists():
-        raise CeladonError(f"judge_min_recall {config.judge_min_recall} needs the judge's metrics.json on real "
-                           "validation photos (`celadon evaluate MODEL SPLITS --split val`); "
-                           f"got {config.judge_metrics}")
-    from celadon.evaluate.run import load_decision_metrics
-
-    metrics = load_decision_metrics(config.judge_metrics, config.allow_test_metrics)["tasks"]
-    return {t: {c: v["recall"] for c, v in metrics[t]["per_class"].items()} for t in tasks if t in metrics}
-
-
 def _summary(table: pd.DataFrame, reasons: list[list[tuple[str, str]]], fidelity: dict[str, float],
              real_images: list[Image.Image], images: dict[int, Image.Image], config: QCConfig, device: str) -> dict:
     from celadon.data.images import resize_square
@@ -315,7 +268,7 @@ def _summary(table: pd.DataFrame, reasons: list[list[tuple[str, str]]], fidelity
                                         device=device)) if len(fake) >= 2 else None)
     return {"n_images": len(table), "n_pass": int(table["qc_pass"].sum()),
             "pass_rate": float(table["qc_pass"].mean()), "reasons": dict(sorted(counts.items())),
-            "label_fidelity": fidelity, "distances": distances, "real_reference": len(real_images)}
+            "label_fidelity": fidelity, "distances": distances}
 
 
 def compare_qc(runs: dict[str, str | Path]) -> pd.DataFrame:
@@ -332,7 +285,8 @@ def compare_qc(runs: dict[str, str | Path]) -> pd.DataFrame:
         column = {"images": summary["n_images"], "QC pass rate": summary["pass_rate"]}
         if summary.get("distances"):
             d = summary["distances"]
-            column[f"FID ({d['features']})"] = d["fid"]
+            against = summary.get("distance_reference", {}).get("split", "train")
+            column[f"FID vs {against} photos ({d['features']})"] = d["fid"]
             column["KID"] = d["kid_mean"]
             column["KID std"] = d["kid_std"]
         column.update({f"label fidelity {task}": rate for task, rate in summary["label_fidelity"].items()})
