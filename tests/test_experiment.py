@@ -363,6 +363,13 @@ def test_set_overrides_nested_settings_with_yaml_values(tmp_path):
 
 
 def test_presets_load():
+    from celadon.cli import PRESET_NAMES
+    from celadon.experiment.config import PRESETS
+
+    shipped = sorted(p.stem for p in PRESETS.glob("*.yaml"))
+    assert sorted(PRESET_NAMES.split(", ")) == shipped  # what `run --help` lists
+    for name in shipped:
+        load_study(name)
     demo, paper = load_study("demo"), load_study("paper")
     assert demo.manifest is None and len(demo.seeds) >= 3
     assert paper.classifier["backbone"] == "mobilenet_v3_large" and paper.classifier["image_size"] == 224

@@ -142,3 +142,63 @@ def test_a_simulation_at_our_seed_counts_holds_the_level_where_pooled_mcnemar_di
         assert null["combined_coverage"] >= 0.95 - 2 * null["monte_carlo_se"]
     effect = simulate(10, images=271, reps=150, delta=0.2, seed=4)
     assert effect["population_difference"] > 0.02 and effect["combined_coverage"] >= effect["t_coverage"]
+
+
+def test_share_of_the_oracles_gain_has_fiellers_interval_only_where_the_oracle_gain_is_clear():
+    from scipy import stats as sps
+
+    from celadon.evaluate.stats import share_of_gain
+
+    gain = {0: 0.02, 1: 0.05, 2: 0.03, 3: 0.06, 4: 0.01}
+    oracle = {0: 0.10, 1: 0.12, 2: 0.08, 3: 0.11, 4: 0.09}
+    share = share_of_gain(gain, oracle)
+    assert share.share == pytest.approx(0.034 / 0.10) and share.n == 5
+    # Fieller's bounds are the shares r at which the t statistic of gain - r x oracle gain is exactly critical
+    crit = sps.t.ppf(0.975, 4)
+    for r in (share.low, share.high):
+        d = np.array([gain[s] - r * oracle[s] for s in gain])
+        assert abs(d.mean() / (d.std(ddof=1) / np.sqrt(5))) == pytest.approx(crit, rel=1e-9)
+    assert share.low < share.share < share.high
+    # an oracle whose gain is not clear at the level: no share is defined
+    unclear = share_of_gain(gain, {0: 0.10, 1: -0.08, 2: 0.05, 3: -0.02, 4: 0.01})
+    assert (unclear.share, unclear.low, unclear.high) == (None, None, None)
+
+
+def test_every_arm_is_read_against_the_oracle_and_replay_of_its_own_plan_and_ratio():
+    from types import SimpleNamespace
+
+    from celadon.experiment.comparisons import against_controls
+    from celadon.experiment.config import Arm
+
+    arms = [Arm(name="baseline"), Arm(name="img2img", plan="B", ratio=0.1, generator="img2img"),
+            Arm(name="oracle", plan="B", ratio=0.1, generator="oracle"),
+            Arm(name="replay", plan="B", ratio=0.1, generator="replay"),
+            Arm(name="A txt2img", plan="A", ratio=0.05, generator="lora")]
+    synthesis = SimpleNamespace(generate={}, generators={"img2img": {"generator": "img2img"}, "lora": {},
+                                                         "oracle": {"generator": "oracle"},
+                                                         "replay": {"generator": "replay"}})
+    runs = SimpleNamespace(config=SimpleNamespace(arms=arms, baseline="baseline", synthesis=synthesis))
+    per_arm = {"baseline": [0.60, 0.62, 0.61], "img2img": [0.64, 0.65, 0.66], "oracle": [0.70, 0.71, 0.72],
+               "replay": [0.63, 0.63, 0.64], "A txt2img": [0.61, 0.61, 0.62]}
+    tables = {"t": [{"measure": "all/mean_f1_macro", "arm": a, "values": {str(s): v for s, v in enumerate(vs)}}
+                    for a, vs in per_arm.items()]}
+    rows = against_controls(runs, tables, "all/mean_f1_macro")
+    assert set(rows) == {"img2img", "oracle", "replay", "A txt2img"}
+    img2img = rows["img2img"]
+    assert img2img["oracle"] == "oracle" and img2img["replay"] == "replay"
+    assert img2img["gain"] == pytest.approx(0.04) and img2img["oracle_gain"] == pytest.approx(0.10)
+    assert img2img["share"] == pytest.approx(0.4) and img2img["share_low"] < 0.4 < img2img["share_high"]
+    assert img2img["vs_replay"] == pytest.approx(0.05 / 3 + 0.0)  # (0.01 + 0.02 + 0.02) / 3
+    # the oracle against replay: what new images could add over the same photos shown again
+    assert "oracle" not in rows["oracle"] and rows["oracle"]["vs_replay"] == pytest.approx(0.23 / 3)
+    assert rows["replay"]["share"] == pytest.approx((0.07 / 3) / 0.10)  # showing the photos again: 23 %
+    assert "oracle" not in rows["A txt2img"] and "replay" not in rows["A txt2img"]  # no control of plan A at 5 %
+
+    from celadon.report.html import _controls_section
+
+    unclear = {"generator": "img2img", "gain": 0.01, "oracle": "oracle", "oracle_gain": 0.02, "share": None,
+               "share_low": None, "share_high": None, "share_defined": False}
+    page = _controls_section({"controls": rows | {"unclear arm": unclear}})
+    assert "40% [" in page and "undefined: the oracle's gain is not clear" in page
+    assert "+0.017 [" in page  # img2img minus replay
+    assert _controls_section({"controls": {"A txt2img": rows["A txt2img"]}}) == ""  # no control to read it by

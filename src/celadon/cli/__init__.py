@@ -13,6 +13,7 @@ from celadon.errors import CeladonError, DataProblems
 
 WARNINGS_SHOWN = 20  # per kind, unless --all
 INTERNAL_ERROR_EXIT = 3  # 1: the data has problems; 2: usage or setup; 3: a bug in celadon
+PRESET_NAMES = "demo, calibrate, choose-synthesis, confirm, paper"  # configs/*.yaml; a test keeps them equal
 
 
 def name_value_pairs(items: list[str], what: str, example: str) -> dict[str, str]:
@@ -210,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = add(stages, "demo", cmd_run, "the whole study on the embedded procedural porcelain set (preset demo)")
     demo.set_defaults(config="demo")
     run = add(stages, "run", cmd_run, "run a study YAML: data, synthesis, every arm x seed, report.html")
-    run.add_argument("config", help="a YAML file, or a shipped preset: demo, paper")
+    run.add_argument("config", help=f"a YAML file, or a shipped preset: {PRESET_NAMES}")
     report = add(stages, "report", cmd_report, "rebuild report.html from a study's results.json (nothing re-run)")
     report.add_argument("out", help="the study folder (holds results.json)")
     for p in (demo, run):
@@ -233,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_parsers(stages, add, bench_verbs)
     p = add(bench_verbs, "estimate", cmd_bench_estimate,
             "a study's wall time on 1..N devices from its workload and the benchmarks' --json rates")
-    p.add_argument("config", help="a study YAML, or a shipped preset: demo, paper")
+    p.add_argument("config", help=f"a study YAML, or a shipped preset: {PRESET_NAMES}")
     p.add_argument("--images", required=True, metavar="TRAIN,VAL,TEST",
                    help="original images per split (the paper's: 5068,1392,801)")
     p.add_argument("--train-rows", type=int, default=0, help="training rows after offline augmentation (0: TRAIN)")

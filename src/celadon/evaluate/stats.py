@@ -13,6 +13,8 @@
 - Holm's step-down adjustment controls the family-wise error over many comparisons; `adjusted_level` turns
   an adjusted p back into the level at which an interval agrees with the adjusted test (a Holm-matched
   interval: it excludes zero exactly when the adjusted p is below alpha; it is not a simultaneous interval).
+- `share_of_gain` is a generator's gain as a share of the oracle's, seed by seed paired, with Fieller's
+  interval: bounded only where the oracle's own gain is clear at that level (otherwise no share is defined).
 - `detectable_effect` and `seeds_needed` say what a run could have seen, from the noncentral t, for a declared
   effect of interest and a sd pooled over the arms (never the observed difference: that is post-hoc power).
 """
@@ -98,6 +100,37 @@ def paired_t(arm: Mapping[int, float], baseline: Mapping[int, float], level: flo
     else:
         p = float(stats.ttest_1samp(d, 0.0).pvalue)
     return PairedTest(interval.mean, interval.low, interval.high, p, sd, int(d.size))
+
+
+@dataclass(frozen=True)
+class Share:
+    """mean(gain) / mean(oracle gain) over shared seeds, with Fieller's interval (None: not bounded)."""
+
+    share: float | None
+    low: float | None
+    high: float | None
+    n: int
+
+
+def share_of_gain(gain: Mapping[int, float], oracle_gain: Mapping[int, float], level: float = 0.95) -> Share:
+    """Fieller's interval for a ratio of paired means: the set of shares r for which mean(gain - r x oracle
+    gain) = 0 is not rejected by a t-test at `level`. It is a bounded interval exactly when the oracle's mean gain
+    itself differs from zero at that level; then a share is defined, else every bound is None."""
+    shared = sorted(set(gain) & set(oracle_gain))
+    a = np.array([gain[s] for s in shared], dtype=float)
+    b = np.array([oracle_gain[s] for s in shared], dtype=float)
+    n = len(shared)
+    if n < 2:
+        return Share(None, None, None, n)
+    t = float(stats.t.ppf(0.5 + level / 2, n - 1))
+    ma, mb = a.mean(), b.mean()
+    vaa, vbb, vab = np.var(a, ddof=1) / n, np.var(b, ddof=1) / n, np.cov(a, b, ddof=1)[0, 1] / n
+    quadratic = mb ** 2 - t ** 2 * vbb  # > 0 exactly when the oracle's gain is clear at this level
+    if quadratic <= 0:
+        return Share(None, None, None, n)
+    linear, constant = ma * mb - t ** 2 * vab, ma ** 2 - t ** 2 * vaa
+    root = np.sqrt(max(linear ** 2 - quadratic * constant, 0.0))
+    return Share(float(ma / mb), float((linear - root) / quadratic), float((linear + root) / quadratic), n)
 
 
 def combined_interval(differences: Sequence[float], image_variance: float, image_df: int,

@@ -193,3 +193,43 @@ def compare_measures(comparer: Comparer, measures: list[Measure], primary: str) 
             if "comparison" in row:
                 row["verdict"] = row["comparison"]["verdict"]
     return tables
+
+
+def against_controls(runs, tables: dict[str, list[dict]], primary: str) -> dict[str, dict]:
+    """Per arm that draws a plan, on the primary endpoint: its gain as a share of its oracle's (the oracle arm
+    of the same plan, ratio and tasks: the most perfect images could give), with Fieller's 95% interval where
+    the oracle's gain is clear, and its paired difference to its replay arm (the same photos shown again: what
+    is left for new images to add). Secondary: unadjusted, for reading a generator against its bounds."""
+    from celadon.evaluate.stats import paired_t, share_of_gain
+    from celadon.synth.generate import GenerateConfig
+
+    values = {r["arm"]: {int(s): v for s, v in r["values"].items()}
+              for rows in tables.values() for r in rows if r["measure"] == primary}
+    base = values.get(runs.config.baseline)
+    if base is None:
+        return {}
+    specs = runs.config.synthesis.generate, runs.config.synthesis.generators
+
+    def method(arm) -> str:
+        return (specs[0] | specs[1].get(arm.generator, {})).get("generator", GenerateConfig.generator)
+
+    drawn = [a for a in runs.config.arms if a.plan and a.name in values]
+    found: dict[str, dict] = {}
+    for arm in drawn:
+        like = [a for a in drawn if (a.plan, a.ratio, a.tasks) == (arm.plan, arm.ratio, arm.tasks)]
+        oracle = next((a for a in like if method(a) == "oracle"), None)
+        replay = next((a for a in like if method(a) == "replay"), None)
+        gain = {s: v - base[s] for s, v in values[arm.name].items() if s in base}
+        row: dict = {"generator": method(arm), "gain": float(np.mean(list(gain.values())))}
+        if oracle is not None and oracle is not arm:
+            oracle_gain = {s: v - base[s] for s, v in values[oracle.name].items() if s in base}
+            share = share_of_gain(gain, oracle_gain)
+            row |= {"oracle": oracle.name, "oracle_gain": float(np.mean(list(oracle_gain.values()))),
+                    "share": share.share if share.low is not None else None, "share_low": share.low,
+                    "share_high": share.high, "share_defined": share.low is not None}
+        if replay is not None and replay is not arm:
+            test = paired_t(values[arm.name], values[replay.name])
+            row |= {"replay": replay.name, "vs_replay": test.difference, "vs_replay_low": test.low,
+                    "vs_replay_high": test.high, "vs_replay_p": test.p}
+        found[arm.name] = row
+    return found

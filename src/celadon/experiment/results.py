@@ -16,7 +16,7 @@ import pandas as pd
 
 from celadon.classify.metrics import compare_confusion_pairs
 from celadon.evaluate.run import load_metrics
-from celadon.experiment.comparisons import SEEDS_COVER, Measure, compare_measures
+from celadon.experiment.comparisons import SEEDS_COVER, Measure, against_controls, compare_measures
 from celadon.experiment.stages import Stage
 from celadon.taxonomy import load_taxonomy
 
@@ -314,6 +314,7 @@ def collect_results(runs) -> dict:
         tables = comparison_tables(runs, rare)
         key, _, rare_max = rare
         results |= {"primary": primary_endpoint(runs, tables), **tables, "table17": confusion_pair_table(runs),
+                    "controls": against_controls(runs, tables, runs.config.statistics.primary),
                     "rare_definition": {"combination": key, "rare_max": rare_max,
                                         "counted_on": "real training originals (what the plans count)"},
                     "validation_curves": validation_curves(runs), "budgets": training_budgets(runs)}

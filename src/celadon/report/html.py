@@ -120,7 +120,34 @@ def _headline(results: dict) -> str:
     return (f"<h2>Primary endpoint: {_e(primary['endpoint'])} on test</h2><ul>{''.join(parts)}</ul>"
             f"<p class='note'>{words}Means over {n} seed(s) with 95% Student-t intervals; differences are paired by "
             f"seed; a verdict says better or worse only when the Holm-adjusted p is below {primary['alpha']} and the "
-            f"intervals at the matching adjusted level exclude zero. {_e(primary['covers'])}</p>")
+            f"intervals at the matching adjusted level exclude zero. {_e(primary['covers'])}</p>"
+            + _controls_section(results))
+
+
+def _controls_section(results: dict) -> str:
+    """Each arm beside its ceiling (the oracle of its plan and ratio) and its null (replay)."""
+    controls = {arm: row for arm, row in results.get("controls", {}).items() if "oracle" in row or "replay" in row}
+    if not controls:
+        return ""
+
+    def share(row: dict) -> str:
+        if "oracle" not in row:
+            return "—"
+        if not row["share_defined"]:
+            return "undefined: the oracle's gain is not clear"
+        return f"{row['share']:.0%} [{row['share_low']:.0%}, {row['share_high']:.0%}]"
+
+    rows = [[_e(arm), _e(row["generator"]), f"{row['gain']:+.3f}",
+             f"{row['oracle_gain']:+.3f}" if "oracle_gain" in row else "—", share(row),
+             f"{row['vs_replay']:+.3f} [{row['vs_replay_low']:+.3f}, {row['vs_replay_high']:+.3f}]"
+             if "vs_replay" in row else "—"] for arm, row in controls.items()]
+    return ("<h3>Against the controls: the oracle's gain is the most perfect images of the plan could give, "
+            "replay's is what showing the same photos again gives</h3>"
+            + _table(["arm", "generator", "gain", "its oracle's gain", "share of the oracle's gain [Fieller 95%]",
+                      "minus replay [t 95%]"], rows, 2)
+            + "<p class='note'>On the primary endpoint, paired by seed, not adjusted for multiplicity: these read a "
+              "generator against its bounds and set no verdict. A share is defined only where the oracle's own "
+              "gain is clear at the 95% level.</p>")
 
 
 def _budget_section(results: dict) -> str:
