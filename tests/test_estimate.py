@@ -57,7 +57,8 @@ def test_the_demo_workload_shares_the_reference_and_counts_img2img_and_the_sweep
     a, b = round(1729 * 5 / 95), round(1729 * 10 / 90)
     assert work.generated == {"A/img2img": (a, 10), "A/lora": (a, 20), "A/vanilla": (a, 20), "B/img2img": (b, 10),
                               "B/lora": (b, 20), "A/img2img@0.3": (a, 6), "A/img2img@0.7": (a, 14),  # 0.5: reused
-                              "A/oracle": (a, 0), "A/replay": (a, 0), "B/oracle": (b, 0), "B/replay": (b, 0)}
+                              "A/oracle": (a, 0), "A/replay": (a, 0), "B/oracle": (b, 0), "B/replay": (b, 0),
+                              "A/copy": (a, 0), "A/roundtrip": (a, 0)}  # Table 6's nulls beside img2img: no steps
 
 
 def test_the_paper_preset_generates_table_5s_dataset_sizes_whatever_the_catalogue():
