@@ -326,7 +326,7 @@ def test_config_mistakes_are_one_line_errors(tmp_path):
      r"^synthesis.generators.i: strength 0.04 with 20 steps leaves no denoising step"),
     ({"synthesis": {"generators": {"lora": {"generator": "paint"}}}},
      r"^synthesis.generators.lora.generator: 'paint' is unknown; use one of txt2img, img2img, oracle, replay, "
-     r"roundtrip$"),
+     r"copy, roundtrip$"),
     ({"synthesis": {"sweep": {"generator": "lora", "strengths": [0.5]}}},
      r"^synthesis.sweep: give \{generator: NAME, strengths: \[0.3, 0.5, 0.7\]\} with NAME an img2img generator"),
     ({"synthesis": {"generators": {"lora": {}, "i": {"generator": "img2img"}}, "compare_plan": "A",

@@ -47,12 +47,16 @@ class Measure:
     mcnemar_task: str | None = None  # top-1 of this task: tested per image with McNemar
 
 
-SEEDS_COVER = ("Intervals cover the classifier's randomness (initialisation of the heads, sampling order, "
-               "augmentation), which is what changes between seeds; the combined intervals also cover the test "
-               "images (class-stratified resampling, Satterthwaite degrees of freedom). Adjusted intervals are at "
-               "the Holm-matched level: each excludes zero exactly when its Holm-adjusted p is below alpha; they "
-               "are not simultaneous intervals. The split, the LoRA and the synthetic images are fixed for the "
-               "whole study.")
+def seeds_cover(replicates: int) -> str:
+    """What the intervals cover, in words, for a study with `replicates` synthesis replicates."""
+    fixed = ("The split, the LoRA and the synthetic images are fixed for the whole study." if replicates == 1 else
+             f"The split is fixed; the arms' seeds cycle over {replicates} LoRAs and image sets, so a mixed arm's "
+             "interval also covers the generator's variance.")
+    return ("Intervals cover the classifier's randomness (initialisation of the heads, sampling order, "
+            "augmentation), which is what changes between seeds; the combined intervals also cover the test "
+            "images (class-stratified resampling, Satterthwaite degrees of freedom). Adjusted intervals are at "
+            "the Holm-matched level: each excludes zero exactly when its Holm-adjusted p is below alpha; they "
+            f"are not simultaneous intervals. {fixed}")
 
 
 def verdict(comparison: dict, alpha: float) -> str:

@@ -16,7 +16,7 @@ import pandas as pd
 
 from celadon.classify.metrics import compare_confusion_pairs
 from celadon.evaluate.run import load_metrics
-from celadon.experiment.comparisons import SEEDS_COVER, Measure, against_controls, compare_measures
+from celadon.experiment.comparisons import Measure, against_controls, compare_measures, seeds_cover
 from celadon.experiment.stages import Stage
 from celadon.taxonomy import load_taxonomy
 
@@ -140,7 +140,8 @@ def primary_endpoint(runs, tables: dict[str, list[dict]]) -> dict:
     """The comparison the study is about, per arm, with what the seeds could and could not detect."""
     s = runs.config.statistics
     rows = [r for rows in tables.values() for r in rows if r["measure"] == s.primary]
-    return {"endpoint": s.primary, "alpha": s.alpha, "power": s.power, "covers": SEEDS_COVER,
+    return {"endpoint": s.primary, "alpha": s.alpha, "power": s.power,
+            "covers": seeds_cover(runs.config.synthesis.replicates),
             "arms": {r["arm"]: {"mean": r["mean"], "low": r["low"], "high": r["high"], "n": r["n"],
                                 **({"comparison": r["comparison"]} if "comparison" in r else {})} for r in rows}}
 
