@@ -49,10 +49,10 @@ def test_a_study_without_synthesis_still_trains_its_reference_first_and_needs_no
 
 def test_the_demo_workload_shares_the_reference_and_counts_img2img_and_the_sweep_by_steps():
     work = study_workload(load_study("demo"), 1729, 500, 271)
-    assert len(work.trainings) == 15  # 5 arms x 3 seeds; the reference is baseline seed 0
+    assert len(work.trainings) == 16  # 5 arms x 3 seeds and the judge; the reference is baseline seed 0
     explicit = load_study("demo").classifier | {"grad_clip": 1.0}  # a default, spelled out
     spelled_out = load_study("demo", {}, [f"synthesis.reference={explicit}"])
-    assert len(study_workload(spelled_out, 1729, 500, 271).trainings) == 15  # same resolved settings, same key
+    assert len(study_workload(spelled_out, 1729, 500, 271).trainings) == 16  # same resolved settings, same key
     assert work.lora_steps == 600 and work.lora_grid_images == 8 * 6
     a, b = round(1729 * 5 / 95), round(1729 * 10 / 90)
     assert work.generated == {"A/img2img": (a, 10), "A/lora": (a, 20), "A/vanilla": (a, 20), "B/img2img": (b, 10),
@@ -127,7 +127,7 @@ def test_the_confirmatory_preset_is_fresh_large_and_controlled_and_priced_from_i
     generators = {arm.generator for arm in config.arms if arm.plan}
     assert {"lora", "oracle", "replay"} <= generators and config.arms[0].plan is None
     work = study_workload(config, 1729, 500, 271)
-    assert len(work.trainings) == 5 * 10  # 5 arms x 10 seeds, the reference shared with the baseline's seed 0
+    assert len(work.trainings) == 5 * 10 + 1  # 5 arms x 10 seeds and the judge; the reference is baseline seed 0
     assert work.lora_steps == 2 * 600  # one LoRA per replicate
     b = round(1729 * 10 / 90)
     assert work.generated["B/lora"] == work.generated["B/lora#1"] == (b, 20)
