@@ -78,7 +78,6 @@ class JudgeStages:
         [(training, evaluation)] = self.train_all([job], split="val")  # read on the study's validation photos
         return training, evaluation
 
-
     def _cross_fitted(self, runs) -> tuple[Stage, Stage]:
         from celadon.data.folds import write_fold_tables
         from celadon.data.manifest import read_manifest
