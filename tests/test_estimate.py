@@ -35,12 +35,15 @@ def test_a_study_without_synthesis_still_trains_its_reference_first_and_needs_no
     config = load_study("demo", {}, ["arms=[{name: baseline}]", "synthesis.compare_plan=null",
                                           "synthesis.sweep={}"])
     work = study_workload(config, 1729, 500, 271)
-    images = 10 * 28 * 64  # 10 epochs of ceil(1729 / 64) batches of 64
-    # seed 0 is the reference too: one training, read on validation (reference) and on test (baseline)
-    assert work.trainings == [images] * 3 and work.evaluated == [500 * 11 + 271] + [500 * 10 + 271] * 2
+    epochs = config.classifier["epochs"]
+    images = epochs * 28 * 64  # the demo's epochs of ceil(1729 / 64) batches of 64
+    # seed 0 is the reference too: one training, read on validation (reference) and on test (baseline); every
+    # training reads the validation photos once per epoch
+    reference, arm = 500 * (epochs + 1) + 271, 500 * epochs + 271
+    assert work.trainings == [images] * 3 and work.evaluated == [reference] + [arm] * 2
     assert not work.generated and not work.lora_steps
     parts = estimate(work, _rates(generate=0.0, lora=0.0), 2)
-    first, per = (images + (500 * 11 + 271) * FORWARD_SHARE) / 100, (images + (500 * 10 + 271) * FORWARD_SHARE) / 100
+    first, per = (images + reference * FORWARD_SHARE) / 100, (images + arm * FORWARD_SHARE) / 100
     assert parts == pytest.approx({"classifier trainings": first + per, "total": first + per})  # then 1 and 2
     other = load_study("demo", {}, ["arms=[{name: baseline}]", "synthesis.compare_plan=null",
                                          "synthesis.sweep={}", "synthesis.reference={epochs: 1}"])
