@@ -148,12 +148,13 @@ def test_adding_an_img2img_generator_reruns_nothing_the_others_made(study, tmp_p
     out = _copy(study, tmp_path)
     reran = sorted(s["stage"] for s in _run(SMALL | {"synthesis": synthesis, "arms": arms}, out, tmp_path)
                    if not s["reused"])
+    nulls = [f"{verb} A/{null}" for verb in ("generate", "QC") for null in ("copy", "roundtrip")]  # Table 6's
     assert reran == sorted(["generate A/img2img", "QC A/img2img", "generate A/img2img@0.8", "QC A/img2img@0.8",
-                            "curate A/img2img", "t-SNE real vs synthetic"]
+                            "curate A/img2img", "t-SNE real vs synthetic", *nulls]
                            + [f"{verb} A img2img (seed {seed})" for verb in ("train", "evaluate") for seed in (0, 1)])
     results = json.loads((out / "results.json").read_text())
     rows = results["table6"]["rows"]
-    assert sorted(rows["images"]) == ["img2img", "lora", "real photos", "vanilla"]
+    assert sorted(rows["images"]) == ["copy", "img2img", "lora", "real photos", "roundtrip", "vanilla"]
     assert list(rows["images"])[-1] == "real photos"  # a column per generator, then the judge on real photos
     assert list(results["sweep"]["rows"]["images"]) == ["img2img s=0.5", "img2img s=0.8", "real photos"]
     assert results["sweep"]["rows"]["QC pass rate"]["img2img s=0.5"] == rows["QC pass rate"]["img2img"]
