@@ -87,7 +87,8 @@ def relative_fidelity(synthetic: pd.DataFrame, real: pd.DataFrame, keys: Sequenc
                       confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0,
                       clusters: np.ndarray | None = None) -> RelativeFidelity:
     """`synthetic` and `real` carry the combination `keys`, the labels and the judge's `pred_<task>`;
-    `clusters` (one id per synthetic row, `item_clusters`) makes the bootstrap resample them, not items."""
+    `clusters` (one id per synthetic row, `item_clusters`) makes the bootstrap resample them, not items;
+    `n_resamples=0` skips the interval."""
     syn_ok, real_ok = agreement(synthetic, tasks), agreement(real, tasks)
     clusters = np.arange(len(synthetic)) if clusters is None else np.asarray(clusters)
     clusters = pd.factorize(clusters[syn_ok.notna().to_numpy()])[0]
@@ -109,7 +110,7 @@ def relative_fidelity(synthetic: pd.DataFrame, real: pd.DataFrame, keys: Sequenc
         return s / r if r else np.nan
 
     interval = None
-    if ratio is not None and len(members) > 1 and len(z) > 1:
+    if ratio is not None and n_resamples and len(members) > 1 and len(z) > 1:
         with warnings.catch_warnings():  # BCa warns (and gives NaN) where the jackknife is degenerate
             warnings.simplefilter("ignore")
             result = stats.bootstrap((np.arange(len(members)), np.arange(len(z))), statistic, paired=False,

@@ -205,17 +205,17 @@ def against_controls(runs, tables: dict[str, list[dict]], primary: str) -> dict[
     the oracle's gain is clear, and its paired difference to its replay arm (the same photos shown again: what
     is left for new images to add). Secondary: unadjusted, for reading a generator against its bounds."""
     from celadon.evaluate.stats import paired_t, share_of_gain
-    from celadon.synth.generate import GenerateConfig
+    from celadon.experiment.config import generator_method
 
     values = {r["arm"]: {int(s): v for s, v in r["values"].items()}
               for rows in tables.values() for r in rows if r["measure"] == primary}
     base = values.get(runs.config.baseline)
     if base is None:
         return {}
-    specs = runs.config.synthesis.generate, runs.config.synthesis.generators
+    synthesis = runs.config.synthesis
 
     def method(arm) -> str:
-        return (specs[0] | specs[1].get(arm.generator, {})).get("generator", GenerateConfig.generator)
+        return generator_method(synthesis, synthesis.generators.get(arm.generator, {}))
 
     drawn = [a for a in runs.config.arms if a.plan and a.name in values]
     found: dict[str, dict] = {}

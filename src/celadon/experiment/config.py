@@ -206,7 +206,7 @@ def check_overrides(config: StudyConfig) -> None:
         check_types(EmbeddedConfig, s.judge_render, "synthesis.judge_render")
     if s.replicates < 1:
         raise CeladonError(f"synthesis.replicates: at least 1, got {s.replicates}")
-    oracles = [name for name, spec in s.generators.items() if (s.generate | spec).get("generator") == "oracle"]
+    oracles = [name for name, spec in s.generators.items() if generator_method(s, spec) == "oracle"]
     if oracles and config.manifest:
         raise CeladonError(f"synthesis.generators.{oracles[0]}: the oracle draws the embedded collection; a study of "
                            "your own photos has no oracle (replay is its control)")
@@ -218,10 +218,17 @@ def check_overrides(config: StudyConfig) -> None:
     _check_statistics(config)
 
 
+def generator_method(s: SynthesisConfig, spec: dict) -> str:
+    """The generator (a name in synth.generate.GENERATORS) that a spec of `synthesis.generators` runs: its own
+    `generator`, else `synthesis.generate`'s, else GenerateConfig's default (written here to keep this module
+    free of torch)."""
+    return (s.generate | spec).get("generator", "txt2img")
+
+
 def _check_generators(s: SynthesisConfig) -> None:
     from celadon.synth.generate import GENERATORS, GenerateConfig, check_strength
 
-    methods = {name: (s.generate | spec).get("generator", "txt2img") for name, spec in s.generators.items()}
+    methods = {name: generator_method(s, spec) for name, spec in s.generators.items()}
     for name, method in methods.items():
         if method not in GENERATORS:
             raise CeladonError(f"synthesis.generators.{name}.generator: {method!r} is unknown; use one of "

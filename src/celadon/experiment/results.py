@@ -236,7 +236,7 @@ def table6(runs, qc_folders: dict[str, Path], plan_table: str | Path) -> dict:
 def _read_by_the_reference(runs, items: dict[str, pd.DataFrame], keys: list[str], groups: list[list[str]]) -> dict:
     """Beside an independent judge, the same relative fidelity as the reference reads it (QC's second reader
     on the items, the reference on validation photos): old judge and new from one run."""
-    from celadon.evaluate.fidelity import item_clusters, relative_fidelity
+    from celadon.evaluate.fidelity import relative_fidelity
     from celadon.evaluate.resample import read_predictions
 
     read = {name: frame.drop(columns=[c for c in frame if c.startswith("pred_")]).rename(
@@ -250,8 +250,7 @@ def _read_by_the_reference(runs, items: dict[str, pd.DataFrame], keys: list[str]
         if not all(f"pred_{t}" in frame for frame in read.values() for t in tasks):
             continue
         rows[f"relative fidelity {'+'.join(tasks)}, read by the reference (not independent)"] = {
-            name: relative_fidelity(frame, real, keys, tasks, clusters=item_clusters(frame, keys)).relative
-            for name, frame in read.items()}
+            name: relative_fidelity(frame, real, keys, tasks, n_resamples=0).relative for name, frame in read.items()}
     return rows
 
 

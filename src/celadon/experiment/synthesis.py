@@ -29,11 +29,12 @@ def table6_generators(synthesis) -> dict[str, dict]:
     """Table 6's columns: the study's generators and, where one re-renders source photos (img2img), what doing
     nothing scores on the same sources: `copy` (the photo unchanged) and `roundtrip` (through the VAE alone),
     both with the item's labels. A generator must beat both to have changed what the judge reads."""
-    from celadon.synth.generate import SOURCE_SETTINGS, GenerateConfig, get_generator
+    from celadon.experiment.config import generator_method
+    from celadon.synth.generate import SOURCE_SETTINGS, get_generator
 
     specs = dict(synthesis.generators)
     for spec in [specs[name] for name in sorted(specs)]:
-        method = get_generator((synthesis.generate | spec).get("generator", GenerateConfig.generator))
+        method = get_generator(generator_method(synthesis, spec))
         if method.needs_sources and method.denoises:  # the same sources: the same source settings
             shared = {k: v for k, v in spec.items() if k in SOURCE_SETTINGS}
             return {"copy": {"generator": "copy"} | shared, "roundtrip": {"generator": "roundtrip"} | shared} | specs
@@ -108,9 +109,10 @@ class SynthesisStages:
 
     def _method(self, spec: dict):
         """The generator a named spec (synthesis.generators) runs."""
-        from celadon.synth.generate import GenerateConfig, get_generator
+        from celadon.experiment.config import generator_method
+        from celadon.synth.generate import get_generator
 
-        return get_generator((self.config.synthesis.generate | spec).get("generator", GenerateConfig.generator))
+        return get_generator(generator_method(self.config.synthesis, spec))
 
     def _uses_lora(self, spec: dict) -> bool:
         """Whether a named generator's images come from the pipeline with the study's LoRA."""
