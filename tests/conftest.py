@@ -99,3 +99,25 @@ def caption_folder(tmp_path_factory) -> Path:
         records.append({"file_name": f"images/{i}.png", "text": caption(labels, taxonomy), **labels})
     (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_splits(tmp_path_factory) -> Path:
+    """A 90-image render split for classifier tests (one per test module)."""
+    from celadon.data.embedded import EmbeddedConfig, make_demo
+    from celadon.data.split import SplitConfig, run_split
+    from celadon.taxonomy import load_taxonomy
+
+    root = tmp_path_factory.mktemp("tiny")
+    manifest = make_demo(root / "data", EmbeddedConfig(n=90, size=40, seed=3, workers=1), progress=False)
+    return run_split(manifest, load_taxonomy(), root / "split", SplitConfig(seed=0), progress=False).path
+
+
+def tiny_config(splits: Path, out: Path, **changes):
+    """A TrainConfig of a few tiny steps on `tiny_splits`, with `changes` on top."""
+    from celadon.classify.train import TrainConfig
+
+    values = dict(splits=str(splits), out=str(out), weights="none", image_size=32, batch_size=8, epochs=3,
+                  max_steps_per_epoch=3, threads=1, cache_dir=str(out.parent / "cache"), log_tensorboard=False)
+    values.update(changes)
+    return TrainConfig(**values)

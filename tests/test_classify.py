@@ -15,30 +15,15 @@ import torch
 
 from celadon.checkpoint import load_checkpoint, load_tensors
 from celadon.classify.data import MISSING, ImageCache
+from celadon.classify.loss import multitask_loss
 from celadon.classify.mixing import epoch_draws
 from celadon.classify.models import ModelConfig, MultiTaskNet
-from celadon.classify.train import TrainConfig, Trainer, multitask_loss, train
+from celadon.classify.train import TrainConfig, Trainer, train
 from celadon.cli import main
-from celadon.data.embedded import EmbeddedConfig, make_demo
 from celadon.data.sampling import make_sampler
-from celadon.data.split import SplitConfig, run_split
 from celadon.errors import CeladonError
 from celadon.taxonomy import load_taxonomy
-from conftest import noise_image
-
-
-@pytest.fixture(scope="module")
-def tiny_splits(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny")
-    manifest = make_demo(root / "data", EmbeddedConfig(n=90, size=40, seed=3, workers=1), progress=False)
-    return run_split(manifest, load_taxonomy(), root / "split", SplitConfig(seed=0), progress=False).path
-
-
-def tiny_config(splits: Path, out: Path, **changes) -> TrainConfig:
-    values = dict(splits=str(splits), out=str(out), weights="none", image_size=32, batch_size=8, epochs=3,
-                  max_steps_per_epoch=3, threads=1, cache_dir=str(out.parent / "cache"), log_tensorboard=False)
-    values.update(changes)
-    return TrainConfig(**values)
+from conftest import noise_image, tiny_config
 
 
 def test_missing_labels_are_masked_and_tasks_weighted():

@@ -29,8 +29,9 @@ from celadon.classify.data import (
     train_transform,
 )
 from celadon.classify.device_batches import DeviceBatches, augments_on_device
+from celadon.classify.loss import multitask_loss
 from celadon.classify.models import ModelConfig, MultiTaskNet
-from celadon.classify.train import PAPER_TASK_WEIGHTS, multitask_loss, set_threads
+from celadon.classify.train import PAPER_TASK_WEIGHTS, set_threads
 from celadon.data.embedded import EmbeddedConfig, make_demo
 from celadon.data.manifest import read_manifest
 from celadon.data.sampling import make_sampler

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -35,10 +34,12 @@ from celadon.classify.data import (
     train_transform,
 )
 from celadon.classify.device_batches import DeviceBatches, augments_on_device
+from celadon.classify.loss import multitask_loss
 from celadon.classify.metrics import mean_macro_f1, task_metrics
 from celadon.classify.mixing import MIXING, epoch_draws, epoch_size, synthetic_share
 from celadon.classify.models import ModelConfig, MultiTaskNet
 from celadon.classify.predict import predict_logits
+from celadon.classify.synthetic import check_synthetic_options, separate_batchnorm, synthetic_rows
 from celadon.cpu import set_threads
 from celadon.data.check import check_split_manifest
 from celadon.data.manifest import Manifest, passed_qc, read_manifest
@@ -95,6 +96,11 @@ class TrainConfig:
     # on_top: the study's largest synthetic ratio, which sizes every arm's epoch (0: this run's own ratio)
     budget_ratio: float = 0.0
     synthetic_tasks: list[str] | None = None  # tasks synthetic images train; None = all
+    # How synthetic rows enter a step (celadon.classify.synthetic): label smoothing on them only (0.2: the
+    # intended class gets ~0.8), their loss weight (1 = as a photo), and "separate" BatchNorm statistics
+    synthetic_smoothing: float = 0.0
+    synthetic_weight: float = 1.0
+    synthetic_batchnorm: str = "shared"
     seed: int = 0
     device: str = "auto"  # auto (the GPU when there is one), cpu, cuda or cuda:N
     # where training images are augmented: auto (on a GPU: whole batches on the device; on the CPU: per image in
@@ -112,7 +118,8 @@ class TrainConfig:
         where they differ from their defaults (so the keys of earlier studies hold)."""
         values = asdict(self)
         for name, default in (("train_depthwise", True), ("augment_on", "auto"), ("freeze_stages", 0),
-                              ("budget_ratio", 0.0), ("source_size", 0)):
+                              ("budget_ratio", 0.0), ("source_size", 0), ("synthetic_smoothing", 0.0),
+                              ("synthetic_weight", 1.0), ("synthetic_batchnorm", "shared")):
             if values[name] == default:
                 values.pop(name)
         return values
@@ -149,27 +156,6 @@ def sample_weights(manifest: Manifest, samples: Samples, tasks: list[str], schem
     return np.array([1.0 / frequency[v] for v in labels.tolist()])
 
 
-def multitask_loss(logits: dict[str, torch.Tensor], targets: torch.Tensor, tasks: list[str],
-                   class_weights: dict[str, torch.Tensor], task_weights: dict[str, float]
-                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Sum over tasks of lambda_t * L_t, L_t = mean over labelled samples of w_y * CE (paper eq. 1-2);
-    samples whose label is missing (or masked) do not count for that task. The parts are detached tensors, so a
-    GPU step does not wait for them."""
-    total = logits[tasks[0]].new_zeros((), dtype=torch.float32)
-    parts = {}
-    for j, task in enumerate(tasks):
-        y = targets[:, j]
-        labelled = (y != MISSING).sum()
-        if y.device.type == "cpu" and int(labelled) == 0:
-            continue
-        ce = F.cross_entropy(logits[task].float(), y, weight=class_weights[task], ignore_index=MISSING,
-                             reduction="none")
-        loss = ce.sum() / labelled.clamp(min=1)
-        parts[task] = loss.detach()
-        total = total + task_weights.get(task, 1.0) * loss
-    return total, parts
-
-
 def model_card(model: MultiTaskNet, taxonomy: Taxonomy, config: TrainConfig) -> dict:
     """What `model.json` holds: enough to rebuild the model and decode its outputs without the run."""
     return {"model": asdict(model.config) | {"weights": "none"}, "pretrained": model.pretrained,
@@ -199,6 +185,7 @@ class Trainer:
                                "epochs)")
         if not 0 <= config.budget_ratio < 1:
             raise CeladonError(f"budget_ratio: {config.budget_ratio} must be in [0, 1)")
+        check_synthetic_options(config.synthetic_smoothing, config.synthetic_weight, config.synthetic_batchnorm)
         unknown = [t for t in config.synthetic_tasks or [] if t not in self.tasks]
         if unknown:
             raise CeladonError(f"synthetic_tasks: {', '.join(unknown)} not among the trained tasks "
@@ -249,6 +236,7 @@ class Trainer:
         if not config.train_depthwise:
             self.model.freeze_depthwise()
         self.model.freeze_stages(config.freeze_stages)
+        self.domain_layers = separate_batchnorm(self.model) if config.synthetic_batchnorm == "separate" else []
         head_ids = {id(p) for p in self.model.head_parameters()}
         self.optimizer = torch.optim.AdamW(
             [{"params": [p for p in self.model.parameters() if id(p) not in head_ids], "lr": config.lr_backbone},
@@ -279,12 +267,15 @@ class Trainer:
         totals: dict[str, torch.Tensor] = {}
         batches = 0
         bar = tqdm(loader, total=self.steps_per_epoch, desc=f"epoch {epoch}", disable=not self.progress, leave=False)
+        size = self.config.batch_size
         for images, targets in bar:
             images = images.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
-            with autocast(self.device):
+            synthetic = torch.as_tensor(draws[batches * size:(batches + 1) * size]) >= self.n_real  # loaders keep order
+            with autocast(self.device), synthetic_rows(self.domain_layers, synthetic.to(self.device)):
                 logits = self.model(normalise(jitter_colours(images), self.model.mean, self.model.std))
-            loss, parts = multitask_loss(logits, targets, self.tasks, self.class_weights, self.config.task_weights)
+            loss, parts = multitask_loss(logits, targets, self.tasks, self.class_weights, self.config.task_weights,
+                                         **self._row_options(synthetic))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
@@ -301,6 +292,16 @@ class Trainer:
         labelled = {f"labels_{t}": int((drawn[:, j] != MISSING).sum()) for j, t in enumerate(self.tasks)}
         return {"loss": means.pop("loss", 0.0), **means, "optimizer_steps": batches,
                 "real_presentations": len(draws) - synthetic, "synthetic_presentations": synthetic, **labelled}
+
+    def _row_options(self, synthetic: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-row label smoothing and loss weight from the synthetic-image options (none when they are off)."""
+        c = self.config
+        options = {}
+        if c.synthetic_smoothing:
+            options["smoothing"] = (synthetic.float() * c.synthetic_smoothing).to(self.device)
+        if c.synthetic_weight != 1.0:
+            options["row_weights"] = torch.where(synthetic, c.synthetic_weight, 1.0).to(self.device)
+        return options
 
     def validate(self) -> dict[str, float]:
         logits = predict_logits(self.model, self.val_set, self.config.batch_size, self.device)

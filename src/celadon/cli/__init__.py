@@ -13,7 +13,7 @@ from celadon.errors import CeladonError, DataProblems
 
 WARNINGS_SHOWN = 20  # per kind, unless --all
 INTERNAL_ERROR_EXIT = 3  # 1: the data has problems; 2: usage or setup; 3: a bug in celadon
-PRESET_NAMES = "demo, calibrate, choose-synthesis, confirm, paper"  # configs/*.yaml; a test keeps them equal
+PRESET_NAMES = "demo, calibrate, choose-synthesis, close-gap, confirm, paper"  # configs/*.yaml; a test keeps them equal
 
 
 def name_value_pairs(items: list[str], what: str, example: str) -> dict[str, str]:

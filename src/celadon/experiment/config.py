@@ -29,6 +29,14 @@ class Arm:
     ratio: float = 0.0  # share of training draws that are synthetic
     tasks: list[str] | None = None  # tasks synthetic images train (task masking); None = all
     generator: str = "lora"  # which of synthesis.generators made the images this arm trains on
+    # how this arm's classifier treats its synthetic images, on top of the study's classifier settings: only
+    # the options that leave the arm's draws, and so the equal budgets, unchanged (ARM_CLASSIFIER)
+    classifier: dict[str, Any] = field(default_factory=dict)
+
+
+# TrainConfig settings an arm may set for itself (celadon.classify.synthetic)
+ARM_CLASSIFIER = ("synthetic_smoothing", "synthetic_weight", "synthetic_batchnorm")
+ENDPOINT_SPLITS = ("test", "val")
 
 
 @dataclass
@@ -95,6 +103,9 @@ class StudyConfig:
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     arms: list[Arm] = field(default_factory=lambda: [Arm("baseline"), Arm("A", "A", 0.05), Arm("B", "B", 0.10)])
     baseline: str = "baseline"  # the arm every other arm is compared with
+    # where the arms are read: test (the study's one reading, at the end) or val (a development study that
+    # chooses between methods on validation photos; it never reads test)
+    endpoint_split: str = "test"
     statistics: StatisticsConfig = field(default_factory=StatisticsConfig)
     tsne_per_set: int = 300  # images per set (real, each synthetic set) in the t-SNE
     threads: int = 0  # torch threads (0: every usable core, a count fixed by the machine; celadon.cpu)
@@ -131,7 +142,7 @@ def _without(values: Any, key: str) -> Any:
 def _set_how(key: str) -> str:
     """Where a study sets what a section may not."""
     return {"threads": "the study's threads: sets every stage's", "device": "the study's device: sets every stage's",
-            "split": "arms are evaluated on test, the reference on validation",
+            "split": "the study's endpoint_split sets the arms' (test), the reference reads validation",
             "seed": "the study's seeds: set every arm's",
             "allow_test_metrics": "decisions read validation metrics only"}.get(key, "the stage graph sets it")
 
@@ -190,9 +201,14 @@ def check_overrides(config: StudyConfig) -> None:
                                f"({', '.join(s.plans) or 'none'})")
         if arm.plan is not None and not 0 < arm.ratio < 1:
             raise CeladonError(f"arms.{arm.name}.ratio: must be between 0 and 1 (e.g. 0.1 for 90:10), got {arm.ratio}")
+        if arm.classifier:
+            _check_arm_classifier(arm)
         if arm.plan is not None and arm.generator not in s.generators:
             raise CeladonError(f"arms.{arm.name}.generator: {arm.generator!r} is not in synthesis.generators "
                                f"({', '.join(s.generators)})")
+    if config.endpoint_split not in ENDPOINT_SPLITS:
+        raise CeladonError(f"endpoint_split: {config.endpoint_split!r} is not test (the study's one reading) or val "
+                           "(a development study)")
     if s.compare_plan is not None and s.compare_plan not in s.plans:
         raise CeladonError(f"synthesis.compare_plan: {s.compare_plan!r} is not in synthesis.plans")
     _check_generators(s)
@@ -216,6 +232,22 @@ def check_overrides(config: StudyConfig) -> None:
         raise CeladonError(f"jobs: {config.jobs}: give the number of trainings to run at once, or 0 for one per "
                            "CPU core")
     _check_statistics(config)
+
+
+def _check_arm_classifier(arm: Arm) -> None:
+    from celadon.classify.synthetic import check_synthetic_options
+    from celadon.classify.train import TrainConfig
+
+    where = f"arms.{arm.name}.classifier"
+    if arm.plan is None:
+        raise CeladonError(f"{where}: only arms with synthetic images (a plan) may set how they train on them")
+    for key in _mapping(arm.classifier, where):
+        if key not in ARM_CLASSIFIER:
+            raise CeladonError(f"{where}.{key}: an arm sets only {', '.join(ARM_CLASSIFIER)}; the rest of the "
+                               "classifier is the study's, so every arm trains the same steps")
+    check_types(TrainConfig, arm.classifier, where)
+    options = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in ARM_CLASSIFIER}
+    check_synthetic_options(**{k.removeprefix("synthetic_"): v for k, v in (options | arm.classifier).items()})
 
 
 def generator_method(s: SynthesisConfig, spec: dict) -> str:

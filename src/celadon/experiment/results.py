@@ -305,6 +305,7 @@ def collect_results(runs) -> dict:
     from celadon.runinfo import versions
 
     results: dict = {"name": runs.config.name, "seeds": runs.config.seeds, "baseline": runs.config.baseline,
+                     "endpoint_split": runs.config.endpoint_split,  # val: a development study, test unread
                      "arms": [a.name for a in runs.config.arms], "skipped_arms": runs.skipped,
                      "config": json.loads(json.dumps(dataclasses.asdict(runs.config))), "versions": versions(),
                      "combination": list(load_taxonomy(runs.config.taxonomy).combination),

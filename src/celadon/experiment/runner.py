@@ -185,6 +185,7 @@ class Study(SynthesisStages, JudgeStages):
         `key` what tells apart trainings whose inputs are the same stages (which fold a judge leaves out)."""
         from celadon.classify.train import TrainConfig
 
+        overrides = overrides | (arm.classifier if synthetic and arm else {})  # how the arm treats synthetic rows
         config = make(TrainConfig, overrides, splits=splits or str(self.train_table), seed=seed,
                       cache_dir=self.cache_dir,
                       taxonomy=self.config.taxonomy,
@@ -221,8 +222,8 @@ class Study(SynthesisStages, JudgeStages):
 
     def train_all(self, jobs: list[TrainingJob], split: str = "test") -> list[tuple[Stage, Stage]]:
         """Train (or reuse) classifiers, several at once where that is faster (`jobs`), and evaluate each on
-        `split` as it finishes: test for the arms, read once at the end; validation for the reference, whose
-        evaluation steers selection, plans and QC."""
+        `split` as it finishes: test for the arms, read once at the end (validation in a development study);
+        validation for the reference, whose evaluation steers selection, plans and QC."""
         results: dict[int, tuple[Stage, Stage]] = {}
 
         def evaluate(i: int, training: Stage) -> None:
@@ -289,7 +290,8 @@ class Study(SynthesisStages, JudgeStages):
             jobs += [((arm.name, seed), self.training(arm.name, config.classifier, seed, self.pool,
                                                       curated[i % len(curated)] if curated else None, arm))
                      for i, seed in enumerate(config.seeds)]
-        for (key, _), (training, evaluation) in zip(jobs, self.train_all([job for _, job in jobs]), strict=True):
+        arms = self.train_all([job for _, job in jobs], split=config.endpoint_split)
+        for (key, _), (training, evaluation) in zip(jobs, arms, strict=True):
             runs.trainings[key], runs.evaluations[key] = training, evaluation
         if runs.qc:
             runs.tsne = self._tsne(runs)

@@ -115,8 +115,9 @@ def print_summary(out: Path) -> None:
     rows = [r for r in results.get("table14", []) if r["metric"] == "f1_macro" or r["task"] == "all"]
     rows += results.get("rare_combinations", [])
     if rows:
-        print(f"\n== on test, mean [95% t-interval] over seeds {results['seeds']}; vs baseline: difference "
-              "[95% t-interval] (seeds + test images), Holm-adjusted p, verdict")
+        split = results.get("endpoint_split", "test")
+        print(f"\n== on {split}, mean [95% t-interval] over seeds {results['seeds']}; vs baseline: difference "
+              f"[95% t-interval] (seeds + {split} images), Holm-adjusted p, verdict")
         for r in rows:
             c = r.get("comparison")
             change = ""

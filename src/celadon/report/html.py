@@ -117,7 +117,11 @@ def _headline(results: dict) -> str:
     else:
         words += "No secondary comparison (per task, per class group, rare combinations) survives Holm's correction. "
     n = len(results["seeds"])
-    return (f"<h2>Primary endpoint: {_e(primary['endpoint'])} on test</h2><ul>{''.join(parts)}</ul>"
+    split = results.get("endpoint_split", "test")
+    if split != "test":
+        words = ("A development study, read on validation photos to choose between methods; its test photos "
+                 "were never read. ") + words
+    return (f"<h2>Primary endpoint: {_e(primary['endpoint'])} on {_e(split)}</h2><ul>{''.join(parts)}</ul>"
             f"<p class='note'>{words}Means over {n} seed(s) with 95% Student-t intervals; differences are paired by "
             f"seed; a verdict says better or worse only when the Holm-adjusted p is below {primary['alpha']} and the "
             f"intervals at the matching adjusted level exclude zero. {_e(primary['covers'])}</p>"

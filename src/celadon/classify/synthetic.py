@@ -1,0 +1,101 @@
+"""How a training step treats the synthetic images in its batch: options for closing the gap to the oracle.
+
+A generator's images are not photos: their labels may be wrong (the judge masks what it reads otherwise, not
+what it doubts), and their pixel statistics differ. Each option here changes only how synthetic rows enter
+the loss or the network, never which rows are drawn, so every arm keeps the study's equal budgets:
+
+- `synthetic_smoothing` (label smoothing on synthetic rows only, torch's definition: the intended class gets
+  1 - e + e/C). Diff-Mix trains its synthetic images on soft labels of about 0.8.
+- `synthetic_weight`: each synthetic row's loss counts this much (1 = as a photo); the task's loss is still
+  divided by its labelled rows, so 0.5 halves what the synthetic rows add instead of re-weighting the photos.
+- `synthetic_batchnorm: separate`: in training, the synthetic rows of a batch are normalised by their own
+  statistics (the affine weights shared), and only the real rows move BatchNorm's running statistics, the
+  ones evaluation uses ("domain-specific BatchNorm"; "Diversify, Don't Fine-tune" separates synthetic data's
+  statistics too). Evaluation is unchanged: every test image is a photo. Where a batch's synthetic rows
+  hold one value per channel (one row at the last 1x1 stage of a tiny image), that layer normalises the batch
+  as one and moves no running statistic.
+
+Which rows are synthetic the trainer knows from the epoch's draws (index >= the real rows), so the batches
+themselves carry nothing new.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from celadon.errors import CeladonError
+
+SYNTHETIC_BATCHNORM = ("shared", "separate")
+
+
+def check_synthetic_options(smoothing: float, weight: float, batchnorm: str) -> None:
+    """One-line errors for values no option can mean."""
+    if not 0 <= smoothing < 1:
+        raise CeladonError(f"synthetic_smoothing: {smoothing} must be in [0, 1) (0 = hard labels, 0.2 = the "
+                           "intended class gets about 0.8)")
+    if weight < 0:
+        raise CeladonError(f"synthetic_weight: {weight} must be >= 0 (1 = a synthetic row counts as a photo)")
+    if batchnorm not in SYNTHETIC_BATCHNORM:
+        raise CeladonError(f"synthetic_batchnorm: {batchnorm!r} is not one of {', '.join(SYNTHETIC_BATCHNORM)}")
+
+
+class DomainBatchNorm(nn.Module):
+    """Mixed into a BatchNorm2d class (torch's, or timm's BatchNormAct2d): while `synthetic` holds a row mask in
+    training, those rows are normalised by their own batch statistics, without touching the running ones, and
+    the other rows as usual (the only ones that update the running statistics). Parameters and buffers stay
+    the BatchNorm's, so state dicts load into the plain network."""
+
+    synthetic: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = self.synthetic
+        if mask is None or not self.training or not bool(mask.any()) or bool(mask.all()):
+            return super().forward(x)
+        if int(mask.sum()) * x.shape[2] * x.shape[3] < 2:  # one value per channel has no statistics: the
+            return self._batch_statistics_only(x)            # whole batch as one, moving no running statistic
+        real = super().forward(x[~mask])
+        fake = self._batch_statistics_only(x[mask])
+        out = real.new_empty((len(x), *real.shape[1:]))
+        out[~mask], out[mask] = real, fake
+        return out
+
+    def _batch_statistics_only(self, x: torch.Tensor) -> torch.Tensor:
+        tracked = self.track_running_stats
+        self.track_running_stats = False  # batch statistics, and no running-statistics update
+        try:
+            return super().forward(x)
+        finally:
+            self.track_running_stats = tracked
+
+
+_DOMAIN_CLASSES: dict[type, type] = {}
+
+
+def separate_batchnorm(model: nn.Module) -> list[nn.Module]:
+    """Mix DomainBatchNorm into every BatchNorm2d of `model`, in place (the same module objects, so frozen
+    stages and optimiser groups still hold them); returns them."""
+    layers = []
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d) and not isinstance(module, DomainBatchNorm):
+            base = type(module)
+            if base not in _DOMAIN_CLASSES:
+                _DOMAIN_CLASSES[base] = type(f"Domain{base.__name__}", (DomainBatchNorm, base), {})
+            module.__class__ = _DOMAIN_CLASSES[base]
+            layers.append(module)
+    return layers
+
+
+@contextlib.contextmanager
+def synthetic_rows(layers: list[nn.Module], mask: torch.Tensor | None) -> Iterator[None]:
+    """Tell DomainBatchNorm layers which rows of the coming batch are synthetic (nothing to do without any)."""
+    for layer in layers:
+        layer.synthetic = mask
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.synthetic = None
