@@ -274,7 +274,7 @@ def test_sampler_choice():
                           "glaze": ["white", "white", "white", "black", None], "type": ["bowl"] * 4 + ["vase"]})
     manifest = Manifest(frame.astype(object), Path("."), load_taxonomy())
     targets = np.array([[1, 0], [1, 0], [1, 0], [2, 0], [MISSING, 2]])
-    samples = Samples(np.arange(5), targets, np.full(5, -1), np.zeros(5, bool))
+    samples = Samples(np.arange(5), targets, np.full(5, -1), np.zeros(5, bool), np.ones(targets.shape))
     glaze = sample_weights(manifest, samples, ["glaze", "type"], "auto")
     assert glaze.tolist() == pytest.approx([1 / 3, 1 / 3, 1 / 3, 1.0, 1.0])  # inverse glaze frequency
     hierarchical = sample_weights(manifest, samples, ["type"], "auto")  # no glaze task: 1/sqrt(n) combinations

@@ -93,6 +93,12 @@ def test_label_fidelity_uses_the_reference_model(real_splits, tmp_path):
         for task in ("glaze", "type"):
             flagged = f"{task} looks like" in str(row["qc_reasons"])
             assert flagged == (row[f"pred_{task}"] != row[task])
+    from celadon.classify.predict import load_model, predict_images
+
+    # the judge's probability of each item's own label, for synthetic_confidence: its reading, by hand
+    [read], _ = predict_images(load_model(tmp_path / "model"), [tmp_path / "s1.png"], top_k=99)
+    assert qc["judge_p_glaze"].iat[1] == pytest.approx(dict(read["glaze"])["black"], abs=1e-4)
+    assert qc["judge_p_type"].between(0, 1).all() and "judge_p_kiln" not in qc  # the tasks it reads
     summary = json.loads((tmp_path / "qc" / "qc_summary.json").read_text())
     expected = float((qc["pred_glaze"] == qc["glaze"]).mean())
     assert summary["label_fidelity"]["glaze"] == pytest.approx(expected)

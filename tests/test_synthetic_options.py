@@ -115,15 +115,44 @@ def test_the_trainer_tells_synthetic_rows_apart_in_every_batch_and_keeps_the_bud
     options = dict(synthetic_smoothing=0.2, synthetic_weight=0.5, synthetic_batchnorm="separate")
     trainer = Trainer(tiny_config(tiny_splits, tmp_path / "options", **common, **options), progress=False)
     state = trainer.fit()
-    flags = np.concatenate([(w < 1).numpy() for _, w in seen])
+    flags = np.concatenate([(w < 1).all(1).numpy() for _, w in seen])  # (row, task) weights, 0.5 on synthetic
     assert flags.sum() == state["budget"]["synthetic_presentations"] > 0
-    assert all(torch.equal(s > 0, w < 1) for s, w in seen)  # both options on the same rows
+    assert all(torch.equal(s > 0, (w < 1).all(1)) and torch.equal(s > 0, (w < 1).any(1)) for s, w in seen)
     assert sorted({round(float(v), 6) for s, _ in seen for v in s}) == [0.0, 0.2]
     monkeypatch.undo()
     plain = train(tiny_config(tiny_splits, tmp_path / "plain", **common), progress=False)
     assert {k: v for k, v in plain["budget"].items()} == state["budget"]  # same draws, steps and labels
     loaded = load_model(tmp_path / "options")  # the plain network, as evaluation loads it
     assert not any(isinstance(m, DomainBatchNorm) for m in loaded.model.modules())
+
+
+def test_judge_confidence_weighs_each_synthetic_label_and_needs_the_judges_columns(tiny_splits, tmp_path,
+                                                                                   synthetic_table, monkeypatch):
+    import celadon.classify.train as train_module
+
+    table = pd.read_csv(synthetic_table)
+    table["judge_p_glaze"] = [0.9, 0.1, None, 0.5]  # no reading: weight 1
+    table.to_csv(tmp_path / "judged.csv", index=False)
+    seen = []
+
+    def spy(logits, targets, tasks, class_weights, task_weights, smoothing=None, row_weights=None):
+        seen.append(row_weights.clone())
+        return multitask_loss(logits, targets, tasks, class_weights, task_weights, smoothing, row_weights)
+
+    monkeypatch.setattr(train_module, "multitask_loss", spy)
+    trainer = Trainer(tiny_config(tiny_splits, tmp_path / "judged", synthetic=str(tmp_path / "judged.csv"),
+                                  synthetic_ratio=0.25, synthetic_confidence=True, synthetic_weight=0.5),
+                      progress=False)
+    glaze = trainer.tasks.index("glaze")
+    assert trainer.samples.label_weights[trainer.n_real:, glaze].tolist() == pytest.approx([0.9, 0.1, 1.0, 0.5])
+    trainer.fit()
+    weights = torch.cat(seen)
+    assert sorted({round(float(v), 4) for v in weights[:, glaze]}) == [0.05, 0.25, 0.45, 0.5, 1.0]  # x 0.5
+    others = [j for j in range(len(trainer.tasks)) if j != glaze]
+    assert sorted({round(float(v), 4) for v in weights[:, others].flatten()}) == [0.5, 1.0]
+    with pytest.raises(CeladonError, match="synthetic.csv: no judge_p_<task> column"):
+        Trainer(tiny_config(tiny_splits, tmp_path / "unjudged", synthetic=synthetic_table, synthetic_ratio=0.25,
+                            synthetic_confidence=True), progress=False)
 
 
 def test_bad_synthetic_options_are_one_line_errors(tiny_splits, tmp_path):
@@ -183,7 +212,7 @@ def test_close_gap_trains_only_its_option_arms_beyond_the_demo(tmp_path):
     demo, gap = stages("demo"), stages("close-gap")
     config = load_study("close-gap")
     options = [a for a in config.arms if a.classifier]
-    assert len(options) == 3
+    assert len(options) == 4
     assert len(gap["train"] - demo["train"]) == len(options) * len(config.seeds)
     assert demo["train"] <= gap["train"]
     for kind in set(demo) - {"train", "evaluate"}:

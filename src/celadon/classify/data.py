@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
@@ -23,7 +24,8 @@ from tqdm import tqdm
 
 from celadon.data.augment import augment_image
 from celadon.data.images import ImageReadError, load_image, prepare_square
-from celadon.data.manifest import TRAIN_TASKS_COLUMN, Manifest
+from celadon.data.manifest import JUDGE_CONFIDENCE, TRAIN_TASKS_COLUMN, Manifest
+from celadon.errors import CeladonError
 from celadon.runinfo import atomic_write_text
 
 MISSING = -1  # target value of an unknown label: masked out of that task's loss and metrics
@@ -159,19 +161,22 @@ def encode_targets(manifest: Manifest, tasks: list[str]) -> np.ndarray:
 
 @dataclass
 class Samples:
-    """What a dataset needs per row: cache row, targets, virtual-augmentation seed (or -1), source."""
+    """What a dataset needs per row: cache row, targets, virtual-augmentation seed (or -1), source, and the
+    weight of each (row, task) label in the loss."""
 
     rows: np.ndarray
     targets: np.ndarray
     aug_seeds: np.ndarray
     synthetic: np.ndarray  # bool per row
+    label_weights: np.ndarray  # float32 (N, T): 1, or QC's judge's confidence in the label (synthetic_confidence)
 
 
 def prepare_samples(manifest: Manifest, tasks: list[str], cache: ImageCache, synthetic: bool = False,
-                    masked_tasks: tuple[str, ...] = (), progress: bool = True) -> Samples:
+                    masked_tasks: tuple[str, ...] = (), progress: bool = True, confidence: bool = False) -> Samples:
     """Cache the manifest's images and encode its labels; `masked_tasks` are hidden (e.g. glaze for
     synthetic images, so they train only the other tasks), and so is, per row, every task its `train_tasks`
-    cell (written by `celadon synth curate`) does not name."""
+    cell (written by `celadon synth curate`) does not name. With `confidence`, each label weighs what QC's
+    judge gave it (`judge_p_<task>`; 1 for a task the judge did not read)."""
     targets = encode_targets(manifest, tasks)
     for task in masked_tasks:
         if task in tasks:
@@ -182,14 +187,31 @@ def prepare_samples(manifest: Manifest, tasks: list[str], cache: ImageCache, syn
             for j, task in enumerate(tasks):
                 if task not in trained:
                     targets[row, j] = MISSING
+    weights = judge_confidence(manifest, tasks) if confidence else np.ones(targets.shape, dtype=np.float32)
     aug = manifest.augmentation_seeds()
     rows = cache.rows_for(manifest.image_paths(), progress)
-    return Samples(rows, targets, aug, np.full(len(manifest), synthetic))
+    return Samples(rows, targets, aug, np.full(len(manifest), synthetic), weights)
+
+
+def judge_confidence(manifest: Manifest, tasks: list[str]) -> np.ndarray:
+    """(N, T) float32: QC's judge's probability of each row's label per task, 1 where it read none."""
+    columns = [f"{JUDGE_CONFIDENCE}{t}" for t in tasks if f"{JUDGE_CONFIDENCE}{t}" in manifest.frame]
+    if not columns:
+        raise CeladonError(f"{manifest.source}: no {JUDGE_CONFIDENCE}<task> column to weigh synthetic labels by (its "
+                           "QC ran without a judge, --model, or before QC wrote them): run `celadon synth qc` and "
+                           "`celadon synth curate` again, or drop synthetic_confidence")
+    weights = np.ones((len(manifest), len(tasks)), dtype=np.float32)
+    for j, task in enumerate(tasks):
+        column = f"{JUDGE_CONFIDENCE}{task}"
+        if column in manifest.frame:
+            values = pd.to_numeric(manifest.frame[column], errors="coerce").to_numpy(dtype=np.float64)
+            weights[:, j] = np.where(np.isfinite(values), values, 1.0)
+    return weights
 
 
 def concat_samples(parts: list[Samples]) -> Samples:
     return Samples(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("rows", "targets", "aug_seeds",
-                                                                               "synthetic")))
+                                                                               "synthetic", "label_weights")))
 
 
 class CachedDataset(Dataset):

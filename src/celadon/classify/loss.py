@@ -28,10 +28,10 @@ def multitask_loss(logits: dict[str, torch.Tensor], targets: torch.Tensor, tasks
                    smoothing: torch.Tensor | None = None, row_weights: torch.Tensor | None = None,
                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Sum over tasks of lambda_t * L_t, L_t = mean over labelled samples of w_y * CE (paper eq. 1-2);
-    samples whose label is missing (or masked) do not count for that task. `smoothing` and `row_weights` (one
-    value per row; synthetic rows' options, celadon.classify.synthetic) smooth a row's labels and scale its
-    loss; the task's mean still divides by its labelled rows. The parts are detached tensors, so a GPU step
-    does not wait for them."""
+    samples whose label is missing (or masked) do not count for that task. `smoothing` (per row) and
+    `row_weights` (per row, or per row and task; synthetic rows' options, celadon.classify.synthetic) smooth a
+    row's labels and scale its loss; the task's mean still divides by its labelled rows. The parts are
+    detached tensors, so a GPU step does not wait for them."""
     total = logits[tasks[0]].new_zeros((), dtype=torch.float32)
     parts = {}
     for j, task in enumerate(tasks):
@@ -45,7 +45,7 @@ def multitask_loss(logits: dict[str, torch.Tensor], targets: torch.Tensor, tasks
         else:
             ce = row_cross_entropy(logits[task], y, class_weights[task], smoothing, MISSING)
         if row_weights is not None:
-            ce = ce * row_weights
+            ce = ce * (row_weights[:, j] if row_weights.dim() == 2 else row_weights)
         loss = ce.sum() / labelled.clamp(min=1)
         parts[task] = loss.detach()
         total = total + task_weights.get(task, 1.0) * loss

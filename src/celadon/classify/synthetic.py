@@ -8,6 +8,9 @@ the loss or the network, never which rows are drawn, so every arm keeps the stud
   1 - e + e/C). Diff-Mix trains its synthetic images on soft labels of about 0.8.
 - `synthetic_weight`: each synthetic row's loss counts this much (1 = as a photo); the task's loss is still
   divided by its labelled rows, so 0.5 halves what the synthetic rows add instead of re-weighting the photos.
+- `synthetic_confidence`: each synthetic label's loss is scaled by the probability QC's judge gave it
+  (`judge_p_<task>` in qc.csv and accepted.csv; 1 for a task the judge did not read), so a label the judge
+  doubts counts less though it passed.
 - `synthetic_batchnorm: separate`: in training, the synthetic rows of a batch are normalised by their own
   statistics (the affine weights shared), and only the real rows move BatchNorm's running statistics, the
   ones evaluation uses ("domain-specific BatchNorm"; "Diversify, Don't Fine-tune" separates synthetic data's
@@ -24,6 +27,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -32,13 +36,15 @@ from celadon.errors import CeladonError
 SYNTHETIC_BATCHNORM = ("shared", "separate")
 
 
-def check_synthetic_options(smoothing: float, weight: float, batchnorm: str) -> None:
+def check_synthetic_options(smoothing: float, weight: float, batchnorm: str, confidence: bool = False) -> None:
     """One-line errors for values no option can mean."""
     if not 0 <= smoothing < 1:
         raise CeladonError(f"synthetic_smoothing: {smoothing} must be in [0, 1) (0 = hard labels, 0.2 = the "
                            "intended class gets about 0.8)")
     if weight < 0:
         raise CeladonError(f"synthetic_weight: {weight} must be >= 0 (1 = a synthetic row counts as a photo)")
+    if not isinstance(confidence, bool):
+        raise CeladonError(f"synthetic_confidence: true or false, got {confidence!r}")
     if batchnorm not in SYNTHETIC_BATCHNORM:
         raise CeladonError(f"synthetic_batchnorm: {batchnorm!r} is not one of {', '.join(SYNTHETIC_BATCHNORM)}")
 
@@ -87,6 +93,20 @@ def separate_batchnorm(model: nn.Module) -> list[nn.Module]:
             module.__class__ = _DOMAIN_CLASSES[base]
             layers.append(module)
     return layers
+
+
+def row_options(config, label_weights: np.ndarray, synthetic: torch.Tensor, device: str) -> dict[str, torch.Tensor]:
+    """What `multitask_loss` takes for one batch from a TrainConfig's synthetic options: per-row label smoothing
+    and (row, task) loss weights, from the batch's (row, task) label weights and synthetic-row mask; nothing
+    when the options are off."""
+    options = {}
+    if config.synthetic_smoothing:
+        options["smoothing"] = (synthetic.float() * config.synthetic_smoothing).to(device)
+    if config.synthetic_weight != 1.0 or config.synthetic_confidence:
+        weights = torch.from_numpy(np.array(label_weights, dtype=np.float32))
+        weights[synthetic] *= config.synthetic_weight
+        options["row_weights"] = weights.to(device)
+    return options
 
 
 @contextlib.contextmanager

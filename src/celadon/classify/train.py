@@ -39,7 +39,7 @@ from celadon.classify.metrics import mean_macro_f1, task_metrics
 from celadon.classify.mixing import MIXING, epoch_draws, epoch_size, synthetic_share
 from celadon.classify.models import ModelConfig, MultiTaskNet
 from celadon.classify.predict import predict_logits
-from celadon.classify.synthetic import check_synthetic_options, separate_batchnorm, synthetic_rows
+from celadon.classify.synthetic import check_synthetic_options, row_options, separate_batchnorm, synthetic_rows
 from celadon.cpu import set_threads
 from celadon.data.check import check_split_manifest
 from celadon.data.manifest import Manifest, passed_qc, read_manifest
@@ -101,6 +101,7 @@ class TrainConfig:
     synthetic_smoothing: float = 0.0
     synthetic_weight: float = 1.0
     synthetic_batchnorm: str = "shared"
+    synthetic_confidence: bool = False  # each synthetic label weighs QC's judge's probability of it (judge_p_*)
     seed: int = 0
     device: str = "auto"  # auto (the GPU when there is one), cpu, cuda or cuda:N
     # where training images are augmented: auto (on a GPU: whole batches on the device; on the CPU: per image in
@@ -119,7 +120,8 @@ class TrainConfig:
         values = asdict(self)
         for name, default in (("train_depthwise", True), ("augment_on", "auto"), ("freeze_stages", 0),
                               ("budget_ratio", 0.0), ("source_size", 0), ("synthetic_smoothing", 0.0),
-                              ("synthetic_weight", 1.0), ("synthetic_batchnorm", "shared")):
+                              ("synthetic_weight", 1.0), ("synthetic_batchnorm", "shared"),
+                              ("synthetic_confidence", False)):
             if values[name] == default:
                 values.pop(name)
         return values
@@ -185,7 +187,8 @@ class Trainer:
                                "epochs)")
         if not 0 <= config.budget_ratio < 1:
             raise CeladonError(f"budget_ratio: {config.budget_ratio} must be in [0, 1)")
-        check_synthetic_options(config.synthetic_smoothing, config.synthetic_weight, config.synthetic_batchnorm)
+        check_synthetic_options(config.synthetic_smoothing, config.synthetic_weight, config.synthetic_batchnorm,
+                                config.synthetic_confidence)
         unknown = [t for t in config.synthetic_tasks or [] if t not in self.tasks]
         if unknown:
             raise CeladonError(f"synthetic_tasks: {', '.join(unknown)} not among the trained tasks "
@@ -209,7 +212,8 @@ class Trainer:
             masked = tuple(t for t in self.tasks if config.synthetic_tasks is not None
                            and t not in config.synthetic_tasks)
             synthetic = prepare_samples(load_synthetic(config.synthetic, self.taxonomy), self.tasks, cache,
-                                        synthetic=True, masked_tasks=masked, progress=progress)
+                                        synthetic=True, masked_tasks=masked, progress=progress,
+                                        confidence=config.synthetic_confidence)
             parts.append(synthetic)
             n_synthetic = len(synthetic.rows)
         self.samples = concat_samples(parts)
@@ -271,11 +275,13 @@ class Trainer:
         for images, targets in bar:
             images = images.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
-            synthetic = torch.as_tensor(draws[batches * size:(batches + 1) * size]) >= self.n_real  # loaders keep order
+            index = np.asarray(draws[batches * size:(batches + 1) * size], dtype=np.int64)  # loaders keep order
+            synthetic = torch.from_numpy(index >= self.n_real)
             with autocast(self.device), synthetic_rows(self.domain_layers, synthetic.to(self.device)):
                 logits = self.model(normalise(jitter_colours(images), self.model.mean, self.model.std))
+            options = row_options(self.config, self.samples.label_weights[index], synthetic, self.device)
             loss, parts = multitask_loss(logits, targets, self.tasks, self.class_weights, self.config.task_weights,
-                                         **self._row_options(synthetic))
+                                         **options)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
@@ -292,16 +298,6 @@ class Trainer:
         labelled = {f"labels_{t}": int((drawn[:, j] != MISSING).sum()) for j, t in enumerate(self.tasks)}
         return {"loss": means.pop("loss", 0.0), **means, "optimizer_steps": batches,
                 "real_presentations": len(draws) - synthetic, "synthetic_presentations": synthetic, **labelled}
-
-    def _row_options(self, synthetic: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-row label smoothing and loss weight from the synthetic-image options (none when they are off)."""
-        c = self.config
-        options = {}
-        if c.synthetic_smoothing:
-            options["smoothing"] = (synthetic.float() * c.synthetic_smoothing).to(self.device)
-        if c.synthetic_weight != 1.0:
-            options["row_weights"] = torch.where(synthetic, c.synthetic_weight, 1.0).to(self.device)
-        return options
 
     def validate(self) -> dict[str, float]:
         logits = predict_logits(self.model, self.val_set, self.config.batch_size, self.device)

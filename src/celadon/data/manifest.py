@@ -28,6 +28,7 @@ SOURCE_COLUMN = "source"  # for derived rows (augmented, synthetic): the image t
 PATH_COLUMNS = (PATH_COLUMN, SOURCE_COLUMN)  # rebased when a manifest is written elsewhere
 AUG_SEED_COLUMN = "aug_seed"  # set on rows whose image is an augmentation of `path`, rendered on the fly
 TRAIN_TASKS_COLUMN = "train_tasks"  # synthetic rows: the tasks the image trains (comma-separated); others masked
+JUDGE_CONFIDENCE = "judge_p_"  # + task: QC's judge's probability of a synthetic row's own label (synthetic_confidence)
 
 
 def is_true(value) -> bool:

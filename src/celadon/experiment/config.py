@@ -35,7 +35,7 @@ class Arm:
 
 
 # TrainConfig settings an arm may set for itself (celadon.classify.synthetic)
-ARM_CLASSIFIER = ("synthetic_smoothing", "synthetic_weight", "synthetic_batchnorm")
+ARM_CLASSIFIER = ("synthetic_smoothing", "synthetic_weight", "synthetic_batchnorm", "synthetic_confidence")
 ENDPOINT_SPLITS = ("test", "val")
 
 

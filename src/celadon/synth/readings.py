@@ -12,28 +12,35 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from celadon.data.manifest import Manifest
+from celadon.data.manifest import JUDGE_CONFIDENCE, Manifest
 from celadon.errors import CeladonError
 
 
-def read_images(loaded, synthetic: Manifest, images: dict[int, Image.Image], tasks: list[str]) -> dict[str, list]:
-    """A loaded classifier's top-1 reading of each decoded image, per task (None where an image is unreadable)."""
+def read_images(loaded, synthetic: Manifest, images: dict[int, Image.Image], tasks: list[str],
+                confidence: dict[str, list] | None = None) -> dict[str, list]:
+    """A loaded classifier's top-1 reading of each decoded image, per task (None where an image is unreadable);
+    into `confidence`, when given, the probability it gives each item's own label (None where it has none)."""
     from celadon.classify.predict import predict_images
 
     readable = sorted(images)
-    results, _ = predict_images(loaded, [synthetic.image_path(i) for i in readable], top_k=1) if readable else ([], [])
+    paths = [synthetic.image_path(i) for i in readable]
+    results, _ = predict_images(loaded, paths, top_k=10**6) if readable else ([], [])  # every class, ranked
     values: dict[str, list] = {t: [None] * len(synthetic) for t in tasks if t in loaded.model.task_names}
     for i, row in zip(readable, results, strict=True):
         for task in values:
             values[task][i] = row[task][0][0]
+            if confidence is not None:
+                intended = synthetic.frame[task].iat[i]
+                confidence.setdefault(task, [None] * len(synthetic))[i] = dict(row[task]).get(intended)
     return values
 
 
 def label_fidelity(synthetic: Manifest, images: dict[int, Image.Image], config, reasons: list[list[tuple[str, str]]],
                    device: str, true_labels: list[bool]) -> tuple[dict[str, list], dict[str, list], dict[str, list]]:
-    """The judge's reading of each image and of each img2img source photo, and (cross-fitted judges) which
-    judge read each image; a wrong label is a reason, except on a control's image, whose labels are true by
-    construction (its reading is the judge's own ceiling)."""
+    """The judge's reading of each image and of each img2img source photo, and the columns qc.csv adds: the
+    probability the judge gives each item's own label (`judge_p_<task>`, for `synthetic_confidence`) and
+    (cross-fitted judges) which judge read each image; a wrong label is a reason, except on a control's image,
+    whose labels are true by construction (its reading is the judge's own ceiling)."""
     if not config.model_dir:
         return {}, {}, {}
     from celadon.classify.predict import load_model
@@ -42,10 +49,13 @@ def label_fidelity(synthetic: Manifest, images: dict[int, Image.Image], config, 
     judge, excluded = _judge_per_item(synthetic, config)
     tasks = [t for t in config.fidelity_tasks if t in models[0].model.task_names]
     predictions: dict[str, list] = {t: [None] * len(synthetic) for t in tasks}
+    confidence = {t: [None] * len(synthetic) for t in tasks}  # the judge's probability of the item's own label
     for j, loaded in enumerate(models):
+        read: dict[str, list] = {}
         for task, values in read_images(loaded, synthetic, {i: im for i, im in images.items() if judge[i] == j},
-                                        tasks).items():
+                                        tasks, read).items():
             predictions[task] = [v if judge[i] == j else predictions[task][i] for i, v in enumerate(values)]
+            confidence[task] = [p if judge[i] == j else confidence[task][i] for i, p in enumerate(read[task])]
     recall = judge_recall(config, tasks)
     for task, values in predictions.items():
         for i, predicted in enumerate(values):
@@ -56,6 +66,8 @@ def label_fidelity(synthetic: Manifest, images: dict[int, Image.Image], config, 
             if predicted != intended and (trusted or config.task_masks):  # a mask needs no trust
                 reasons[i].append((f"wrong_{task}", f"{task} looks like {predicted}, intended {intended}"))
     columns = {"judge_fold": judge, "judge_excluded_source": excluded} if config.fold_models else {}
+    columns |= {f"{JUDGE_CONFIDENCE}{task}": [None if p is None else round(p, 4) for p in values]
+                for task, values in confidence.items()}
     return predictions, judge_sources(models, judge, synthetic, tasks), columns
 
 
