@@ -79,6 +79,13 @@ def test_separate_batchnorm_normalises_synthetic_rows_apart_and_learns_running_s
     with synthetic_rows([layer], mask):  # evaluation: every row by the running statistics
         assert torch.allclose(domain(x), plain.eval()(x), atol=1e-5)
     assert layer.synthetic is None  # the mask lasts one batch
+    domain.train()
+    before = domain.running_mean.clone()
+    point, one = torch.randn(6, 3, 1, 1), torch.tensor([False] * 5 + [True])
+    with synthetic_rows([layer], one):  # one synthetic value per channel: no statistics of its own
+        out = domain(point)
+    assert torch.equal(domain.running_mean, before)  # nothing moved
+    assert torch.allclose(out, F.batch_norm(point, None, None, domain.weight, domain.bias, True, 0.0, domain.eps))
 
 
 def test_a_model_trained_with_separate_batchnorm_loads_as_the_plain_network():

@@ -56,13 +56,14 @@ class DomainBatchNorm(nn.Module):
     the BatchNorm's, so state dicts load into the plain network."""
 
     synthetic: torch.Tensor | None = None
+    synthetic_count = 0  # how many rows the mask holds, counted once per batch on the CPU (no GPU sync per layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mask = self.synthetic
-        if mask is None or not self.training or not bool(mask.any()) or bool(mask.all()):
+        mask, count = self.synthetic, self.synthetic_count
+        if mask is None or not self.training or count in (0, len(x)):
             return super().forward(x)
-        if int(mask.sum()) * x.shape[2] * x.shape[3] < 2:  # one value per channel has no statistics: the
-            return self._batch_statistics_only(x)            # whole batch as one, moving no running statistic
+        if count * x.shape[2] * x.shape[3] < 2:  # one value per channel has no statistics: the whole
+            return self._batch_statistics_only(x)  # batch as one, moving no running statistic
         real = super().forward(x[~mask])
         fake = self._batch_statistics_only(x[mask])
         out = real.new_empty((len(x), *real.shape[1:]))
@@ -110,12 +111,15 @@ def row_options(config, label_weights: np.ndarray, synthetic: torch.Tensor, devi
 
 
 @contextlib.contextmanager
-def synthetic_rows(layers: list[nn.Module], mask: torch.Tensor | None) -> Iterator[None]:
-    """Tell DomainBatchNorm layers which rows of the coming batch are synthetic (nothing to do without any)."""
-    for layer in layers:
-        layer.synthetic = mask
+def synthetic_rows(layers: list[nn.Module], mask: torch.Tensor, device: str = "cpu") -> Iterator[None]:
+    """Tell DomainBatchNorm layers which rows of the coming batch are synthetic (`mask` on the CPU; nothing to
+    do without layers)."""
+    if layers:
+        count, on_device = int(mask.sum()), mask.to(device)
+        for layer in layers:
+            layer.synthetic, layer.synthetic_count = on_device, count
     try:
         yield
     finally:
         for layer in layers:
-            layer.synthetic = None
+            layer.synthetic, layer.synthetic_count = None, 0

@@ -277,7 +277,7 @@ class Trainer:
             targets = targets.to(self.device, non_blocking=True)
             index = np.asarray(draws[batches * size:(batches + 1) * size], dtype=np.int64)  # loaders keep order
             synthetic = torch.from_numpy(index >= self.n_real)
-            with autocast(self.device), synthetic_rows(self.domain_layers, synthetic.to(self.device)):
+            with autocast(self.device), synthetic_rows(self.domain_layers, synthetic, self.device):
                 logits = self.model(normalise(jitter_colours(images), self.model.mean, self.model.std))
             options = row_options(self.config, self.samples.label_weights[index], synthetic, self.device)
             loss, parts = multitask_loss(logits, targets, self.tasks, self.class_weights, self.config.task_weights,
