@@ -96,10 +96,11 @@ class TrainConfig:
     # on_top: the study's largest synthetic ratio, which sizes every arm's epoch (0: this run's own ratio)
     budget_ratio: float = 0.0
     synthetic_tasks: list[str] | None = None  # tasks synthetic images train; None = all
-    # How synthetic rows enter a step (celadon.classify.synthetic): label smoothing on them only (0.2: the
-    # intended class gets ~0.8), their loss weight (1 = as a photo), and "separate" BatchNorm statistics
+    # How synthetic rows enter a step (celadon.classify.synthetic); none changes which rows are drawn.
+    # Label smoothing on synthetic rows only (0.2: the intended class gets about 0.8)
     synthetic_smoothing: float = 0.0
-    synthetic_weight: float = 1.0
+    synthetic_weight: float = 1.0  # a synthetic row's loss weight (1 = as a photo's)
+    # "separate": synthetic rows normalised by their own batch statistics; running statistics from photos only
     synthetic_batchnorm: str = "shared"
     synthetic_confidence: bool = False  # each synthetic label weighs QC's judge's probability of it (judge_p_*)
     seed: int = 0
