@@ -17,7 +17,7 @@ from celadon.data.manifest import read_manifest
 from celadon.device import resolve_device
 from celadon.errors import CeladonError
 from celadon.taxonomy import load_taxonomy
-from test_classify import tiny_config, tiny_splits  # noqa: F401  (the module's fixture)
+from conftest import tiny_config
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_a_gpu_index_beyond_the_machine_is_refused(monkeypatch):
         resolve_device("cuda:2")
 
 
-def test_commands_refuse_a_missing_gpu_in_one_line_before_any_work(no_gpu, tiny_splits, tmp_path, capsys):  # noqa: F811
+def test_commands_refuse_a_missing_gpu_in_one_line_before_any_work(no_gpu, tiny_splits, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", str(tiny_splits), "--out", str(out), "--device", "cuda", "--quiet"]) == 2
     error = capsys.readouterr().err.strip()
@@ -78,7 +78,7 @@ def test_warp_parameters_follow_the_cpu_transforms_ranges():
     assert not torch.equal(theta, warp_parameters(4000, torch.Generator().manual_seed(1)))
 
 
-def test_device_batches_gather_the_drawn_rows_with_their_targets(tiny_splits, tmp_path):  # noqa: F811
+def test_device_batches_gather_the_drawn_rows_with_their_targets(tiny_splits, tmp_path):
     taxonomy = load_taxonomy()
     manifest = read_manifest(tiny_splits, taxonomy)
     cache = ImageCache(tmp_path / "cache", 36)
@@ -94,7 +94,7 @@ def test_device_batches_gather_the_drawn_rows_with_their_targets(tiny_splits, tm
     assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again, strict=True))
 
 
-def test_training_through_the_device_path_matches_the_loader_budget(tiny_splits, tmp_path):  # noqa: F811
+def test_training_through_the_device_path_matches_the_loader_budget(tiny_splits, tmp_path):
     loader = train(tiny_config(tiny_splits, tmp_path / "loader", epochs=2), progress=False)
     device = train(tiny_config(tiny_splits, tmp_path / "device", epochs=2, augment_on="device"), progress=False)
     assert device["budget"] == loader["budget"]

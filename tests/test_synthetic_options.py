@@ -206,7 +206,7 @@ def test_a_development_study_reads_its_arms_on_validation_and_an_arms_options_re
 
 def test_close_gap_trains_only_its_option_arms_beyond_the_demo(tmp_path):
     """The close-gap preset is the demo read on validation: run in the demo's folder, every synthesis stage and
-    every training but its option arms' is the demo's own."""
+    every training but its option arms' (and its one extra generator's) is the demo's own."""
     from celadon.experiment.study import plan_study
 
     def stages(name: str) -> dict[str, set[str]]:
@@ -218,9 +218,14 @@ def test_close_gap_trains_only_its_option_arms_beyond_the_demo(tmp_path):
 
     demo, gap = stages("demo"), stages("close-gap")
     config = load_study("close-gap")
-    options = [a for a in config.arms if a.classifier]
-    assert len(options) == 4
+    extra = set(config.synthesis.generators) - set(load_study("demo").synthesis.generators)
+    assert extra == {"img2img_translate"}  # inter-class translation: a generator setting, not an arm option
+    options = [a for a in config.arms if a.classifier or a.generator in extra]
+    assert len(options) == 5
     assert len(gap["train"] - demo["train"]) == len(options) * len(config.seeds)
     assert demo["train"] <= gap["train"]
-    for kind in set(demo) - {"train", "evaluate"}:
-        assert gap.get(kind) == demo[kind], kind  # data, judge, LoRA, generation, QC, curation: the demo's
+    for kind in set(demo) - {"train", "evaluate", "tsne"}:  # the t-SNE plot shows every generator's images
+        added = gap.get(kind, set()) - demo[kind]
+        assert demo[kind] <= gap.get(kind, set()), kind  # data, judge, LoRA, generation, QC, curation: the demo's
+        # beside them, only the translation generator's stages: its plan-A and plan-B images, their QC, B's curation
+        assert len(added) == {"generate": 2, "qc": 2, "curate": 1}.get(kind, 0), kind

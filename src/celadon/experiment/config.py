@@ -142,7 +142,7 @@ def _without(values: Any, key: str) -> Any:
 def _set_how(key: str) -> str:
     """Where a study sets what a section may not."""
     return {"threads": "the study's threads: sets every stage's", "device": "the study's device: sets every stage's",
-            "split": "the study's endpoint_split sets the arms' (test), the reference reads validation",
+            "split": "endpoint_split sets the arms' split (test unless set to val); the reference reads validation",
             "seed": "the study's seeds: set every arm's",
             "allow_test_metrics": "decisions read validation metrics only"}.get(key, "the stage graph sets it")
 
