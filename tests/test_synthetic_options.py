@@ -224,7 +224,8 @@ def test_close_gap_trains_only_its_option_arms_beyond_the_demo(tmp_path):
     assert len(options) == 5
     assert len(gap["train"] - demo["train"]) == len(options) * len(config.seeds)
     assert demo["train"] <= gap["train"]
-    for kind in set(demo) - {"train", "evaluate", "tsne"}:  # the t-SNE plot shows every generator's images
+    assert len(gap["tsne"]) == len(demo["tsne"]) == 1  # one t-SNE plot; it shows every generator's images
+    for kind in set(demo) - {"train", "evaluate", "tsne"}:
         added = gap.get(kind, set()) - demo[kind]
         assert demo[kind] <= gap.get(kind, set()), kind  # data, judge, LoRA, generation, QC, curation: the demo's
         # beside them, only the translation generator's stages: its plan-A and plan-B images, their QC, B's curation

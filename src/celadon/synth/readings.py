@@ -26,8 +26,9 @@ def read_images(loaded, synthetic: Manifest, images: dict[int, Image.Image], tas
     paths = [synthetic.image_path(i) for i in readable]
     results, _ = predict_images(loaded, paths, top_k=10**6) if readable else ([], [])  # every class, ranked
     values: dict[str, list] = {t: [None] * len(synthetic) for t in tasks if t in loaded.model.task_names}
-    for task in values if confidence is not None else ():  # every task, even where this reader reads no image
-        confidence.setdefault(task, [None] * len(synthetic))
+    if confidence is not None:  # every task gets its column, even where this reader reads no image
+        for task in values:
+            confidence.setdefault(task, [None] * len(synthetic))
     for i, row in zip(readable, results, strict=True):
         for task in values:
             values[task][i] = row[task][0][0]
