@@ -565,3 +565,16 @@ def test_synthesis_replicates_draw_their_own_lora_and_images_and_the_arms_seeds_
     assert curated["curate A/lora#1"] in trained[1]
     with pytest.raises(CeladonError, match="synthesis.replicates: at least 1"):
         load_study(tmp_path / "s.yaml", {}, ["synthesis.replicates=0"])
+
+
+def test_the_printed_summary_keeps_a_long_arm_name_apart_from_its_figures(tmp_path, capsys):
+    from celadon.experiment.study import print_summary
+
+    arm = "B img2img half weight (90:10)"
+    rows = [{"metric": "f1_macro", "task": "glaze", "arm": name, "mean": mean, "n": 1}
+            for name, mean in (("baseline", 0.25), (arm, 0.5))]
+    (tmp_path / "results.json").write_text(json.dumps({"stages": [], "seeds": [0], "table14": rows}))
+    print_summary(tmp_path)
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.rstrip().endswith(f"{arm} 0.500") for line in lines)
+    assert any(line.rstrip().endswith("baseline" + " " * (len(arm) + 1 - len("baseline")) + "0.250") for line in lines)

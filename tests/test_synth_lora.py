@@ -51,6 +51,42 @@ def test_build_base_exports_a_loadable_pipeline(tiny_sd):
     assert image.size == (64, 64)
 
 
+def test_the_small_architecture_is_wider_than_tiny_and_fits_60_mb_in_fp16():
+    def parameters(name: str) -> dict[str, int]:
+        parts = tiny.new_components(1100, name=name)  # the trimmed tokenizer's size
+        return {key: sum(p.numel() for p in parts[key].parameters()) for key in ("vae", "text_encoder", "unet")}
+
+    small, shipped = parameters("small"), parameters("tiny")
+    assert all(small[key] > 3 * shipped[key] for key in small)
+    assert 2 * sum(small.values()) <= 60e6  # fp16 bytes
+    with pytest.raises(CeladonError, match="unknown base architecture 'huge'; choose one of tiny, small"):
+        tiny.new_components(1100, name="huge")
+
+
+@pytest.mark.slow
+def test_build_base_small_exports_a_small_pipeline_and_its_work_folder_resumes_only_as_small(tmp_path):
+    from celadon.synth.base import BaseConfig, build_base
+
+    toy = dict(work=str(tmp_path / "work"), images=96, vae_min_steps=1, vae_max_steps=1, decoder_steps=1,
+               vae_batch=4, unet_steps=1, unet_batch=4, sample_every=1, threads=1)
+    out = build_base(BaseConfig(out=str(tmp_path / "small"), architecture="small", **toy), progress=False)
+    pipe = load_pipeline(str(out))
+    assert tuple(pipe.unet.config.block_out_channels) == tiny.ARCHITECTURES["small"].unet
+    assert pipe.text_encoder.config.hidden_size == 256
+    image = pipe("a photo of a green ceramic vase", num_inference_steps=2, height=64, width=64).images[0]
+    assert image.size == (64, 64)
+    with pytest.raises(CeladonError, match="holds a 'small' build; resume it with --architecture small"):
+        build_base(BaseConfig(out=str(tmp_path / "tiny"), architecture="tiny", **toy), progress=False)
+
+
+def test_build_base_cli_refuses_to_write_a_small_model_over_the_shipped_one(capsys):
+    from celadon.cli import main
+
+    assert main(["synth", "build-base", "--architecture", "small", "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: give --out for a 'small' base model: the default is the "
+                                                "shipped tiny model's folder, which it would replace")
+
+
 def test_decoder_refinement_keeps_the_latent_space(tiny_sd):
     # The decoder-only phase must leave the encoder as it was: cached latents and the UNet trained on them stay valid.
     work = tiny_sd.parent / "work"

@@ -47,17 +47,22 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
 
 def cmd_build_base(args: argparse.Namespace) -> int:
+    from celadon.errors import CeladonError
     from celadon.synth.base import BaseConfig, build_base
 
+    if args.architecture != "tiny" and not args.out:
+        raise CeladonError(f"give --out for a {args.architecture!r} base model: the default is the shipped tiny "
+                           "model's folder, which it would replace")
     given = {"out": args.out, "images": args.images, "vae_max_steps": args.vae_max_steps,
              "decoder_steps": args.decoder_steps, "unet_steps": args.unet_steps}  # None: the shipped model's recipe
     config = BaseConfig(work=args.work, max_minutes=args.max_minutes, threads=args.threads, seed=args.seed,
+                        architecture=args.architecture,
                         **{key: value for key, value in given.items() if value is not None})
     result = build_base(config, progress=not args.quiet)
     if result is None:
         print(f"stopped after {args.max_minutes} min; run the same command again to continue")
         return 0
-    print(f"tiny base model written to {result} (training logs and samples in {result}/training)")
+    print(f"{config.architecture} base model written to {result} (training logs and samples in {result}/training)")
     return 0
 
 
@@ -223,6 +228,9 @@ def add_parsers(stages, add, bench_verbs) -> None:
     p.add_argument("--max-minutes", type=float, default=0, help="stop resumably after this long (0: run to the end)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: every usable core)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--architecture", default="tiny",
+                   help="tiny: the shipped model's widths; small: 6x the parameters (a GPU's work, or CPU hours); "
+                        "use a built one with --model PATH")
 
     add(verbs, "train-lora", cmd_train_lora, "LoRA fine-tuning (diffusers + peft), resumable",
         config_arguments("celadon.synth.lora:LoraConfig", positional=("data",), skip=("validation_prompts", "cache"),

@@ -118,6 +118,7 @@ def print_summary(out: Path) -> None:
         split = results.get("endpoint_split", "test")
         print(f"\n== on {split}, mean [95% t-interval] over seeds {results['seeds']}; vs baseline: difference "
               f"[95% t-interval] (seeds + {split} images), Holm-adjusted p, verdict")
+        width = max(len(r["arm"]) for r in rows) + 1  # long arm names must not run into the figures
         for r in rows:
             c = r.get("comparison")
             change = ""
@@ -128,7 +129,7 @@ def print_summary(out: Path) -> None:
                           f"p_adj {c['p_adjusted']:.3f} {c['verdict']}")
             name = r["task"] if "task" in r else r["group"]
             interval = f" [{r['low']:.3f}, {r['high']:.3f}]" if r["n"] >= 2 else ""
-            print(f"  {name[:34]:<35}{r['arm']:<18}{r['mean']:.3f}{interval}{change}")
+            print(f"  {name[:34]:<35}{r['arm']:<{width}}{r['mean']:.3f}{interval}{change}")
     primary = results.get("primary")
     if primary:
         for arm, row in primary["arms"].items():

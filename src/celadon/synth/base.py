@@ -28,6 +28,7 @@ from celadon.checkpoint import load_checkpoint, save_checkpoint
 from celadon.cpu import set_threads
 from celadon.data.embedded import _all_combinations
 from celadon.data.embedded.render import Labels, render
+from celadon.errors import CeladonError
 from celadon.runinfo import append_csv_row, atomic_write_text, write_run_info
 from celadon.synth import tiny
 from celadon.synth.pipeline import DEFAULT_NEGATIVE, TINY_PATH, min_snr_weight, save_grid, silence_hf_progress_bars
@@ -60,6 +61,7 @@ class BaseConfig:
     checkpoint_minutes: float = 3.0
     max_minutes: float = 0.0  # stop (resumably) after this long; 0 = run to the end
     threads: int = 2
+    architecture: str = "tiny"  # tiny.ARCHITECTURES: "tiny" (shipped) or "small" (about 6x the parameters)
 
 
 class _OutOfTime(Exception):
@@ -311,8 +313,10 @@ def build_base(config: BaseConfig, progress: bool = True) -> Path | None:
     from celadon.taxonomy import load_taxonomy
 
     set_threads(config.threads)
+    tiny.architecture(config.architecture)  # an unknown name fails before any work
     work = Path(config.work)
     work.mkdir(parents=True, exist_ok=True)
+    _claim(work, config.architecture)
     write_run_info(work, "synth build-base", config, config.seed)
     images, captions = _dataset(work, config, progress)
     taxonomy = load_taxonomy()
@@ -320,7 +324,7 @@ def build_base(config: BaseConfig, progress: bool = True) -> Path | None:
         caption({task: code}, taxonomy) + " " + taxonomy.task(task).label(code).prompt
         for task in taxonomy.task_names for code in taxonomy.task(task).codes] + list(taxonomy.caption_parts)
     tokenizer = CLIPTokenizer.from_pretrained(tiny.write_trimmed_tokenizer(corpus, work / "tokenizer"))
-    parts = tiny.new_components(len(tokenizer), seed=config.seed)
+    parts = tiny.new_components(len(tokenizer), seed=config.seed, name=config.architecture)
     clock = _Clock(config)
     try:
         _train_autoencoder(work, images, parts["vae"], config, clock, "vae", progress)
@@ -332,6 +336,18 @@ def build_base(config: BaseConfig, progress: bool = True) -> Path | None:
     if not progress:
         silence_hf_progress_bars()  # e.g. the text encoder's "Writing model shards" bar
     return _export(work, parts, ema, tokenizer, scaling_factor, config)
+
+
+def _claim(work: Path, architecture: str) -> None:
+    """A work folder resumes one architecture only: its checkpoints would not load into another."""
+    marker = work / "architecture.json"
+    if marker.exists():
+        built = json.loads(marker.read_text())["architecture"]
+        if built != architecture:
+            raise CeladonError(f"{work} holds a {built!r} build; resume it with --architecture {built}, or give "
+                               f"another --work for a {architecture!r} one")
+    else:
+        atomic_write_text(marker, json.dumps({"architecture": architecture}))
 
 
 def _export(work: Path, parts: dict, ema, tokenizer, scaling_factor: float, config: BaseConfig) -> Path:
