@@ -73,10 +73,25 @@ def test_build_base_small_exports_a_small_pipeline_and_its_work_folder_resumes_o
     pipe = load_pipeline(str(out))
     assert tuple(pipe.unet.config.block_out_channels) == tiny.ARCHITECTURES["small"].unet
     assert pipe.text_encoder.config.hidden_size == 256
+    assert json.loads((tmp_path / "work" / "architecture.json").read_text()) == {"architecture": "small"}
     image = pipe("a photo of a green ceramic vase", num_inference_steps=2, height=64, width=64).images[0]
     assert image.size == (64, 64)
     with pytest.raises(CeladonError, match="holds a 'small' build; resume it with --architecture small"):
         build_base(BaseConfig(out=str(tmp_path / "tiny"), architecture="tiny", **toy), progress=False)
+
+
+def test_a_base_build_folder_resumes_only_the_architecture_it_holds(tmp_path):
+    from celadon.synth.base import BaseConfig, build_base
+
+    older = tmp_path / "older"  # a tiny build's folder from before the marker existed: checkpoints, no marker
+    (older / "vae").mkdir(parents=True)
+    with pytest.raises(CeladonError, match="older holds a 'tiny' build; resume it with --architecture tiny, or "
+                                           "give another --work for a 'small' one"):
+        build_base(BaseConfig(work=str(older), out=str(tmp_path / "out"), architecture="small", threads=1))
+    assert json.loads((older / "architecture.json").read_text()) == {"architecture": "tiny"}
+    with pytest.raises(CeladonError, match="unknown base architecture 'huge'"):
+        build_base(BaseConfig(work=str(tmp_path / "new"), out=str(tmp_path / "out"), architecture="huge", threads=1))
+    assert not (tmp_path / "new").exists()  # refused before any work
 
 
 def test_build_base_cli_refuses_to_write_a_small_model_over_the_shipped_one(capsys):

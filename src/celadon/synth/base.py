@@ -312,8 +312,8 @@ def build_base(config: BaseConfig, progress: bool = True) -> Path | None:
     from celadon.synth.captions import caption
     from celadon.taxonomy import load_taxonomy
 
-    set_threads(config.threads)
     tiny.architecture(config.architecture)  # an unknown name fails before any work
+    set_threads(config.threads)
     work = Path(config.work)
     work.mkdir(parents=True, exist_ok=True)
     _claim(work, config.architecture)
@@ -343,11 +343,12 @@ def _claim(work: Path, architecture: str) -> None:
     marker = work / "architecture.json"
     if marker.exists():
         built = json.loads(marker.read_text())["architecture"]
-        if built != architecture:
-            raise CeladonError(f"{work} holds a {built!r} build; resume it with --architecture {built}, or give "
-                               f"another --work for a {architecture!r} one")
-    else:
-        atomic_write_text(marker, json.dumps({"architecture": architecture}))
+    else:  # a folder from before there was a choice holds tiny checkpoints
+        built = "tiny" if (work / "vae").exists() else architecture
+        atomic_write_text(marker, json.dumps({"architecture": built}))
+    if built != architecture:
+        raise CeladonError(f"{work} holds a {built!r} build; resume it with --architecture {built}, or give "
+                           f"another --work for a {architecture!r} one")
 
 
 def _export(work: Path, parts: dict, ema, tokenizer, scaling_factor: float, config: BaseConfig) -> Path:
