@@ -10,7 +10,9 @@
 # slow one cannot eat the others'. A device call runs at most 10 minutes, so the run comes in two parts, each
 # under that: `PARTS=demo` (the demo, and its trainings again with jobs=4; at most 450 s), then, on the still
 # warm machine (its /tmp holds the demo's captions and plan), `PARTS=bench` (benchmarks, estimates and the
-# summary; at most 570 s). PARTS unset runs both.
+# summary; at most 570 s). PARTS unset runs both. `PARTS=base`, a third call, builds the wider `small` base model
+# (`synth build-base --architecture small`) on the GPU by the shipped recipe, stopping resumably after 8.5 min:
+# its wall time, logs and samples.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu-check}
@@ -47,6 +49,12 @@ if [ -d "$WORK/demo/stages" ]; then
   cp -r "$WORK/demo" "$WORK/demo-jobs4" && rm -rf "$WORK"/demo-jobs4/stages/{train,evaluate}-*
   step demo-jobs4 150 "${CELADON[@]}" demo --out "$WORK/demo-jobs4" --device cuda --quiet --set jobs=4
 fi
+fi
+if [[ $PARTS == *base* ]]; then
+step base-small 570 "${CELADON[@]}" synth build-base --architecture small --device cuda --threads 8 --max-minutes 8.5 \
+  --work "$WORK/base-small-work" --out "$WORK/small-sd" --quiet
+cp -r "$WORK/small-sd/training" "$OUT/base-small-training" 2>/dev/null
+du -sh "$WORK/small-sd" >> "$OUT/steps.txt" 2>&1
 fi
 if [[ $PARTS != *bench* ]]; then
   kill "$SAMPLER" 2> /dev/null

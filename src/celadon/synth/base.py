@@ -28,6 +28,7 @@ from celadon.checkpoint import load_checkpoint, save_checkpoint
 from celadon.cpu import set_threads
 from celadon.data.embedded import _all_combinations
 from celadon.data.embedded.render import Labels, render
+from celadon.device import resolve_device
 from celadon.errors import CeladonError
 from celadon.runinfo import append_csv_row, atomic_write_text, write_run_info
 from celadon.synth import tiny
@@ -62,6 +63,7 @@ class BaseConfig:
     max_minutes: float = 0.0  # stop (resumably) after this long; 0 = run to the end
     threads: int = 2
     architecture: str = "tiny"  # tiny.ARCHITECTURES: "tiny" (shipped) or "small" (about 6x the parameters)
+    device: str = "cpu"  # "auto" takes a GPU when torch sees one; the random draws stay on the CPU either way
 
 
 class _OutOfTime(Exception):
@@ -155,11 +157,12 @@ def _train_autoencoder(work: Path, images: np.ndarray, vae, config: BaseConfig, 
         vae.load_state_dict(weights)
         optimizer.load_state_dict(state["optimizer"])
         rng.bit_generator.state = state["rng"]
-    held = _to_tensor(held_out)
+    device = next(vae.parameters()).device
+    held = _to_tensor(held_out).to(device)
     bar = tqdm(total=max_steps, initial=step, desc="VAE decoder" if decoder_only else "VAE",
                disable=not progress)
     while step < max_steps:
-        x = _to_tensor(train[rng.integers(0, len(train), config.vae_batch)])
+        x = _to_tensor(train[rng.integers(0, len(train), config.vae_batch)]).to(device)
         if rng.random() < 0.5:
             x = x.flip(3)
         if decoder_only:
@@ -203,14 +206,16 @@ def _train_autoencoder(work: Path, images: np.ndarray, vae, config: BaseConfig, 
 def _pil(t: torch.Tensor):
     from PIL import Image
 
-    return Image.fromarray(((t.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
+    return Image.fromarray(((t.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy())
 
 
 def _latents(work: Path, images: np.ndarray, vae) -> tuple[torch.Tensor, float]:
     path = work / "latents.pt"
     if not path.exists():
+        device = next(vae.parameters()).device
         with torch.no_grad():
-            chunks = [vae.encode(_to_tensor(images[i:i + 256])).latent_dist.mode() for i in range(0, len(images), 256)]
+            chunks = [vae.encode(_to_tensor(images[i:i + 256]).to(device)).latent_dist.mode().cpu()
+                      for i in range(0, len(images), 256)]
         latents = torch.cat(chunks)
         torch.save({"latents": latents, "scaling_factor": float(1 / latents.std())}, work / "latents.tmp.pt")
         (work / "latents.tmp.pt").replace(path)
@@ -262,6 +267,7 @@ def _train_unet(work: Path, captions: list[str], latents: torch.Tensor, scaling_
         generator.set_state(state["generator"])
     if step >= config.unet_steps:
         return ema
+    device = next(model.parameters()).device
     ids = _tokenize(tokenizer, captions)
     empty = _tokenize(tokenizer, [""])[0]
     alphas = noise_scheduler.alphas_cumprod
@@ -278,9 +284,11 @@ def _train_unet(work: Path, captions: list[str], latents: torch.Tensor, scaling_
         batch_ids[torch.rand(len(z), generator=generator) < config.caption_dropout] = empty
         noise = torch.randn(z.shape, generator=generator)
         t = torch.randint(0, 1000, (len(z),), generator=generator)
+        weight = min_snr_weight(alphas, t, 5.0).to(device)
+        z, noise, t, batch_ids = z.to(device), noise.to(device), t.to(device), batch_ids.to(device)
         prediction = model["unet"](noise_scheduler.add_noise(z, noise, t), t,
                                    model["text_encoder"](batch_ids)[0]).sample
-        loss = (min_snr_weight(alphas, t, 5.0) * F.mse_loss(prediction, noise, reduction="none").mean((1, 2, 3))).mean()
+        loss = (weight * F.mse_loss(prediction, noise, reduction="none").mean((1, 2, 3))).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -313,6 +321,7 @@ def build_base(config: BaseConfig, progress: bool = True) -> Path | None:
     from celadon.taxonomy import load_taxonomy
 
     tiny.architecture(config.architecture)  # an unknown name fails before any work
+    device = resolve_device(config.device)
     set_threads(config.threads)
     work = Path(config.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -325,6 +334,8 @@ def build_base(config: BaseConfig, progress: bool = True) -> Path | None:
         for task in taxonomy.task_names for code in taxonomy.task(task).codes] + list(taxonomy.caption_parts)
     tokenizer = CLIPTokenizer.from_pretrained(tiny.write_trimmed_tokenizer(corpus, work / "tokenizer"))
     parts = tiny.new_components(len(tokenizer), seed=config.seed, name=config.architecture)
+    for name in ("vae", "text_encoder", "unet"):
+        parts[name].to(device)
     clock = _Clock(config)
     try:
         _train_autoencoder(work, images, parts["vae"], config, clock, "vae", progress)
