@@ -184,7 +184,7 @@ def _train_autoencoder(work: Path, images: np.ndarray, vae, config: BaseConfig, 
                 recon = vae.decode(vae.encode(held).latent_dist.mode()).sample.clamp(-1, 1)
             error = colour_error(held, recon)
             psnr = float(10 * torch.log10(4 / F.mse_loss(recon, held)))
-            append_csv_row(work / f"{phase}_log.csv", {"step": step, "loss": round(float(loss), 5),
+            append_csv_row(work / f"{phase}_log.csv", {"step": step, "loss": round(float(loss.detach()), 5),
                                                        "colour_error": round(error, 4), "psnr": round(psnr, 2)})
             bar.set_postfix(colour=f"{error:.3f}", psnr=f"{psnr:.1f}")
             done = not decoder_only and step >= config.vae_min_steps and error < config.colour_tolerance
@@ -299,8 +299,8 @@ def _train_unet(work: Path, captions: list[str], latents: torch.Tensor, scaling_
         step += 1
         bar.update()
         if step % 25 == 0:
-            append_csv_row(work / "unet_log.csv", {"step": step, "loss": round(float(loss), 5)})
-            bar.set_postfix(loss=f"{float(loss):.4f}")
+            append_csv_row(work / "unet_log.csv", {"step": step, "loss": round(float(loss.detach()), 5)})
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
         if step % config.sample_every == 0 or step == config.unet_steps:
             _sample(ema["unet"], ema["text_encoder"], parts["vae"], tokenizer, parts["scheduler"], scaling_factor,
                     work / "samples" / f"step_{step:05d}.png")
