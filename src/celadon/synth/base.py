@@ -299,8 +299,9 @@ def _train_unet(work: Path, captions: list[str], latents: torch.Tensor, scaling_
         step += 1
         bar.update()
         if step % 25 == 0:
-            append_csv_row(work / "unet_log.csv", {"step": step, "loss": round(float(loss.detach()), 5)})
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            value = float(loss.detach())
+            append_csv_row(work / "unet_log.csv", {"step": step, "loss": round(value, 5)})
+            bar.set_postfix(loss=f"{value:.4f}")
         if step % config.sample_every == 0 or step == config.unet_steps:
             _sample(ema["unet"], ema["text_encoder"], parts["vae"], tokenizer, parts["scheduler"], scaling_factor,
                     work / "samples" / f"step_{step:05d}.png")
