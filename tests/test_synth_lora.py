@@ -95,6 +95,9 @@ def test_a_base_build_folder_resumes_only_the_architecture_it_holds(tmp_path):
     with pytest.raises(CeladonError, match="device 'tpu': expected"):
         build_base(BaseConfig(work=str(tmp_path / "new"), out=str(tmp_path / "out"), device="tpu", threads=1))
     assert not (tmp_path / "new").exists()
+    with pytest.raises(CeladonError, match="images: 64 is too few; the VAE's colour check holds out 64"):
+        build_base(BaseConfig(work=str(tmp_path / "new"), out=str(tmp_path / "out"), images=64, threads=1))
+    assert not (tmp_path / "new").exists()
 
 
 def test_build_base_cli_refuses_to_write_a_small_model_over_the_shipped_one(capsys):

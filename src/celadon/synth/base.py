@@ -39,6 +39,9 @@ SAMPLE_PROMPTS = [tiny.generic_caption(g, t) for g, t in (
     ("white", "plate"), ("green", "bowl"), ("sky_blue", "censer"), ("rose_purple", "basin"))]
 
 
+HELD_OUT = 64  # rendered images kept out of training for the VAE's colour check
+
+
 @dataclass
 class BaseConfig:
     work: str = ".celadon/base-build"  # resumable state
@@ -150,7 +153,7 @@ def _train_autoencoder(work: Path, images: np.ndarray, vae, config: BaseConfig, 
         module.requires_grad_(True)
     optimizer = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad],
                                   lr=config.decoder_lr if decoder_only else config.vae_lr, weight_decay=0.0)
-    held_out, train = images[:64], images[64:]
+    held_out, train = images[:HELD_OUT], images[HELD_OUT:]
     step, rng = 0, np.random.default_rng(config.seed + (3 if decoder_only else 1))
     if (found := load_checkpoint(folder)) is not None:
         step, weights, state = found
@@ -322,6 +325,9 @@ def build_base(config: BaseConfig, progress: bool = True) -> Path | None:
     from celadon.taxonomy import load_taxonomy
 
     tiny.architecture(config.architecture)  # an unknown name fails before any work
+    if config.images <= HELD_OUT:
+        raise CeladonError(f"images: {config.images} is too few; the VAE's colour check holds out {HELD_OUT}, "
+                           f"so give more than {HELD_OUT} (the shipped recipe renders 6000)")
     device = resolve_device(config.device)
     set_threads(config.threads)
     work = Path(config.work)
