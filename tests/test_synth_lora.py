@@ -100,12 +100,49 @@ def test_a_base_build_folder_resumes_only_the_architecture_it_holds(tmp_path):
     assert not (tmp_path / "new").exists()
 
 
-def test_build_base_cli_refuses_to_write_a_small_model_over_the_shipped_one(capsys):
+def test_build_base_vae_from_reuses_a_models_vae_frozen_and_trains_only_the_rest(tiny_sd, tmp_path):
+    from celadon.synth.base import BaseConfig, build_base
+
+    toy = dict(work=str(tmp_path / "work"), images=96, unet_steps=2, unet_batch=4, sample_every=2, threads=1,
+               vae_from=str(tiny_sd))
+    out = build_base(BaseConfig(out=str(tmp_path / "model"), **toy), progress=False)
+    source = load_file(tiny_sd / "vae" / "diffusion_pytorch_model.safetensors")
+    built = load_file(out / "vae" / "diffusion_pytorch_model.safetensors")
+    assert source.keys() == built.keys() and all(torch.equal(source[k], built[k]) for k in source)
+    unet = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+    shipped_unet = load_file(tiny_sd / "unet" / "diffusion_pytorch_model.safetensors")
+    assert not all(torch.equal(unet[k], shipped_unet[k]) for k in unet)  # a UNet of its own, trained from scratch
+    work = tmp_path / "work"
+    assert not (work / "vae").exists() and not (work / "decoder").exists()  # no VAE step taken
+    assert json.loads((work / "architecture.json").read_text()) == {"architecture": "tiny",
+                                                                     "vae_from": str(tiny_sd.resolve())}
+    assert json.loads((out / "training" / "build.json").read_text())["vae_from"] == str(tiny_sd)
+    with pytest.raises(CeladonError, match="work holds a build with the VAE of .*; resume it with the same"):
+        build_base(BaseConfig(out=str(tmp_path / "model"), **(toy | {"vae_from": ""})), progress=False)
+    with pytest.raises(CeladonError, match="vae_from: .*nowhere has no vae/config.json; give 'tiny' or a diffusers"):
+        build_base(BaseConfig(out=str(tmp_path / "x"), **(toy | {"vae_from": str(tmp_path / "nowhere")})))
+    odd = tmp_path / "odd"
+    (odd / "vae").mkdir(parents=True)
+    (odd / "vae" / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL", "latent_channels": 8,
+                                                         "block_out_channels": [32, 64, 64, 64]}))
+    with pytest.raises(CeladonError, match="odd's VAE has 8 latent channels and 8x downsampling; a base build "
+                                           "needs 4 and 4x"):
+        build_base(BaseConfig(out=str(tmp_path / "x"), **(toy | {"work": str(tmp_path / "w2"),
+                                                                  "vae_from": str(odd)})))
+    assert not (tmp_path / "w2").exists()  # refused before any work
+
+
+def test_build_base_cli_refuses_to_write_a_small_model_over_the_shipped_one_or_a_missing_vae(capsys, tmp_path):
     from celadon.cli import main
 
     assert main(["synth", "build-base", "--architecture", "small", "--quiet"]) == 2
     assert capsys.readouterr().err.strip() == ("error: give --out for a 'small' base model: the default is the "
                                                 "shipped tiny model's folder, which it would replace")
+    assert main(["synth", "build-base", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+                 "--vae-from", str(tmp_path / "nowhere"), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: vae_from: {tmp_path / 'nowhere'} has no vae/config.json; "
+                                                "give 'tiny' or a diffusers pipeline folder")
+    assert not (tmp_path / "work").exists()
 
 
 def test_decoder_refinement_keeps_the_latent_space(tiny_sd):

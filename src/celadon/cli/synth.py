@@ -56,7 +56,7 @@ def cmd_build_base(args: argparse.Namespace) -> int:
     given = {"out": args.out, "images": args.images, "vae_max_steps": args.vae_max_steps,
              "decoder_steps": args.decoder_steps, "unet_steps": args.unet_steps}  # None: the shipped model's recipe
     config = BaseConfig(work=args.work, max_minutes=args.max_minutes, threads=args.threads, seed=args.seed,
-                        architecture=args.architecture, device=args.device,
+                        architecture=args.architecture, vae_from=args.vae_from or "", device=args.device,
                         **{key: value for key, value in given.items() if value is not None})
     result = build_base(config, progress=not args.quiet)
     if result is None:
@@ -231,6 +231,9 @@ def add_parsers(stages, add, bench_verbs) -> None:
     p.add_argument("--architecture", default="tiny",
                    help="tiny: the shipped model's widths; small: 6x the parameters (a GPU's work, or CPU hours); "
                         "use a built one with --model PATH")
+    p.add_argument("--vae-from", metavar="MODEL",
+                   help="reuse this model's VAE, frozen, and train only the text encoder and UNet ('tiny': the "
+                        "shipped one; or a pipeline folder; default: train a VAE)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
     add(verbs, "train-lora", cmd_train_lora, "LoRA fine-tuning (diffusers + peft), resumable",

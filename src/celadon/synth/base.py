@@ -4,7 +4,8 @@ Stages, each resumable from its last checkpoint (run in chunks with `max_minutes
 1. render a balanced set of embedded images with *generic* captions ("a photo of a pale green ceramic vase");
 2. VAE, with the loss weighted onto the vessel and a pooled-colour term (the plain backdrop otherwise dominates
    and colour is lost); it stops on a colour check of held-out reconstructions, not on a step count; then the
-   decoder alone on the frozen encoder's latents, which brings back saturated glaze colours;
+   decoder alone on the frozen encoder's latents, which brings back saturated glaze colours (`vae_from` skips
+   both and reuses a built model's VAE, frozen: a wider UNet needs no wider VAE);
 3. cache latents (posterior mean) and train the UNet jointly with the text encoder (min-SNR weighting, EMA);
 4. export a StableDiffusionPipeline (fp16 safetensors) with its training logs and sample grids.
 """
@@ -32,6 +33,7 @@ from celadon.device import resolve_device
 from celadon.errors import CeladonError
 from celadon.runinfo import append_csv_row, atomic_write_text, write_run_info
 from celadon.synth import tiny
+from celadon.synth.base_folder import check_vae_source, claim_work_folder, load_frozen_vae
 from celadon.synth.pipeline import DEFAULT_NEGATIVE, TINY_PATH, min_snr_weight, save_grid, silence_hf_progress_bars
 
 SAMPLE_PROMPTS = [tiny.generic_caption(g, t) for g, t in (
@@ -66,6 +68,7 @@ class BaseConfig:
     max_minutes: float = 0.0  # stop (resumably) after this long; 0 = run to the end
     threads: int = 2
     architecture: str = "tiny"  # tiny.ARCHITECTURES: "tiny" (shipped) or "small" (about 6x the parameters)
+    vae_from: str = ""  # "tiny" or a pipeline folder: reuse its VAE, frozen, and skip both VAE phases
     device: str = "cpu"  # "auto" takes a GPU when torch sees one; the random draws stay on the CPU either way
 
 
@@ -328,11 +331,12 @@ def build_base(config: BaseConfig, progress: bool = True) -> Path | None:
     if config.images <= HELD_OUT:
         raise CeladonError(f"images: {config.images} is too few; the VAE's colour check holds out {HELD_OUT}, "
                            f"so give more than {HELD_OUT} (the shipped recipe renders 6000)")
+    vae_source = check_vae_source(config.vae_from)
     device = resolve_device(config.device)
     set_threads(config.threads)
     work = Path(config.work)
     work.mkdir(parents=True, exist_ok=True)
-    _claim(work, config.architecture)
+    claim_work_folder(work, config.architecture, vae_source)
     write_run_info(work, "synth build-base", config, config.seed)
     images, captions = _dataset(work, config, progress)
     taxonomy = load_taxonomy()
@@ -341,12 +345,15 @@ def build_base(config: BaseConfig, progress: bool = True) -> Path | None:
         for task in taxonomy.task_names for code in taxonomy.task(task).codes] + list(taxonomy.caption_parts)
     tokenizer = CLIPTokenizer.from_pretrained(tiny.write_trimmed_tokenizer(corpus, work / "tokenizer"))
     parts = tiny.new_components(len(tokenizer), seed=config.seed, name=config.architecture)
+    if vae_source:
+        parts["vae"] = load_frozen_vae(vae_source)
     for name in ("vae", "text_encoder", "unet"):
         parts[name].to(device)
     clock = _Clock(config)
     try:
-        _train_autoencoder(work, images, parts["vae"], config, clock, "vae", progress)
-        _train_autoencoder(work, images, parts["vae"], config, clock, "decoder", progress)
+        if not vae_source:
+            _train_autoencoder(work, images, parts["vae"], config, clock, "vae", progress)
+            _train_autoencoder(work, images, parts["vae"], config, clock, "decoder", progress)
         latents, scaling_factor = _latents(work, images, parts["vae"])
         ema = _train_unet(work, captions, latents, scaling_factor, parts, tokenizer, config, clock, progress)
     except _OutOfTime:
@@ -354,19 +361,6 @@ def build_base(config: BaseConfig, progress: bool = True) -> Path | None:
     if not progress:
         silence_hf_progress_bars()  # e.g. the text encoder's "Writing model shards" bar
     return _export(work, parts, ema, tokenizer, scaling_factor, config)
-
-
-def _claim(work: Path, architecture: str) -> None:
-    """A work folder resumes one architecture only: its checkpoints would not load into another."""
-    marker = work / "architecture.json"
-    if marker.exists():
-        built = json.loads(marker.read_text())["architecture"]
-    else:  # a folder from before there was a choice holds tiny checkpoints
-        built = "tiny" if (work / "vae").exists() else architecture
-        atomic_write_text(marker, json.dumps({"architecture": built}))
-    if built != architecture:
-        raise CeladonError(f"{work} holds a {built!r} build; resume it with --architecture {built}, or give "
-                           f"another --work for a {architecture!r} one")
 
 
 def _export(work: Path, parts: dict, ema, tokenizer, scaling_factor: float, config: BaseConfig) -> Path:
