@@ -344,9 +344,16 @@ def train_lora(config: LoraConfig, progress: bool = True, stop_after: int | None
                 append_csv_row(out / "train_log.csv", row)
                 _sample_grid(pipe, prompts, resolution, config, out / "samples" / f"step_{step:05d}.png")
     bar.close()
-    if step < config.steps:
-        return out
-    return export_lora(pipe, config, out / "lora") if accelerator.is_main_process else out / "lora"
+    folder = out
+    if step >= config.steps:
+        folder = export_lora(pipe, config, out / "lora") if accelerator.is_main_process else out / "lora"
+    if accelerator.num_processes > 1:
+        # Every process returns once the LoRA is written, then takes its process group down itself: a gloo
+        # group left to the interpreter's exit can abort the process ("terminate called without an active
+        # exception", pytorch/pytorch#190489).
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+    return folder
 
 
 def export_lora(pipe, config: LoraConfig, folder: Path) -> Path:
