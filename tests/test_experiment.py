@@ -11,7 +11,8 @@ import yaml
 
 from celadon.cli import main
 from celadon.errors import CeladonError
-from celadon.experiment.comparisons import verdict
+from celadon.evaluate.stats import detectable_effect
+from celadon.experiment.comparisons import declared_effect_reach, verdict
 from celadon.experiment.config import load_study
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -192,6 +193,16 @@ def test_results_hold_the_primary_endpoint_and_every_comparison_with_adjusted_p(
     assert comparison["combined_low"] < comparison["difference"] < comparison["combined_high"]
     assert comparison["combined_df"] >= comparison["n"] - 1 and comparison["image_sd"] > 0
     assert comparison["effect"] == 0.02  # power is for the declared effect, never the observed difference
+    # one arm: its image sd is the pooled one, and the detectable effect counts it beside the seeds' sd
+    assert comparison["image_sd_pooled"] == pytest.approx(comparison["image_sd"])
+    test_reads = [p / "predictions.csv" for p in (study / "out" / "stages").glob("evaluate-*")
+                  if json.loads((p / "stage.json").read_text())["settings"]["split"] == "test"]
+    assert comparison["test_images"] == len(test_reads[0].read_text().strip().splitlines()) - 1  # one row each
+    sd, n = comparison["sd_pooled"], comparison["n"]
+    assert comparison["detectable"] == pytest.approx(detectable_effect(
+        sd, n, comparison["alpha"] / comparison["family_size"], image_variance=comparison["image_sd_pooled"] ** 2,
+        image_df=comparison["test_images"] - 1))
+    assert comparison["detectable"] >= detectable_effect(sd, n)  # two seeds: the t over seeds is what binds
     assert comparison["family"] == "primary" and comparison["family_size"] == 1
     assert comparison["p_adjusted"] == comparison["p"]  # one arm: nothing to adjust for
     assert comparison["difference"] == pytest.approx(overall["A"]["mean"] - overall["baseline"]["mean"])
@@ -258,6 +269,21 @@ def test_verdicts_need_the_adjusted_p_and_every_adjusted_interval():
     assert verdict(clear | {"p_adjusted": 0.06}, 0.05) == "no clear change"  # Holm says no
     assert verdict(clear | {"adj_combined_low": -0.001}, 0.05) == "no clear change"  # test images say maybe not
     assert verdict(clear | {"n": 1}, 0.05).startswith("1 seed(s)")
+
+
+def test_the_declared_effects_reach_names_seeds_or_the_test_images_it_would_take():
+    base = {"n": 10, "detectable": 0.043, "effect": 0.02, "test_images": 273}
+    assert declared_effect_reach(base | {"seeds_needed": 40}) == (
+        "smallest detectable effect ±0.043 (seeds and test images, sd pooled over arms); "
+        "about 40 seeds would detect the declared effect of 0.020")
+    out_of_reach = declared_effect_reach(base | {"seeds_needed": None, "images_needed": 1028})
+    assert out_of_reach.endswith("no number of seeds detects the declared effect of 0.020 on these 273 test "
+                                 "images, 10 seeds would on about 1,028 test images")
+    assert "10 seeds would not on any test set" in declared_effect_reach(base | {"seeds_needed": None,
+                                                                                 "images_needed": None})
+    older = {"n": 10, "detectable": 0.035, "effect": 0.02, "seeds_needed": None}  # results.json before images
+    assert declared_effect_reach(older) == ("smallest detectable effect ±0.035 (sd pooled over arms); more than "
+                                            "1,000 seeds would be needed for the declared effect of 0.020")
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from celadon.evaluate.stats import (
     detectable_effect,
     holm,
     image_weights,
+    images_needed,
     mcnemar_exact,
     paired_t,
     pooled_sd,
@@ -127,6 +128,47 @@ def test_detectable_effect_has_the_stated_power_and_seeds_needed_is_the_smallest
     need = seeds_needed(effect, sd)
     assert need == n  # the effect detectable with 5 seeds needs 5 seeds, not 4
     assert seeds_needed(0.0, sd) is None and np.isnan(detectable_effect(0.0, 5))
+
+
+def test_the_test_images_bound_what_seeds_can_detect_and_images_needed_is_the_smallest_test_set():
+    """The verdict needs the interval over seeds and test images to exclude zero: the images' variance does not
+    shrink with seeds, so it raises the detectable effect and can put an effect out of reach of any seeds."""
+    sd, n, images = 0.027, 10, 273
+    assert detectable_effect(sd, n, image_variance=0.0) == detectable_effect(sd, n)  # seeds only, as before
+    seeds_only = detectable_effect(sd, n)
+    with_images = detectable_effect(sd, n, image_variance=0.009 ** 2, image_df=images - 1)
+    assert with_images > seeds_only + 0.005
+    # at the detectable effect the interval over seeds and images has the power asked for, by hand
+    seed_var, image_var = sd ** 2 / n, 0.009 ** 2
+    df = (seed_var + image_var) ** 2 / (seed_var ** 2 / (n - 1) + image_var ** 2 / (images - 1))
+    critical = stats.t.ppf(0.975, df)
+    noncentrality = with_images / np.sqrt(seed_var + image_var)
+    assert stats.nct.sf(critical, df, noncentrality) + stats.nct.cdf(-critical, df, noncentrality) == \
+        pytest.approx(0.8, abs=1e-6)
+    # the images' share alone (image sd 0.009 needs an effect of at least ~2.8 x 0.009) puts 0.02 out of reach
+    assert seeds_needed(0.02, sd) == 17 and seeds_needed(0.02, sd, image_variance=0.009 ** 2, image_df=272) is None
+    assert seeds_needed(0.04, sd, image_variance=0.009 ** 2, image_df=272) > seeds_needed(0.04, sd)
+    # a larger test set brings it back: the smallest count at which these seeds reach the power
+    need = images_needed(0.02, sd, 25, 0.009 ** 2, images)
+    assert need is not None and need > images
+    at = lambda count: detectable_effect(sd, 25, image_variance=0.009 ** 2 * images / count,  # noqa: E731
+                                         image_df=count - 1)
+    assert at(need) <= 0.02 < at(need - 1)
+    assert images_needed(0.02, sd, 10, 0.009 ** 2, images) is None  # 10 seeds alone are too noisy for 0.02
+    assert images_needed(0.02, sd, 1, 0.009 ** 2, images) is None
+    assert images_needed(0.02, 0.0, 10, 0.009 ** 2, images) is None  # every difference equal: no sd to scale
+
+
+def test_the_power_formula_predicts_the_simulated_verdict_rule_where_the_seeds_only_one_overstated_it():
+    """`celadon bench stats`'s simulation applies the verdict rule itself: the power predicted from the variances
+    a study sees (seeds and test images) matches its rejection rate; the seeds-only power, which the report
+    gave before, matches the t-test alone and overstates the verdict's."""
+    from celadon.evaluate.simulate import simulate
+
+    result = simulate(25, images=271, reps=200, delta=0.15, seed=7)
+    assert abs(result["predicted_verdict_power"] - result["verdict_rejection_rate"]) < 0.06
+    assert abs(result["predicted_seeds_only_power"] - result["t_rejection_rate"]) < 0.06
+    assert result["predicted_seeds_only_power"] > result["verdict_rejection_rate"] + 0.1
 
 
 def test_a_simulation_at_our_seed_counts_holds_the_level_where_pooled_mcnemar_did_not():

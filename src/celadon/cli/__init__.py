@@ -147,6 +147,9 @@ def cmd_bench_stats(args: argparse.Namespace) -> int:
               f"{rate('verdict_rejection_rate')}, paired t {rate('t_rejection_rate')}, pooled McNemar "
               f"{rate('pooled_mcnemar_rejection_rate')}; coverage: t {rate('t_coverage')}, seeds + images "
               f"{rate('combined_coverage')}")
+        if "predicted_verdict_power" in r:  # what the report's power figures would have said
+            print(f"   power predicted from the variances: verdict rule {r['predicted_verdict_power']:.3f}, "
+                  f"seeds only {r['predicted_seeds_only_power']:.3f}")
     from celadon.cli.options import write_bench_json
 
     write_bench_json(args.json, {"rows": rows}, reps=args.reps, images=args.images, seed_sd=args.seed_sd)

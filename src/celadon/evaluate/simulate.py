@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import special, stats
 
-from celadon.evaluate.stats import combined_interval, mcnemar_exact, paired_t
+from celadon.evaluate.stats import _power, combined_interval, mcnemar_exact, paired_t
 
 
 def _population_difference(delta: float, seed_sd: float, draws: int = 400_000, seed: int = 99) -> float:
@@ -37,7 +37,7 @@ def simulate(seeds: int, images: int = 271, seed_sd: float = 0.15, delta: float 
     truth = _population_difference(delta, seed_sd)
     counts = {"t_rejects": 0, "verdict_rejects": 0, "pooled_mcnemar_rejects": 0, "t_covers": 0,
               "combined_covers": 0}
-    spread = []
+    spread, seed_variances, image_variances = [], [], []
     for _ in range(reps):
         logit = special.logit(rng.beta(2.0, 1.3, images))
         right = {}
@@ -52,6 +52,8 @@ def simulate(seeds: int, images: int = 271, seed_sd: float = 0.15, delta: float 
         per_image = (right["arm"].astype(float) - right["baseline"]).mean(axis=0)  # mean over seeds, per image
         image_variance = float(np.var(weights @ per_image / images, ddof=1))
         low, high, _ = combined_interval(differences, image_variance, images - 1, 1 - alpha)
+        seed_variances.append(float(np.var(differences, ddof=1)))
+        image_variances.append(image_variance)
         arm_only = int((right["arm"] & ~right["baseline"]).sum())
         base_only = int((right["baseline"] & ~right["arm"]).sum())
         counts["t_rejects"] += test.p < alpha
@@ -61,8 +63,13 @@ def simulate(seeds: int, images: int = 271, seed_sd: float = 0.15, delta: float 
         counts["combined_covers"] += low <= truth <= high
     rates = {k.replace("_rejects", "_rejection_rate").replace("_covers", "_coverage"): v / reps
              for k, v in counts.items()}
+    # What `stats._power` predicts for the verdict rule from the variances a study would see, and what the
+    # seeds-only formula (earlier versions' report) predicted: the simulated verdict rate tells which is right.
+    sd, image_variance = float(np.sqrt(np.mean(seed_variances))), float(np.mean(image_variances))
+    predicted = {"predicted_verdict_power": _power(truth, sd, seeds, alpha, image_variance, images - 1),
+                 "predicted_seeds_only_power": _power(truth, sd, seeds, alpha)} if truth else {}
     return {"seeds": seeds, "images": images, "delta_logit": delta, "population_difference": truth,
-            "seed_sd_of_top1": float(np.mean(spread)), "reps": reps, "alpha": alpha, **rates,
+            "seed_sd_of_top1": float(np.mean(spread)), "reps": reps, "alpha": alpha, **rates, **predicted,
             "monte_carlo_se": float(np.sqrt(alpha * (1 - alpha) / reps))}
 
 

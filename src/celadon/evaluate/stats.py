@@ -15,8 +15,10 @@
   interval: it excludes zero exactly when the adjusted p is below alpha; it is not a simultaneous interval).
 - `share_of_gain` is a generator's gain as a share of the oracle's, seed by seed paired, with Fieller's
   interval: bounded only where the oracle's own gain is clear at that level (otherwise no share is defined).
-- `detectable_effect` and `seeds_needed` say what a run could have seen, from the noncentral t, for a declared
-  effect of interest and a sd pooled over the arms (never the observed difference: that is post-hoc power).
+- `detectable_effect`, `seeds_needed` and `images_needed` say what a run could have seen, from the noncentral t,
+  for a declared effect of interest, a sd pooled over the arms and the test images' variance (never the observed
+  difference: that is post-hoc power). The verdict rule needs the interval over seeds *and* test images to
+  exclude zero, so the test set bounds what any number of seeds can detect.
 """
 
 from __future__ import annotations
@@ -187,36 +189,76 @@ def adjusted_level(p: float, p_adjusted: float, alpha: float = 0.05) -> float:
     return 1 - alpha * p / p_adjusted
 
 
-def _power(effect: float, sd: float, n: int, alpha: float) -> float:
-    df = n - 1
-    critical = stats.t.ppf(1 - alpha / 2, df)
-    noncentrality = effect / sd * np.sqrt(n)
-    # the far tail is negligible but scipy's nct can return NaN for it at large noncentrality
-    return float(np.nan_to_num(stats.nct.sf(critical, df, noncentrality))
-                 + np.nan_to_num(stats.nct.cdf(-critical, df, noncentrality)))
+def _power(effect: float, sd: float, n: int, alpha: float, image_variance: float = 0.0,
+           image_df: float = np.inf) -> float:
+    """Power of the verdict rule at a true difference `effect`: the paired t over n seeds and, when the test
+    images add variance, the interval over seeds and images (Satterthwaite's df) must both reject. Their joint
+    power is at most the smaller of the two, which is what this returns."""
+
+    def two_sided(noncentrality: float, df: float) -> float:
+        critical = stats.t.ppf(1 - alpha / 2, df)
+        # the far tail is negligible but scipy's nct can return NaN for it at large noncentrality
+        return float(np.nan_to_num(stats.nct.sf(critical, df, noncentrality))
+                     + np.nan_to_num(stats.nct.cdf(-critical, df, noncentrality)))
+
+    seeds = two_sided(effect / sd * np.sqrt(n), n - 1)
+    if image_variance <= 0:
+        return seeds
+    seed_variance = sd ** 2 / n
+    total = seed_variance + image_variance
+    df = total ** 2 / (seed_variance ** 2 / (n - 1) + image_variance ** 2 / image_df)
+    return min(seeds, two_sided(effect / np.sqrt(total), df))
 
 
-def detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
-    """Smallest true mean difference a two-sided paired t-test over n seeds detects with `power` at `alpha`,
-    given the seed-to-seed sd of the differences (NaN when it cannot be computed)."""
-    if n < 2 or not np.isfinite(sd) or sd <= 0:
+def detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float = 0.8, image_variance: float = 0.0,
+                      image_df: float = np.inf) -> float:
+    """Smallest true mean difference the verdict rule detects with `power` at `alpha` over n seeds, given the
+    seed-to-seed sd of the differences and the test images' variance of the mean difference (0: seeds only;
+    NaN when it cannot be computed)."""
+    if n < 2 or not np.isfinite(sd) or sd <= 0 or not np.isfinite(image_variance):
         return float("nan")
+    rule = lambda e: _power(e, sd, n, alpha, image_variance, image_df) - power  # noqa: E731
     upper = sd
-    while _power(upper, sd, n, alpha) < power:
+    while rule(upper) < 0:
         upper *= 4
         if upper > 1e6 * sd:
             return float("inf")
-    return float(optimize.brentq(lambda e: _power(e, sd, n, alpha) - power, 0.0, upper))
+    return float(optimize.brentq(rule, 0.0, upper))
 
 
-def seeds_needed(effect: float, sd: float, alpha: float = 0.05, power: float = 0.8, most: int = 1000) -> int | None:
-    """Seeds a paired t-test needs to detect `effect` with `power` (None: more than `most`, or unknown)."""
-    if not (np.isfinite(effect) and np.isfinite(sd)) or effect == 0 or sd <= 0:
+def seeds_needed(effect: float, sd: float, alpha: float = 0.05, power: float = 0.8, most: int = 1000,
+                 image_variance: float = 0.0, image_df: float = np.inf) -> int | None:
+    """Seeds the verdict rule needs to detect `effect` with `power` (None: more than `most`, unknown, or out of
+    reach of seeds because the test images' variance alone is too large: see `images_needed`)."""
+    if not (np.isfinite(effect) and np.isfinite(sd) and np.isfinite(image_variance)) or effect == 0 or sd <= 0:
         return None
+    if image_variance > 0 and _power(abs(effect), sd / 1e6, 2, alpha, image_variance, image_df) < power:
+        return None  # even seeds without noise leave the test images' share too wide
     for n in range(2, most + 1):
-        if _power(abs(effect), sd, n, alpha) >= power:
+        if _power(abs(effect), sd, n, alpha, image_variance, image_df) >= power:
             return n
     return None
+
+
+def images_needed(effect: float, sd: float, n: int, image_variance: float, images: int, alpha: float = 0.05,
+                  power: float = 0.8, most: int = 1_000_000) -> int | None:
+    """Test images with which n seeds give the verdict rule `power` for `effect`, taking the test images'
+    variance of the mean difference to shrink as 1 / images from the `images` it was measured on (None: the
+    seeds' own variance is already too large, or more than `most` images, or unknown)."""
+    if not (np.isfinite(effect) and np.isfinite(sd) and np.isfinite(image_variance)) or effect == 0 or n < 2 \
+            or sd <= 0 or image_variance <= 0:
+        return None
+
+    def enough(count: int) -> bool:
+        return _power(abs(effect), sd, n, alpha, image_variance * images / count, count - 1) >= power
+
+    if not enough(most):
+        return None
+    low, high = 1, most  # enough(high), and fewer than 2 images is never enough
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if enough(middle) else (middle, high)
+    return high
 
 
 def image_weights(n_images: int, resamples: int, seed: int = 0, strata: Sequence | None = None) -> np.ndarray:

@@ -25,6 +25,7 @@ from celadon.evaluate.stats import (
     detectable_effect,
     holm,
     image_weights,
+    images_needed,
     mcnemar_exact,
     paired_t,
     pooled_sd,
@@ -150,10 +151,13 @@ class Comparer:
         adjusted = holm([c["p"] for c, _ in comparisons])
         m = sum(1 for c, _ in comparisons if np.isfinite(c["p"]))
         strictest = self.alpha / max(m, 1)  # Holm's first step: what the detectable effect is computed at
-        pooled = {}
+        pooled, image_variance = {}, {}
         for key in {c["measure"] for c, _ in comparisons}:
             same = [c for c, _ in comparisons if c["measure"] == key]
             pooled[key] = pooled_sd([c["sd"] for c in same], [c["n"] for c in same])
+            variances = [c["image_sd"] ** 2 for c in same if c.get("image_sd") is not None]
+            image_variance[key] = float(np.mean(variances)) if variances else 0.0  # 0: seeds only
+        test_images = self.weights.shape[1]
         for (comparison, images), p_adjusted in zip(comparisons, adjusted, strict=True):
             level = adjusted_level(comparison["p"], p_adjusted, self.alpha)
             comparison |= {"p_adjusted": float(p_adjusted), "family_size": m, "adj_level": level,
@@ -162,10 +166,16 @@ class Comparer:
             comparison |= {"adj_low": low, "adj_high": high}
             if images is not None:
                 comparison["adj_combined_low"], comparison["adj_combined_high"], _ = combined_interval(*images, level)
-            sd = pooled[comparison["measure"]]
-            comparison |= {"sd_pooled": sd, "effect": self.effect,
-                           "detectable": detectable_effect(sd, comparison["n"], strictest, self.power),
-                           "seeds_needed": seeds_needed(self.effect, sd, strictest, self.power)}
+            sd, variance = pooled[comparison["measure"]], image_variance[comparison["measure"]]
+            power = dict(alpha=strictest, power=self.power)
+            comparison |= {"sd_pooled": sd, "image_sd_pooled": float(np.sqrt(variance)), "effect": self.effect,
+                           "test_images": test_images,
+                           "detectable": detectable_effect(sd, comparison["n"], image_variance=variance,
+                                                           image_df=test_images - 1, **power),
+                           "seeds_needed": seeds_needed(self.effect, sd, image_variance=variance,
+                                                        image_df=test_images - 1, **power),
+                           "images_needed": images_needed(self.effect, sd, comparison["n"], variance,
+                                                          test_images, **power) if variance else None}
             comparison["verdict"] = verdict(comparison, self.alpha)
 
 
@@ -237,3 +247,23 @@ def against_controls(runs, tables: dict[str, list[dict]], primary: str) -> dict[
                     "vs_replay_high": test.high, "vs_replay_p": test.p}
         found[arm.name] = row
     return found
+
+
+def declared_effect_reach(comparison: dict) -> str:
+    """What the run could detect and what detecting the declared effect would take, in words, for the report
+    and the console (results written before the test images entered the power figures read as seeds only)."""
+    images = comparison.get("test_images")
+    where = " (seeds and test images, sd pooled over arms)" if images else " (sd pooled over arms)"
+    text = f"smallest detectable effect ±{comparison['detectable']:.3f}{where}"
+    effect, need = comparison.get("effect"), comparison.get("seeds_needed")
+    if not effect:
+        return text
+    if need:
+        return text + f"; about {need} seeds would detect the declared effect of {effect:.3f}"
+    if not images:
+        return text + f"; more than 1,000 seeds would be needed for the declared effect of {effect:.3f}"
+    more, seeds = comparison.get("images_needed"), comparison["n"]
+    at = (f"{seeds} seeds would on about {more:,} test images" if more else
+          f"{seeds} seeds would not on any test set: their own variance is too large")
+    return (text + f"; no number of seeds detects the declared effect of {effect:.3f} on these {images} test "
+            f"images, {at}")

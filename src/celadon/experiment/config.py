@@ -79,9 +79,9 @@ class StatisticsConfig:
     # (f1_macro, top1, top5, f1_weighted, minority, majority) or "rare combinations/rare".
     primary: str = "all/mean_f1_macro"
     alpha: float = 0.05  # family-wise error rate (Holm) for the verdicts
-    power: float = 0.8  # for the smallest detectable effect and the seeds the declared effect would need
+    power: float = 0.8  # for the smallest detectable effect and the seeds (or test images) the declared one needs
     # the smallest difference worth detecting, declared before the study (power is computed for it, with the
-    # sd of paired differences pooled over arms; never for the observed difference)
+    # sd of paired differences pooled over arms and the test images' variance; never for the observed difference)
     effect: float = 0.02
     resamples: int = 10_000  # bootstrap replicates (seeds x test images)
     seed: int = 0  # of the bootstrap

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from celadon.experiment.comparisons import declared_effect_reach
 from celadon.experiment.config import StudyConfig, load_study
 from celadon.experiment.runner import Study
 from celadon.experiment.stages import Stage
@@ -135,7 +136,4 @@ def print_summary(out: Path) -> None:
         for arm, row in primary["arms"].items():
             c = row.get("comparison")
             if c and c["n"] >= 2:
-                need = c.get("seeds_needed")
-                print(f"  primary ({primary['endpoint']}) {arm}: {c['verdict']}; smallest detectable effect "
-                      f"±{c['detectable']:.3f}; seeds to detect the declared {c['effect']:.3f}: "
-                      f"{need or 'more than 1000'}")
+                print(f"  primary ({primary['endpoint']}) {arm}: {c['verdict']}; {declared_effect_reach(c)}")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from celadon.experiment.comparisons import declared_effect_reach
 from celadon.report.figures import validation_curve_png
 from celadon.runinfo import atomic_write_text
 
@@ -80,11 +81,7 @@ def _delta(row: dict, full: bool = False) -> str:
                      f'({c["combined_df"]:.1f} df)')
         text += f'; p {_p(c["p"])} ({html.escape(c["method"])}, Holm over {c["family_size"]})'
         if c.get("detectable") == c.get("detectable"):
-            text += f'; smallest detectable effect ±{c["detectable"]:.3f} (sd pooled over arms)'
-        if c.get("effect"):
-            need = c.get("seeds_needed")
-            text += (f"; about {need} seeds would detect the declared effect of {c['effect']:.3f}" if need
-                     else f"; more than 1,000 seeds would be needed for the declared effect of {c['effect']:.3f}")
+            text += "; " + html.escape(declared_effect_reach(c))
     return text
 
 
