@@ -272,18 +272,20 @@ def test_verdicts_need_the_adjusted_p_and_every_adjusted_interval():
 
 
 def test_the_declared_effects_reach_names_seeds_or_the_test_images_it_would_take():
-    base = {"n": 10, "detectable": 0.043, "effect": 0.02, "test_images": 273}
+    base = {"n": 10, "detectable": 0.043, "effect": 0.02, "test_images": 273, "image_sd_pooled": 0.0088}
     assert declared_effect_reach(base | {"seeds_needed": 40}) == (
         "smallest detectable effect ±0.043 (seeds and test images, sd pooled over arms); "
         "about 40 seeds would detect the declared effect of 0.020")
     out_of_reach = declared_effect_reach(base | {"seeds_needed": None, "images_needed": 1028})
-    assert out_of_reach.endswith("no number of seeds detects the declared effect of 0.020 on these 273 test "
-                                 "images, 10 seeds would on about 1,028 test images")
+    assert out_of_reach.endswith("no number of seeds up to 1,000 detects the declared effect of 0.020 on these "
+                                 "273 test images, 10 seeds would on about 1,028 test images")
     assert "10 seeds would not on any test set" in declared_effect_reach(base | {"seeds_needed": None,
                                                                                  "images_needed": None})
     older = {"n": 10, "detectable": 0.035, "effect": 0.02, "seeds_needed": None}  # results.json before images
-    assert declared_effect_reach(older) == ("smallest detectable effect ±0.035 (sd pooled over arms); more than "
-                                            "1,000 seeds would be needed for the declared effect of 0.020")
+    for seeds_only in (older, base | older | {"image_sd_pooled": 0.0}):  # or no test-image variance measured
+        assert declared_effect_reach(seeds_only) == ("smallest detectable effect ±0.035 (sd pooled over arms); "
+                                                     "more than 1,000 seeds would be needed for the declared effect "
+                                                     "of 0.020")
 
 
 @pytest.mark.slow

@@ -252,7 +252,7 @@ def against_controls(runs, tables: dict[str, list[dict]], primary: str) -> dict[
 def declared_effect_reach(comparison: dict) -> str:
     """What the run could detect and what detecting the declared effect would take, in words, for the report
     and the console (results written before the test images entered the power figures read as seeds only)."""
-    images = comparison.get("test_images")
+    images = comparison.get("test_images") if comparison.get("image_sd_pooled") else None  # images counted
     where = " (seeds and test images, sd pooled over arms)" if images else " (sd pooled over arms)"
     text = f"smallest detectable effect ±{comparison['detectable']:.3f}{where}"
     effect, need = comparison.get("effect"), comparison.get("seeds_needed")
@@ -265,5 +265,5 @@ def declared_effect_reach(comparison: dict) -> str:
     more, seeds = comparison.get("images_needed"), comparison["n"]
     at = (f"{seeds} seeds would on about {more:,} test images" if more else
           f"{seeds} seeds would not on any test set: their own variance is too large")
-    return (text + f"; no number of seeds detects the declared effect of {effect:.3f} on these {images} test "
-            f"images, {at}")
+    return (text + f"; no number of seeds up to 1,000 detects the declared effect of {effect:.3f} on these "
+            f"{images} test images, {at}")
