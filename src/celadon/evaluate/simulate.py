@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import special, stats
 
-from celadon.evaluate.stats import _power, combined_interval, mcnemar_exact, paired_t
+from celadon.evaluate.stats import combined_interval, mcnemar_exact, paired_t, verdict_power
 
 
 def _population_difference(delta: float, seed_sd: float, draws: int = 400_000, seed: int = 99) -> float:
@@ -63,11 +63,11 @@ def simulate(seeds: int, images: int = 271, seed_sd: float = 0.15, delta: float 
         counts["combined_covers"] += low <= truth <= high
     rates = {k.replace("_rejects", "_rejection_rate").replace("_covers", "_coverage"): v / reps
              for k, v in counts.items()}
-    # What `stats._power` predicts for the verdict rule from the variances a study would see, and what the
+    # What `stats.verdict_power` predicts for the verdict rule from the variances a study would see, and what the
     # seeds-only formula (earlier versions' report) predicted: the simulated verdict rate tells which is right.
     sd, image_variance = float(np.sqrt(np.mean(seed_variances))), float(np.mean(image_variances))
-    predicted = {"predicted_verdict_power": _power(truth, sd, seeds, alpha, image_variance, images - 1),
-                 "predicted_seeds_only_power": _power(truth, sd, seeds, alpha)} if truth else {}
+    predicted = {"predicted_verdict_power": verdict_power(truth, sd, seeds, alpha, image_variance, images - 1),
+                 "predicted_seeds_only_power": verdict_power(truth, sd, seeds, alpha)} if truth else {}
     return {"seeds": seeds, "images": images, "delta_logit": delta, "population_difference": truth,
             "seed_sd_of_top1": float(np.mean(spread)), "reps": reps, "alpha": alpha, **rates, **predicted,
             "monte_carlo_se": float(np.sqrt(alpha * (1 - alpha) / reps))}

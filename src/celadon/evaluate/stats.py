@@ -189,7 +189,7 @@ def adjusted_level(p: float, p_adjusted: float, alpha: float = 0.05) -> float:
     return 1 - alpha * p / p_adjusted
 
 
-def _power(effect: float, sd: float, n: int, alpha: float, image_variance: float = 0.0,
+def verdict_power(effect: float, sd: float, n: int, alpha: float, image_variance: float = 0.0,
            image_df: float = np.inf) -> float:
     """Power of the verdict rule at a true difference `effect`: the paired t over n seeds and, when the test
     images add variance, the interval over seeds and images (Satterthwaite's df) must both reject. Their joint
@@ -217,7 +217,7 @@ def detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float = 0.8
     NaN when it cannot be computed)."""
     if n < 2 or not np.isfinite(sd) or sd <= 0 or not np.isfinite(image_variance):
         return float("nan")
-    rule = lambda e: _power(e, sd, n, alpha, image_variance, image_df) - power  # noqa: E731
+    rule = lambda e: verdict_power(e, sd, n, alpha, image_variance, image_df) - power  # noqa: E731
     upper = sd
     while rule(upper) < 0:
         upper *= 4
@@ -232,10 +232,10 @@ def seeds_needed(effect: float, sd: float, alpha: float = 0.05, power: float = 0
     reach of seeds because the test images' variance alone is too large: see `images_needed`)."""
     if not (np.isfinite(effect) and np.isfinite(sd) and np.isfinite(image_variance)) or effect == 0 or sd <= 0:
         return None
-    if image_variance > 0 and _power(abs(effect), sd / 1e6, 2, alpha, image_variance, image_df) < power:
-        return None  # even seeds without noise leave the test images' share too wide
+    if verdict_power(abs(effect), sd, most, alpha, image_variance, image_df) < power:
+        return None  # not even `most` seeds: the test images' share alone can be too wide for any number
     for n in range(2, most + 1):
-        if _power(abs(effect), sd, n, alpha, image_variance, image_df) >= power:
+        if verdict_power(abs(effect), sd, n, alpha, image_variance, image_df) >= power:
             return n
     return None
 
@@ -250,7 +250,7 @@ def images_needed(effect: float, sd: float, n: int, image_variance: float, image
         return None
 
     def enough(count: int) -> bool:
-        return _power(abs(effect), sd, n, alpha, image_variance * images / count, count - 1) >= power
+        return verdict_power(abs(effect), sd, n, alpha, image_variance * images / count, count - 1) >= power
 
     if not enough(most):
         return None

@@ -43,8 +43,9 @@ def claim_work_folder(work: Path, architecture: str, vae_source: str) -> None:
     marker = work / "architecture.json"
     if marker.exists():
         held = json.loads(marker.read_text())
-    else:  # a folder from before there was a choice holds tiny checkpoints
-        held = {"architecture": "tiny"} if (work / "vae").exists() else \
+    else:
+        older = (work / "vae").exists()  # a folder from before there was a choice holds tiny checkpoints
+        held = {"architecture": "tiny"} if older else \
             {"architecture": architecture} | ({"vae_from": vae_source} if vae_source else {})
         atomic_write_text(marker, json.dumps(held))
     built = held["architecture"]
